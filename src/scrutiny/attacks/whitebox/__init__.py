@@ -1,0 +1,5 @@
+"""White-box (gradient) attacks."""
+
+from scrutiny.attacks.whitebox.pgd import FGSM, PGD
+
+__all__ = ["FGSM", "PGD"]

@@ -1,0 +1,172 @@
+"""First-order Lp attacks: FGSM / fast gradient and PGD (with BIM as a special case)."""
+
+from __future__ import annotations
+
+import torch
+
+from scrutiny.attacks.base import Attack, input_gradient, margin_loss_terms
+from scrutiny.attacks.lp import random_start, steepest_direction
+from scrutiny.errors import InputError
+from scrutiny.models.wrapper import TorchModel
+from scrutiny.registry import register
+from scrutiny.types import Tags, ThreatModel
+from scrutiny.validation import check_positive
+
+LOSSES = ("ce", "margin")
+
+
+def _check_loss(loss: str) -> None:
+    if loss not in LOSSES:
+        raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
+
+
+@register("attack", "fgsm", paper="Goodfellow, Shlens, Szegedy. Explaining and harnessing "
+          "adversarial examples. ICLR 2015")
+class FGSM(Attack):
+    """Fast Gradient Sign Method (linf) and fast gradient method (l2).
+
+    One step of size eps along the steepest-ascent direction of the loss:
+    ``x' = clip(x + eps * sign(grad_x L(x, y)))`` for linf and
+    ``x' = clip(x + eps * grad / ||grad||_2)`` for l2. Targeted, the loss is
+    the difference ``L(x, y) - L(x, t)``.
+
+    Parameters
+    ----------
+    loss : {"ce", "margin"}
+        Cross-entropy (the paper's) or the logit margin.
+
+    References
+    ----------
+    .. [1] Goodfellow, Shlens, Szegedy. "Explaining and harnessing adversarial
+       examples". ICLR 2015.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
+    >>> res = FGSM()(model, data.x[:64], data.y[:64], threat=ThreatModel("linf", 0.1))
+    >>> res.robust_accuracy() < res.clean_accuracy()
+    True
+    """
+
+    tags = Tags(norms=("linf", "l2"), targeted=True)
+
+    def __init__(self, *, loss: str = "ce") -> None:
+        _check_loss(loss)
+        self.loss = loss
+
+    def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+             target: torch.Tensor | None) -> torch.Tensor:
+        _, grad, _ = input_gradient(model, x, y, target, self.loss)
+        return x + threat.eps * steepest_direction(grad, threat.norm)
+
+
+@register("attack", "pgd", paper="Madry, Makelov, Schmidt, Tsipras, Vladu. Towards deep "
+          "learning models resistant to adversarial attacks. ICLR 2018",
+          test_params={"steps": 5})
+class PGD(Attack):
+    """Projected gradient descent under linf, l2 or l1, with random start and restarts.
+
+    ``x_{t+1} = Proj(x_t + alpha * d_t)`` with ``d_t`` the steepest-ascent
+    direction of the loss for the threat model's norm and ``Proj`` the exact
+    projection onto the eps-ball intersected with the input box. With
+    ``random_start=False`` this is BIM (Kurakin et al. 2016).
+
+    Parameters
+    ----------
+    steps : int
+        Iterations per restart.
+    rel_step_size : float, optional
+        Step ``alpha`` as a fraction of eps; default ``2.5 / steps`` (Madry et al.).
+    random_start : bool
+        Start from a uniformly random point of the ball.
+    restarts : int
+        Independent runs; each attacks only the samples not yet broken.
+    loss : {"ce", "margin"}
+        Objective maximised; targeted attacks use ``L(x, y) - L(x, t)``.
+    early_stop : bool
+        Stop optimising a sample once it is misclassified (evaluation). Set
+        False to get the last iterate of every sample (adversarial training).
+    l1_sparsity : float
+        For l1: the step moves the top ``1 - l1_sparsity`` fraction of coordinates.
+
+    References
+    ----------
+    .. [1] Madry et al. "Towards deep learning models resistant to
+       adversarial attacks". ICLR 2018.
+    .. [2] Kurakin, Goodfellow, Bengio. "Adversarial examples in the physical
+       world". 2016.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
+    >>> res = PGD(steps=20)(model, data.x[:64], data.y[:64], threat=ThreatModel("linf", 0.1))
+    >>> bool(res.success.float().mean() > 0.5)
+    True
+    """
+
+    tags = Tags(norms=("linf", "l2", "l1"), targeted=True, stochastic=True)
+
+    def __init__(self, *, steps: int = 40, rel_step_size: float | None = None,
+                 random_start: bool = True, restarts: int = 1, loss: str = "ce",
+                 early_stop: bool = True, l1_sparsity: float = 0.95) -> None:
+        check_positive("steps", steps, integer=True)
+        check_positive("restarts", restarts, integer=True)
+        if rel_step_size is not None:
+            check_positive("rel_step_size", rel_step_size)
+        if not 0 <= l1_sparsity < 1:
+            raise InputError(f"l1_sparsity must be in [0, 1), got {l1_sparsity!r}")
+        _check_loss(loss)
+        self.steps = steps
+        self.rel_step_size = rel_step_size
+        self.random_start = random_start
+        self.restarts = restarts
+        self.loss = loss
+        self.early_stop = early_stop
+        self.l1_sparsity = l1_sparsity
+
+    def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+             target: torch.Tensor | None) -> torch.Tensor:
+        n = len(x)
+        alpha = threat.eps * (self.rel_step_size or 2.5 / self.steps)
+        best = x.clone()
+        best_obj = torch.full((n,), -torch.inf, device=x.device)
+        best_succ = torch.zeros(n, dtype=torch.bool, device=x.device)
+
+        def keep(idx: torch.Tensor, xa: torch.Tensor, obj: torch.Tensor, logits: torch.Tensor):
+            pred = logits.argmax(1)
+            succ = pred == target[idx] if target is not None else pred != y[idx]
+            better = ~best_succ[idx] & (succ | (obj > best_obj[idx]))
+            j = idx[better]
+            best[j], best_obj[j], best_succ[j] = xa[better], obj[better], succ[better]
+            return succ
+
+        for _ in range(self.restarts):
+            idx = (~best_succ).nonzero()[:, 0]
+            if not len(idx):
+                break
+            x0 = x[idx]
+            xa = random_start(x0, threat) if self.random_start else x0.clone()
+            for _ in range(self.steps):
+                t = None if target is None else target[idx]
+                obj, grad, logits = input_gradient(model, xa, y[idx], t, self.loss)
+                succ = keep(idx, xa, obj, logits)
+                if self.early_stop:
+                    live = ~succ
+                    if not live.any():
+                        break
+                    idx, x0, xa, grad = idx[live], x0[live], xa[live], grad[live]
+                step = steepest_direction(grad, threat.norm, self.l1_sparsity)
+                xa = threat.project(x0, xa + alpha * step)
+            else:
+                with torch.no_grad():
+                    logits = model(xa)
+                    t = None if target is None else target[idx]
+                    keep(idx, xa, margin_loss_terms(logits, y[idx], t, self.loss), logits)
+        return best

@@ -1,0 +1,252 @@
+"""The main job: attack and explain one model on one dataset, collect figures."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from scrutiny import registry
+from scrutiny.audit import figures
+from scrutiny.data import ArrayDataset
+from scrutiny.errors import InputError
+from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.progress import progress_bar
+from scrutiny.types import NORMS, ThreatModel
+
+DEFAULT_EPS: dict[str, tuple[float, ...]] = {
+    "linf": (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3),
+    "l2": (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
+    "l1": (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0),
+}
+
+
+@dataclass
+class AuditConfig:
+    """What the audit runs.
+
+    Parameters
+    ----------
+    attacks, explainers : tuple of str
+        Registered names (``"pgd"`` or ``"attack:pgd"``).
+    norm : {"linf", "l2", "l1"}
+    eps : tuple of float, optional
+        Radii of the robustness curve; default :data:`DEFAULT_EPS` of the norm.
+    reference_eps : float, optional
+        The eps of the headline number and the example figures; default the
+        middle of ``eps``.
+    n_samples : int
+        Test samples attacked.
+    n_examples : int
+        Samples shown in the example and explanation figures.
+    params : dict
+        Per-method hyperparameters, ``{"pgd": {"steps": 100}}``.
+    seed : int
+        Seeds every stochastic step.
+    """
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    explainers: tuple[str, ...] = ("saliency", "integrated_gradients", "grad_cam")
+    norm: str = "linf"
+    eps: tuple[float, ...] | None = None
+    reference_eps: float | None = None
+    n_samples: int = 500
+    n_examples: int = 6
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise InputError(f"unknown norm {self.norm!r}; accepted: {', '.join(NORMS)}")
+        self.eps = tuple(sorted(float(e) for e in (self.eps or DEFAULT_EPS[self.norm])))
+        if any(e < 0 for e in self.eps):
+            raise InputError(f"eps must be >= 0, got {self.eps}")
+        if self.reference_eps is None:
+            nz = [e for e in self.eps if e > 0] or list(self.eps)
+            self.reference_eps = nz[(len(nz) - 1) // 2]
+        if self.n_samples < 1 or self.n_examples < 1:
+            raise InputError("n_samples and n_examples must be >= 1")
+        self.attacks = tuple(registry.get(a, "attack").name for a in self.attacks)
+        self.explainers = tuple(registry.get(e, "explainer").name for e in self.explainers)
+        known = set(self.attacks) | set(self.explainers)
+        for k in self.params:
+            if k not in known:
+                raise InputError(f"params for {k!r}, which the audit does not run; it runs: "
+                                 + ", ".join(sorted(known)))
+
+
+@dataclass
+class Figure:
+    """A report figure: PNG bytes and the numbers it shows."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes
+    data: dict[str, Any]
+
+
+@dataclass
+class AuditResult:
+    """Everything the report shows."""
+
+    model: str
+    dataset: str
+    n_samples: int
+    clean_accuracy: float
+    robustness: dict[str, list[dict[str, Any]]]
+    headline: dict[str, Any]
+    explanations: dict[str, dict[str, Any]]
+    methods: list[dict[str, str]]
+    config: AuditConfig
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (figures as their data, not pixels)."""
+        d = {k: v for k, v in asdict(self).items() if k != "figures"}
+        d["figures"] = [f.name for f in self.figures]
+        return d
+
+
+def _create(kind: str, name: str, cfg: AuditConfig):
+    return registry.create(f"{kind}:{name}", **cfg.params.get(name, {}))
+
+
+def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
+              progress: bool = True) -> AuditResult:
+    """Run the audit of ``model`` on ``data`` (its test split).
+
+    Robust accuracy of every attack at every eps (and the per-sample worst
+    case over attacks), example adversarial inputs at the reference eps, and
+    explanation maps of clean and adversarial inputs.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> cfg = AuditConfig(n_samples=64, eps=(0.0, 0.1), explainers=("saliency",))
+    >>> res = run_audit(pretrained("digits-cnn", progress=False), load_digits(split="test"),
+    ...                 cfg, progress=False)
+    >>> res.robustness["worst case"][-1]["robust_accuracy"] <= res.clean_accuracy
+    True
+    """
+    cfg = config or AuditConfig()
+    model: TorchModel = as_model(model)
+    if not isinstance(data, ArrayDataset):
+        raise InputError(f"data must be an ArrayDataset, got {type(data).__name__}")
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(data), generator=g)[:cfg.n_samples]
+    x, y = data.x[idx], data.y[idx]
+    pred = model.predict(x)
+    if model.num_classes is not None and model.num_classes != data.num_classes:
+        raise InputError(f"the model has {model.num_classes} classes, the data {data.num_classes}")
+    clean_acc = float((pred == y).float().mean())
+    attacks = {a: _create("attack", a, cfg) for a in cfg.attacks}
+    explainers = {e: _create("explainer", e, cfg) for e in cfg.explainers}
+    notes: list[str] = []
+    if not data.is_image:
+        for name in [e for e, m in explainers.items() if m.tags.image_only]:
+            notes.append(f"{name} needs images and was skipped on tabular data")
+            del explainers[name]
+
+    robustness: dict[str, list[dict[str, Any]]] = {a: [] for a in attacks}
+    robustness["worst case"] = []
+    ref_adv: dict[str, Any] = {}
+    total = len(attacks) * len(cfg.eps) + len(explainers)
+    with progress_bar(total, "audit", enabled=progress) as bar:
+        for eps in cfg.eps:
+            threat = ThreatModel(cfg.norm, eps, model.bounds)
+            robust_all = torch.ones(len(x), dtype=torch.bool)
+            worst_x = x.clone()
+            for name, attack in attacks.items():
+                ts = time.perf_counter()
+                res = attack(model, x, y, threat=threat, seed=cfg.seed)
+                robustness[name].append({
+                    "eps": eps, "robust_accuracy": res.robust_accuracy(),
+                    "success_rate": res.success_rate(),
+                    "median_norm": float(res.norms.median()),
+                    "seconds": time.perf_counter() - ts})
+                broken = robust_all & ~res.adv_correct
+                worst_x[broken] = res.x_adv[broken]
+                robust_all &= res.adv_correct
+                bar.advance(f"{name} eps={eps:g}")
+            robustness["worst case"].append({"eps": eps,
+                                             "robust_accuracy": float(robust_all.float().mean())})
+            if eps == cfg.reference_eps:
+                ref_adv = {"x_adv": worst_x, "robust": robust_all}
+
+        headline = {"attack": "worst case over " + ", ".join(attacks), "norm": cfg.norm,
+                    "eps": cfg.reference_eps,
+                    "robust_accuracy": float(ref_adv["robust"].float().mean()),
+                    "clean_accuracy": clean_acc}
+        curves = {k: [(r["eps"], r["robust_accuracy"]) for r in v] for k, v in robustness.items()}
+        figs = [Figure("robustness_curve", "Robust accuracy against eps",
+                       f"Robust accuracy of each attack and of the per-sample worst case "
+                       f"({cfg.norm}), on {len(x)} test samples.",
+                       *figures.robustness_curve(curves, cfg.norm))]
+
+        # examples: correctly classified samples the worst case broke, then others
+        x_adv = ref_adv["x_adv"]
+        pred_adv = model.predict(x_adv)
+        order = torch.argsort(((pred == y) & (pred_adv != y)).int(), descending=True, stable=True)
+        ex = order[:cfg.n_examples]
+        if data.is_image:
+            figs.append(Figure(
+                "adversarial_examples", f"Adversarial examples at eps={cfg.reference_eps:g}",
+                "Top: clean input and prediction; middle: the worst-case adversarial input; "
+                "bottom: the perturbation (red: brighter). Red titles are wrong predictions.",
+                *figures.adversarial_examples(x[ex], x_adv[ex], y[ex], pred[ex], pred_adv[ex],
+                                              data.classes,
+                                              f"{cfg.norm} eps={cfg.reference_eps:g}")))
+        explanations: dict[str, dict[str, Any]] = {}
+        maps_clean, maps_adv = {}, {}
+        for name, explainer in explainers.items():
+            ts = time.perf_counter()
+            try:
+                e_clean = explainer(model, x[ex], y[ex], seed=cfg.seed)
+            except InputError as e:  # e.g. Grad-CAM on a model without convolutions
+                notes.append(f"{name} was skipped: {e}")
+                bar.advance(name)
+                continue
+            e_adv = explainer(model, x_adv[ex], y[ex], seed=cfg.seed)
+            info: dict[str, Any] = {"seconds": time.perf_counter() - ts,
+                                    "paper": type(explainer).paper}
+            if e_clean.delta is not None:
+                base = e_clean.meta.get("baseline_output")
+                span = (e_clean.outputs - base).abs() if base is not None else e_clean.outputs.abs()
+                info["completeness_error"] = float((e_clean.delta.abs() / span.clamp_min(1e-12))
+                                                   .mean())
+            explanations[name] = info
+            maps_clean[name], maps_adv[name] = e_clean.pixel_map(), e_adv.pixel_map()
+            bar.advance(name)
+
+    if maps_clean and data.is_image:
+        both_x = torch.stack([x[ex], x_adv[ex]], 1).flatten(0, 1)
+        both = {k: torch.stack([maps_clean[k], maps_adv[k]], 1).flatten(0, 1) for k in maps_clean}
+        labels = []
+        for i in ex.tolist():
+            labels += [f"clean: {data.classes[int(pred[i])]}",
+                       f"adv: {data.classes[int(pred_adv[i])]}"]
+        figs.append(Figure(
+            "explanations", "Explanations of clean and adversarial inputs",
+            "Each pair of rows: a clean input and its adversarial version, with the attribution "
+            "maps of the true class (red: evidence for, blue: against).",
+            *figures.explanation_grid(both_x, both, "attributions for the true class", labels)))
+    elif maps_clean:
+        figs.append(Figure(
+            "feature_attributions", "Feature attributions",
+            "Mean absolute attribution per feature on the example samples (clean).",
+            *figures.feature_bars(maps_clean, data.feature_names or tuple(
+                f"x{i}" for i in range(x.shape[1])), "top features")))
+
+    methods = [{"name": m, "kind": k, "paper": registry.get(m, k).paper}
+               for k, names in (("attack", attacks), ("explainer", explainers)) for m in names]
+    return AuditResult(model=model.name, dataset=data.name, n_samples=len(x),
+                       clean_accuracy=clean_acc, robustness=robustness, headline=headline,
+                       explanations=explanations, methods=methods, config=cfg, figures=figs,
+                       notes=notes, seconds=time.perf_counter() - t0)

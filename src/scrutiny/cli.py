@@ -1,0 +1,311 @@
+"""The ``scrutiny`` command line: audit, attack, explain, train, list.
+
+Errors on bad input print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scrutiny import registry
+from scrutiny.errors import InputError, ScrutinyError
+
+app = typer.Typer(help="Explain, attack, defend and certify PyTorch classifiers.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Zoo model (digits-cnn, digits-mlp, synthetic-cnn, breast-cancer-mlp) or "
+    "'module:factory' returning an nn.Module. Default: the zoo model of --data.")]
+WeightsOpt = Annotated[Path | None, typer.Option(
+    "--weights", help="safetensors weights for a 'module:factory' model.")]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", help="digits, digits28, synthetic, breast_cancer, or a path (.npz, image folder, "
+    "MNIST or CIFAR-10 binary files). Default: the zoo model's data, else digits.")]
+MeanOpt = Annotated[str | None, typer.Option(
+    "--mean", help="Per-channel mean applied inside the model, e.g. '0.5,0.5,0.5'.")]
+StdOpt = Annotated[str | None, typer.Option("--std", help="Per-channel std, with --mean.")]
+ParamOpt = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", help="Method hyperparameter NAME=VALUE (repeatable).")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", help="cpu or cuda; default cuda when available.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every stochastic step.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _floats(s: str | None, what: str) -> list[float] | None:
+    if s is None:
+        return None
+    try:
+        return [float(v) for v in s.split(",") if v.strip()]
+    except ValueError as e:
+        raise InputError(f"{what} must be comma-separated numbers, got {s!r}") from e
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``["steps=10", "loss=margin"]`` -> ``{"steps": 10, "loss": "margin"}``."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"--param must be NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            params[k.strip()] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            params[k.strip()] = v
+    return params
+
+
+def _device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve(model: str | None, weights: Path | None, data: str | None, mean: str | None = None,
+            std: str | None = None, device: str | None = None, split: str = "test",
+            progress: bool = True):
+    """Load the model and data the options name, and check they fit together."""
+    from scrutiny.data import load
+    from scrutiny.models import RECIPES, TorchModel, load_factory, load_weights, pretrained
+
+    by_data: dict[str, str] = {}
+    for name, r in RECIPES.items():
+        by_data.setdefault(r.dataset, name)
+    if model is None:
+        model = by_data.get(data or "digits")
+        if model is None:
+            load(data, split=split)  # a missing path is reported first
+            raise InputError(f"no zoo model for data {data!r}: give --model module:factory "
+                             "--weights file.safetensors")
+    if model in RECIPES:
+        if weights is not None:
+            raise InputError("--weights is for 'module:factory' models, not zoo models")
+        data = data or RECIPES[model].dataset
+        m = pretrained(model, progress=progress)
+    elif ":" in model:
+        net = load_factory(model)
+        if weights is not None:
+            load_weights(net, weights)
+        else:
+            err.print(f"[yellow]warning:[/] {model} has no --weights: it is untrained")
+        m = TorchModel(net, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), name=model)
+    else:
+        raise InputError(f"--model must be a zoo model ({', '.join(RECIPES)}) or "
+                         f"'module:factory', got {model!r}")
+    ds = load(data or "digits", split=split)
+    m = m.to(_device(device))
+    try:
+        with torch.no_grad(), m.evaluating():
+            probe = m(ds.x[:2].to(m.device))
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"the model fails on inputs of shape {tuple(ds.x.shape[1:])} from "
+                         f"{ds.name}: {e}") from e
+    if probe.shape[1] != ds.num_classes:
+        raise InputError(f"the model has {probe.shape[1]} outputs, {ds.name} has "
+                         f"{ds.num_classes} classes")
+    return m, ds
+
+
+def methods_markdown(kind: str | None = None) -> str:
+    """The registry as a markdown table (docs/methods.md is this output)."""
+    lines = ["| method | class | reference |", "|---|---|---|"]
+    for spec in registry.list_methods(kind):
+        info = registry.get(spec)
+        lines.append(f"| `{spec}` | `{info.cls.__module__}.{info.cls.__name__}` | {info.paper} |")
+    return "\n".join(lines) + "\n"
+
+
+@app.command("list")
+def list_cmd(kind: Annotated[str | None, typer.Argument(help="attack or explainer")] = None,
+             markdown: Annotated[bool, typer.Option(help="Print a markdown table.")] = False) -> None:
+    """List the registered methods and their papers."""
+    if markdown:
+        print(methods_markdown(kind), end="")
+        return
+    table = Table("method", "reference", title="scrutiny methods")
+    for spec in registry.list_methods(kind):
+        table.add_row(spec, registry.get(spec).paper)
+    out.print(table)
+
+
+@app.command()
+def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+          mean: MeanOpt = None, std: StdOpt = None,
+          attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "fgsm,pgd",
+          explainers: Annotated[str, typer.Option(help="Comma-separated explainers.")] =
+          "saliency,integrated_gradients,grad_cam",
+          norm: Annotated[str, typer.Option(help="linf, l2 or l1.")] = "linf",
+          eps: Annotated[str | None, typer.Option(help="Comma-separated radii.")] = None,
+          n: Annotated[int, typer.Option("--n", help="Test samples attacked.")] = 500,
+          param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+          out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] =
+          Path("audit-report"), quiet: QuietOpt = False) -> None:
+    """Attack and explain a model; write one HTML report (default: embedded digits CNN).
+
+    --param takes METHOD.NAME=VALUE, e.g. -p pgd.steps=100.
+    """
+    from scrutiny.audit import AuditConfig, run_audit, write_report
+
+    params: dict[str, dict[str, Any]] = {}
+    for k, v in parse_params(param).items():
+        if "." not in k:
+            raise InputError(f"audit --param must be METHOD.NAME=VALUE, got {k!r}")
+        meth, name = k.split(".", 1)
+        params.setdefault(meth, {})[name] = v
+    cfg = AuditConfig(attacks=tuple(a for a in attacks.split(",") if a),
+                      explainers=tuple(e for e in explainers.split(",") if e), norm=norm,
+                      eps=_floats(eps, "--eps"), n_samples=n, params=params, seed=seed)
+    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    res = run_audit(m, ds, cfg, progress=not quiet)
+    path = write_report(res, out_dir)
+    table = Table(f"attack \\ eps ({cfg.norm})", *[f"{e:g}" for e in cfg.eps],
+                  title=f"{res.model} on {res.dataset}: robust accuracy ({res.n_samples} samples)")
+    for name, rows in res.robustness.items():
+        table.add_row(name, *[f"{100 * r['robust_accuracy']:.1f}%" for r in rows])
+    out.print(table)
+    h = res.headline
+    out.print(f"clean accuracy {100 * res.clean_accuracy:.1f}%, robust accuracy "
+              f"{100 * h['robust_accuracy']:.1f}% at {h['norm']} eps={h['eps']:g} (worst case)")
+    for name, e in res.explanations.items():
+        extra = (f", completeness error {e['completeness_error']:.2e}"
+                 if "completeness_error" in e else "")
+        out.print(f"{name}: {e['seconds']:.2f} s{extra}")
+    out.print(f"report: {path}  ({res.seconds:.1f} s)")
+
+
+@app.command()
+def attack(method: Annotated[str, typer.Argument(help="Registered attack, e.g. pgd.")],
+           model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+           mean: MeanOpt = None, std: StdOpt = None,
+           norm: Annotated[str, typer.Option(help="linf, l2 or l1.")] = "linf",
+           eps: Annotated[float, typer.Option(help="Radius in input units.")] = 0.1,
+           target: Annotated[int | None, typer.Option(help="Target class (targeted).")] = None,
+           n: Annotated[int, typer.Option("--n", help="Test samples attacked.")] = 256,
+           param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+           save: Annotated[Path | None, typer.Option(
+               "--out", help="Save x, x_adv, y, success as .npz.")] = None,
+           quiet: QuietOpt = False) -> None:
+    """Run one attack on test samples and print robust accuracy."""
+    from scrutiny.types import ThreatModel
+
+    atk = registry.create(method, kind="attack", **parse_params(param))
+    threat = ThreatModel(norm, eps)
+    if n < 1:
+        raise InputError(f"--n must be >= 1, got {n}")
+    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    x, y = ds.x[:n], ds.y[:n]
+    t0 = time.perf_counter()
+    res = atk(m, x, y, threat=ThreatModel(norm, eps, m.bounds, threat.mask), target=target,
+              seed=seed)
+    dt = time.perf_counter() - t0
+    table = Table("metric", "value", title=f"{atk!r} on {m.name} / {ds.name}")
+    for k, v in res.to_dict().items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    table.add_row("seconds", f"{dt:.2f}")
+    out.print(table)
+    if save is not None:
+        np.savez_compressed(save, x=x.numpy(), x_adv=res.x_adv.cpu().numpy(), y=y.numpy(),
+                            success=res.success.numpy())
+        out.print(f"saved {save}")
+
+
+@app.command()
+def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")],
+            model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+            mean: MeanOpt = None, std: StdOpt = None,
+            target: Annotated[int | None, typer.Option(help="Class explained (default: "
+                                                       "predicted).")] = None,
+            n: Annotated[int, typer.Option("--n", help="Samples explained.")] = 8,
+            param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+            save: Annotated[Path, typer.Option("--out", help="PNG figure; the attributions go "
+                                               "beside it as .npz.")] = Path("explanation.png"),
+            quiet: QuietOpt = False) -> None:
+    """Explain predictions on test samples; save a figure and the attributions."""
+    from scrutiny.audit import figures
+
+    exp = registry.create(method, kind="explainer", **parse_params(param))
+    if n < 1:
+        raise InputError(f"--n must be >= 1, got {n}")
+    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    x = ds.x[:n]
+    t0 = time.perf_counter()
+    e = exp(m, x, target, seed=seed)
+    dt = time.perf_counter() - t0
+    if ds.is_image:
+        png, _ = figures.explanation_grid(x, {exp.name: e.pixel_map()}, f"{exp.name}")
+    else:
+        png, _ = figures.feature_bars({exp.name: e.attributions}, ds.feature_names or (),
+                                      exp.name)
+    save.parent.mkdir(parents=True, exist_ok=True)
+    save.write_bytes(png)
+    np.savez_compressed(save.with_suffix(".npz"), attributions=e.attributions.cpu().numpy(),
+                        target=e.target.numpy(), outputs=e.outputs.numpy())
+    msg = f"{exp!r}: {n} samples in {dt:.2f} s"
+    if e.delta is not None:
+        msg += f", max |completeness error| {float(e.delta.abs().max()):.2e}"
+    out.print(msg)
+    out.print(f"saved {save} and {save.with_suffix('.npz')}")
+
+
+@app.command()
+def train(model: Annotated[str, typer.Option(
+              "--model", help="Zoo model name, or 'module:factory' (then --data and --out).")]
+          = "digits-cnn",
+          data: DataOpt = None,
+          epochs: Annotated[int, typer.Option(help="Epochs (module:factory models).")] = 10,
+          lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
+          save: Annotated[Path | None, typer.Option("--out", help="safetensors file to write "
+                                                    "(module:factory models).")] = None,
+          retrain: Annotated[bool, typer.Option(help="Retrain a cached zoo model.")] = False,
+          seed: SeedOpt = 0, quiet: QuietOpt = False) -> None:
+    """Train a zoo model (cached) or your own 'module:factory' model."""
+    from scrutiny.data import load
+    from scrutiny.models import RECIPES, TorchModel, load_factory, pretrained, save_weights
+    from scrutiny.models.training import train as fit
+
+    if model in RECIPES:
+        m = pretrained(model, retrain=retrain, progress=not quiet)
+        test = load(RECIPES[model].dataset, split="test")
+    else:
+        if save is None:
+            raise InputError("give --out FILE.safetensors for a 'module:factory' model")
+        net = load_factory(model)
+        ds = load(data or "digits", split="train")
+        fit(net, ds, epochs=epochs, lr=lr, seed=seed, progress=not quiet)
+        save_weights(net, save, metadata={"model": model, "data": ds.name})
+        m, test = TorchModel(net, name=model), load(data or "digits", split="test")
+        out.print(f"saved {save}")
+    acc = float((m.predict(test.x.to(m.device)).cpu() == test.y).float().mean())
+    out.print(f"{m.name}: test accuracy {100 * acc:.1f}% on {test.name} ({len(test)} samples)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input gives one line on stderr and exit status 2."""
+    try:
+        app(args=argv, prog_name="scrutiny")
+    except SystemExit as e:  # typer exits on its own after a command or --help
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except (ScrutinyError, FileNotFoundError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

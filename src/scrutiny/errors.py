@@ -1,0 +1,17 @@
+"""Errors raised for bad input; the CLI prints them as one line."""
+
+
+class ScrutinyError(Exception):
+    """Base class of every error scrutiny raises on purpose."""
+
+
+class InputError(ScrutinyError, ValueError):
+    """An argument is wrong: the message says what and what is accepted."""
+
+
+class NotDifferentiableError(ScrutinyError, TypeError):
+    """A white-box method was given a model without gradients."""
+
+
+class QueryBudgetExceeded(ScrutinyError, RuntimeError):
+    """A query model's budget is spent."""

@@ -1,0 +1,95 @@
+"""The Explainer base class: owns the invariants, a subclass writes ``_explain``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from scrutiny.base import Method, grad_wrt, seeded
+from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.types import Explanation, Tags
+from scrutiny.validation import check_labels, check_positive, check_x
+
+
+class Explainer(Method):
+    """Base class of local explanation methods.
+
+    ``explain`` (also ``__call__``) validates the inputs, evaluates the model
+    in eval mode with frozen parameters (restored afterwards, even on error),
+    seeds the RNG, resolves the target (default: the predicted class), calls
+    ``_explain`` and packs an :class:`~scrutiny.types.Explanation`. Inputs are
+    never modified.
+    """
+
+    kind = "explainer"
+    tags = Tags()
+
+    def explain(self, model, x: torch.Tensor, target: torch.Tensor | int | None = None, *,
+                seed: int | None = 0) -> Explanation:
+        """Explain the model's output for ``target`` at each input of ``x``.
+
+        Parameters
+        ----------
+        model : nn.Module or TorchModel
+        x : Tensor
+            Inputs ``(N, ...)`` within the model's bounds; not modified.
+        target : Tensor or int, optional
+            Class to explain per sample; default the predicted class.
+        seed : int, optional
+            Seeds any randomness (noise baselines, sampling).
+        """
+        model = as_model(model)
+        check_x(x, model.bounds, image=self.tags.image_only)
+        dev = model.device
+        x0 = x.detach().to(dev).clone()
+        with model.evaluating(), seeded(seed, dev):
+            with torch.no_grad():
+                logits = model(x0)
+            if target is None:
+                target = logits.argmax(dim=1)
+            target = check_labels(target, len(x0), logits.shape[1], "target").to(dev)
+            attr, extra = self._explain(model, x0, target)
+        delta = extra.pop("delta", None)
+        return Explanation(
+            attributions=attr.detach().to(x.device),
+            target=target.cpu(),
+            outputs=logits.gather(1, target[:, None])[:, 0].cpu(),
+            delta=None if delta is None else delta.detach().cpu(),
+            meta={"explainer": self.name, **extra})
+
+    __call__ = explain
+
+    def _explain(self, model: TorchModel, x: torch.Tensor, target: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def check_batch_size(batch_size: int) -> None:
+    check_positive("batch_size", batch_size, integer=True)
+
+
+def target_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d z_target / dx, z_target)`` for a batch: one forward and one backward."""
+    x = x.detach().requires_grad_(True)
+    out = model(x).gather(1, target[:, None])[:, 0]
+    return grad_wrt(out, x), out.detach()
+
+
+@contextlib.contextmanager
+def capture(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record ``layer``'s output of each forward in ``store["out"]``; hook removed on exit."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _inp, out):
+        store["out"] = out
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()

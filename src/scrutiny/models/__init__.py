@@ -1,0 +1,9 @@
+"""Model wrappers, the model zoo and training."""
+
+from scrutiny.models.query import QueryModel
+from scrutiny.models.weights import load_factory, load_weights, save_weights
+from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.models.zoo import MLP, RECIPES, SmallCNN, build, pretrained
+
+__all__ = ["MLP", "RECIPES", "QueryModel", "SmallCNN", "TorchModel", "as_model", "build",
+           "load_factory", "load_weights", "pretrained", "save_weights"]

@@ -1,0 +1,146 @@
+"""TorchModel: any nn.Module with its input bounds and preprocessing inside."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from scrutiny.errors import InputError, NotDifferentiableError
+
+
+class TorchModel(nn.Module):
+    """A white-box classifier: maps inputs in their natural range to logits.
+
+    Normalisation (``(x - mean) / std``) happens inside, so attacks and
+    explainers see inputs in ``bounds`` and ``eps`` is in input units.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The classifier; returns logits ``(N, K)``.
+    bounds : (float, float)
+        Range of valid inputs.
+    mean, std : sequence of float, optional
+        Per-channel normalisation applied before ``module``.
+    num_classes : int, optional
+        Checked against the output when given; inferred on first call.
+    name : str, optional
+        Shown in reports.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> m = TorchModel(nn.Linear(4, 3), mean=[0.5], std=[0.25])
+    >>> m(torch.zeros(2, 4)).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(self, module: nn.Module, *, bounds: tuple[float, float] = (0.0, 1.0),
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 num_classes: int | None = None, name: str | None = None) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise NotDifferentiableError(
+                f"TorchModel needs a torch.nn.Module, got {type(module).__name__}; "
+                "wrap a black box in QueryModel instead")
+        if isinstance(module, TorchModel):
+            raise InputError("module is already a TorchModel")
+        lo, hi = (float(b) for b in bounds)
+        if not lo < hi:
+            raise InputError(f"bounds must be (low, high) with low < high, got {bounds!r}")
+        self.module = module
+        self.bounds = (lo, hi)
+        self.num_classes = num_classes
+        self.name = name or type(module).__name__
+        if (mean is None) != (std is None):
+            raise InputError("give both mean and std, or neither")
+        if mean is not None:
+            m = torch.as_tensor(mean, dtype=torch.float32)
+            s = torch.as_tensor(std, dtype=torch.float32)
+            if torch.any(s <= 0):
+                raise InputError("std must be > 0")
+            self.register_buffer("mean", m, persistent=False)
+            self.register_buffer("std", s, persistent=False)
+        else:
+            self.mean = self.std = None
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters (CPU for a parameter-free module)."""
+        for t in self.module.parameters():
+            return t.device
+        for t in self.module.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2) if self.mean.numel() > 1 else (1,)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(self._norm(x))
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(f"the model must return logits of shape (N, K), got {got}")
+        if self.num_classes is None:
+            self.num_classes = out.shape[1]
+        elif out.shape[1] != self.num_classes:
+            raise InputError(f"model returned {out.shape[1]} classes, expected {self.num_classes}")
+        return out
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[TorchModel]:
+        """Eval mode, parameters frozen (input gradients only); all restored on exit."""
+        modes = [(m, m.training) for m in self.modules()]
+        grads = [(p, p.requires_grad) for p in self.parameters()]
+        try:
+            self.eval()
+            for p, _ in grads:
+                p.requires_grad_(False)
+            yield self
+        finally:
+            for m, t in modes:
+                m.training = t
+            for p, g in grads:
+                p.requires_grad_(g)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Logits of ``x`` in eval mode, computed in chunks of ``batch_size``."""
+        with self.evaluating():
+            dev = self.device
+            outs = [self(x[i:i + batch_size].to(dev)) for i in range(0, len(x), batch_size)]
+        return torch.cat(outs) if outs else torch.empty(0, self.num_classes or 0)
+
+    def predict(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Predicted labels (N,)."""
+        return self.logits(x, batch_size).argmax(dim=1)
+
+    def layer_names(self) -> list[str]:
+        """Names of the wrapped module's sub-layers (for ``layer=`` arguments)."""
+        return [n for n, _ in self.module.named_modules() if n]
+
+    def layer(self, name: str) -> nn.Module:
+        """The sub-layer called ``name``; a clear error lists the valid names."""
+        mods = dict(self.module.named_modules())
+        if not name or name not in mods:
+            raise InputError(f"no layer {name!r} in {self.name}; layers: "
+                             + ", ".join(self.layer_names()))
+        return mods[name]
+
+
+def as_model(model: nn.Module | TorchModel, bounds: tuple[float, float] | None = None) -> TorchModel:
+    """Wrap a plain ``nn.Module`` (bounds default to [0, 1]); pass a TorchModel through."""
+    if isinstance(model, TorchModel):
+        return model
+    if isinstance(model, nn.Module):
+        return TorchModel(model, bounds=bounds or (0.0, 1.0))
+    raise NotDifferentiableError(
+        f"a white-box method needs a torch.nn.Module or TorchModel, got {type(model).__name__}; "
+        "use a black-box method for models you can only query")

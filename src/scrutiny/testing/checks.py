@@ -1,0 +1,226 @@
+"""The common checks every registered method must pass.
+
+Use them from pytest::
+
+    from scrutiny.registry import list_methods
+    from scrutiny.testing import parametrize_with_checks
+
+    @parametrize_with_checks(list_methods())
+    def test_common(spec, check):
+        check(spec)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scrutiny import registry
+from scrutiny.errors import InputError
+from scrutiny.models.wrapper import TorchModel
+from scrutiny.testing.models import Failing, tiny_cnn, tiny_images, tiny_linear
+from scrutiny.types import ThreatModel
+
+Check = Callable[[str], None]
+
+
+def _make(spec: str, **extra):
+    info = registry.get(spec)
+    return registry.create(spec, **{**info.test_params, **extra})
+
+
+def _problem(seed: int = 0):
+    model = tiny_cnn(seed)
+    x = tiny_images(5, seed)
+    y = model.predict(x)
+    return model, x, y
+
+
+def _output(spec: str, method, model, x, y, seed: int = 0, eps: float = 0.1) -> torch.Tensor:
+    if registry.get(spec).kind == "attack":
+        norm = method.tags.norms[0]
+        return method(model, x, y, threat=ThreatModel(norm, eps), seed=seed).x_adv
+    return method(model, x, y, seed=seed).attributions
+
+
+# ---------------------------------------------------------------- all methods
+def check_params_roundtrip(spec: str) -> None:
+    """Constructor parameters are stored verbatim and rebuild an equal method."""
+    m = _make(spec)
+    params = m.get_params()
+    again = type(m)(**params)
+    assert again == m and again.get_params() == params
+    assert type(m).__name__ in repr(m)
+
+
+def check_unknown_param_rejected(spec: str) -> None:
+    """``create`` rejects an unknown parameter and lists the accepted ones."""
+    with pytest.raises(InputError, match="accepted"):
+        registry.create(spec, not_a_parameter=1)
+
+
+def check_input_not_mutated(spec: str) -> None:
+    model, x, y = _problem()
+    x0, y0 = x.clone(), y.clone()
+    _output(spec, _make(spec), model, x, y)
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+
+
+def check_dtype_device_kept(spec: str) -> None:
+    model, x, y = _problem()
+    out = _output(spec, _make(spec), model, x, y)
+    assert out.dtype == x.dtype and out.device == x.device
+    assert len(out) == len(x)
+
+
+def check_state_restored(spec: str) -> None:
+    """Mode, ``requires_grad`` and hooks are as before, also when forward raises."""
+    inner = tiny_cnn(0)
+    failing = Failing(inner.module, fail_at=2)
+    model = TorchModel(failing)
+    model.train()
+    model.module.inner[2].requires_grad_(False)
+    before_modes = [m.training for m in model.modules()]
+    before_grads = [p.requires_grad for p in model.parameters()]
+    hooks = [len(m._forward_hooks) for m in model.modules()]
+    x = tiny_images(4)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        _output(spec, _make(spec), model, x, torch.zeros(4, dtype=torch.long))
+    assert [m.training for m in model.modules()] == before_modes
+    assert [p.requires_grad for p in model.parameters()] == before_grads
+    assert [len(m._forward_hooks) for m in model.modules()] == hooks
+    for p in model.parameters():
+        assert p.grad is None, "a method must not compute weight gradients"
+
+
+def check_same_seed_same_result(spec: str) -> None:
+    model, x, y = _problem()
+    m = _make(spec)
+    a = _output(spec, m, model, x, y, seed=3)
+    b = _output(spec, m, model, x, y, seed=3)
+    assert torch.equal(a, b)
+
+
+def check_rejects_bad_input(spec: str) -> None:
+    """NaN inputs and out-of-range labels give a clear InputError."""
+    model, x, y = _problem()
+    m = _make(spec)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        _output(spec, m, model, bad, y)
+    with pytest.raises(InputError, match="classes"):
+        _output(spec, m, model, x, torch.full_like(y, 7))
+
+
+# ---------------------------------------------------------------- attacks
+def check_threat_invariants(spec: str) -> None:
+    """Property: x_adv lies in the eps-ball and the bounds, for every declared norm."""
+    m = _make(spec)
+    model, x, y = _problem()
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(norm=st.sampled_from(m.tags.norms), eps=st.floats(0.0, 3.0),
+           lo=st.sampled_from([0.0, 0.2]), seed=st.integers(0, 2**16))
+    def prop(norm, eps, lo, seed):
+        hi = 1.0
+        xs = x * (hi - lo) + lo
+        threat = ThreatModel(norm, eps, (lo, hi))
+        bounded = TorchModel(model.module, bounds=(lo, hi))
+        res = m(bounded, xs, y, threat=threat, seed=seed)
+        assert bool(threat.contains(xs, res.x_adv).all())
+
+    prop()
+
+
+def check_results_recomputed(spec: str) -> None:
+    """success, norms and correctness agree with the model on x_adv."""
+    model, x, y = _problem()
+    threat = ThreatModel(_make(spec).tags.norms[0], 0.3)
+    res = _make(spec)(model, x, y, threat=threat)
+    pred = model.predict(res.x_adv)
+    assert torch.equal(res.success, pred != y)
+    assert torch.equal(res.adv_correct, pred == y)
+    assert torch.allclose(res.norms, threat.distance(x, res.x_adv))
+    assert res.robust_accuracy() <= res.clean_accuracy()
+
+
+def check_targeted(spec: str) -> None:
+    """Targeted runs report success as reaching the target."""
+    m = _make(spec)
+    if not m.tags.targeted:
+        with pytest.raises(InputError, match="untargeted"):
+            m(*_problem()[:3], threat=ThreatModel(m.tags.norms[0], 0.1), target=0)
+        return
+    model, x, y = _problem()
+    t = (y + 1) % 3
+    res = m(model, x, y, threat=ThreatModel(m.tags.norms[0], 0.5), target=t)
+    assert torch.equal(res.success, model.predict(res.x_adv) == t)
+
+
+# ---------------------------------------------------------------- explainers
+def check_shapes(spec: str) -> None:
+    model, x, y = _problem()
+    e = _make(spec)(model, x, y)
+    assert e.attributions.shape in (x.shape, (x.shape[0], *x.shape[2:]))
+    assert e.target.shape == (len(x),) and e.outputs.shape == (len(x),)
+    assert torch.isfinite(e.attributions).all()
+
+
+def check_batched_equals_single(spec: str) -> None:
+    model, x, y = _problem()
+    m = _make(spec)
+    full = m(model, x, y).attributions
+    single = torch.cat([m(model, x[i:i + 1], y[i:i + 1]).attributions for i in range(len(x))])
+    assert torch.allclose(full, single, atol=1e-5, rtol=1e-4)
+
+
+def check_linear_oracle(spec: str) -> None:
+    """On ``f = Wx + b`` the attribution equals the method's closed form."""
+    m = _make(spec)
+    oracle = getattr(m, "linear_oracle", None)
+    if oracle is None:
+        pytest.skip(f"{spec} has no closed form on a linear model (needs convolutions)")
+    model = tiny_linear(0)
+    x = tiny_images(4)
+    t = torch.tensor([0, 1, 2, 0])
+    w = model.module[1].weight[t].reshape(x.shape).detach()
+    e = m(model, x, t)
+    assert torch.allclose(e.attributions, oracle(w, x), atol=1e-5)
+
+
+def check_randomization_changes_map(spec: str) -> None:
+    """The map depends on the weights (the model-randomization sanity check)."""
+    model, x, y = _problem()
+    m = _make(spec)
+    a = m(model, x, y).attributions
+    other = tiny_cnn(seed=1)
+    b = m(other, x, y).attributions
+    assert not torch.allclose(a, b, atol=1e-6)
+
+
+COMMON: tuple[Check, ...] = (check_params_roundtrip, check_unknown_param_rejected,
+                             check_input_not_mutated, check_dtype_device_kept,
+                             check_state_restored, check_same_seed_same_result,
+                             check_rejects_bad_input)
+ATTACK: tuple[Check, ...] = (check_threat_invariants, check_results_recomputed, check_targeted)
+EXPLAINER: tuple[Check, ...] = (check_shapes, check_batched_equals_single, check_linear_oracle,
+                                check_randomization_changes_map)
+
+
+def checks_for(spec: str) -> tuple[Check, ...]:
+    kind = registry.get(spec).kind
+    return COMMON + (ATTACK if kind == "attack" else EXPLAINER)
+
+
+def parametrize_with_checks(specs: list[str]):
+    """``pytest.mark.parametrize("spec, check", ...)`` over every check of every method."""
+    cases = [pytest.param(s, c, id=f"{s}-{c.__name__.removeprefix('check_')}")
+             for s in specs for c in checks_for(s)]
+    return pytest.mark.parametrize("spec, check", cases)
+
+

@@ -1,0 +1,55 @@
+"""Tiny seeded models and inputs for the common checks (CPU, milliseconds)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scrutiny.models.wrapper import TorchModel
+
+
+def tiny_cnn(seed: int = 0, in_channels: int = 1, num_classes: int = 3) -> TorchModel:
+    """Conv-ReLU-Conv-ReLU-GAP-Linear with seeded random weights."""
+    g = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, num_classes))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return TorchModel(net, name="tiny_cnn")
+
+
+def tiny_linear(seed: int = 0, shape: tuple[int, ...] = (1, 6, 6), num_classes: int = 3) -> TorchModel:
+    """``f(x) = W flatten(x) + b`` with seeded weights: every gradient is known."""
+    g = torch.Generator().manual_seed(seed)
+    d = 1
+    for s in shape:
+        d *= s
+    lin = nn.Linear(d, num_classes)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(lin.weight.shape, generator=g))
+        lin.bias.copy_(torch.randn(lin.bias.shape, generator=g))
+    return TorchModel(nn.Sequential(nn.Flatten(), lin), name="tiny_linear")
+
+
+def tiny_images(n: int = 5, seed: int = 0, shape: tuple[int, ...] = (1, 6, 6)) -> torch.Tensor:
+    """Uniform random inputs in [0, 1]."""
+    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+class Failing(nn.Module):
+    """Wraps a module and raises on the ``fail_at``-th forward (after running it)."""
+
+    def __init__(self, module: nn.Module, fail_at: int = 2) -> None:
+        super().__init__()
+        self.inner = module
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.inner(x)
+        if self.calls >= self.fail_at:
+            raise RuntimeError("forward failed on purpose")
+        return out

@@ -1,0 +1,283 @@
+"""Core value types: threat models, capability tags and result dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from scrutiny.errors import InputError
+
+NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+
+
+@dataclass(frozen=True)
+class Tags:
+    """Capabilities a method declares; read by the base classes and the test suite.
+
+    Attributes
+    ----------
+    white_box : bool
+        Needs gradients of the model (a :class:`torch.nn.Module`).
+    norms : tuple of str
+        Norms of :class:`ThreatModel` the attack supports.
+    targeted : bool
+        Accepts ``target=``.
+    stochastic : bool
+        Output depends on ``seed``.
+    image_only : bool
+        Needs inputs of shape ``(N, C, H, W)``.
+    minimum_norm : bool
+        Finds the smallest perturbation instead of staying inside a fixed eps.
+    """
+
+    white_box: bool = True
+    norms: tuple[str, ...] = NORMS
+    targeted: bool = False
+    stochastic: bool = False
+    image_only: bool = False
+    minimum_norm: bool = False
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-sample norm of ``delta`` (first dimension is the batch)."""
+    d = _flat(delta)
+    if norm == "linf":
+        return d.abs().amax(dim=1) if d.shape[1] else d.new_zeros(d.shape[0])
+    if norm == "l2":
+        return d.norm(p=2, dim=1)
+    if norm == "l1":
+        return d.abs().sum(dim=1)
+    raise InputError(f"unknown norm {norm!r}; accepted: {', '.join(NORMS)}")
+
+
+def project_l1_box(v: torch.Tensor, eps: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                   iters: int = 60) -> torch.Tensor:
+    """Exact Euclidean projection of ``v`` onto ``{d : ||d||_1 <= eps, lo <= d <= hi}``.
+
+    ``lo <= 0 <= hi`` elementwise. The solution is
+    ``d_i = sign(v_i) * clip(|v_i| - lam, 0, u_i)`` with ``u_i`` the box limit on
+    the side of ``v_i``; ``lam >= 0`` is the root of a monotone piecewise-linear
+    function, found by bisection to float precision (``iters`` halvings).
+
+    References
+    ----------
+    .. [1] Croce, Hein. "Mind the box: l1-APGD for sparse adversarial attacks
+       on image classifiers", ICML 2021 (projection onto the l1-ball and box).
+    """
+    shape = v.shape
+    v, lo, hi = _flat(v), _flat(lo.expand(shape)), _flat(hi.expand(shape))
+    eps = eps.reshape(-1, 1).to(v)
+    u = torch.where(v >= 0, hi, -lo).clamp_min(0)
+    a = v.abs()
+    boxed = torch.minimum(a, u)
+    inside = boxed.sum(dim=1, keepdim=True) <= eps
+    lam_lo = torch.zeros_like(eps)
+    lam_hi = a.amax(dim=1, keepdim=True)
+    for _ in range(iters):
+        lam = (lam_lo + lam_hi) / 2
+        s = (a - lam).clamp_min(0).minimum(u).sum(dim=1, keepdim=True)
+        too_big = s > eps
+        lam_lo = torch.where(too_big, lam, lam_lo)
+        lam_hi = torch.where(too_big, lam_hi, lam)
+    mag = torch.where(inside, boxed, (a - lam_hi).clamp_min(0).minimum(u))
+    return (torch.sign(v) * mag).reshape(shape)
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """The set of allowed inputs around a clean point ``x0``.
+
+    ``{x : ||(x - x0)||_p <= eps, lo <= x <= hi, x = x0 outside mask}``.
+
+    Parameters
+    ----------
+    norm : {"linf", "l2", "l1"}
+        The norm that measures the perturbation.
+    eps : float
+        Radius, in input units (the model wrapper normalises internally).
+    bounds : (float, float)
+        Valid input range.
+    mask : torch.Tensor, optional
+        Broadcastable to one input (e.g. ``(1, H, W)``); 1 where pixels may
+        change, 0 where they must not.
+
+    Examples
+    --------
+    >>> import torch
+    >>> tm = ThreatModel("linf", 0.1)
+    >>> x0 = torch.full((1, 1, 2, 2), 0.5)
+    >>> tm.project(x0, x0 + 1).max().item()
+    0.6000000238418579
+    """
+
+    norm: str
+    eps: float
+    bounds: tuple[float, float] = (0.0, 1.0)
+    mask: torch.Tensor | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise InputError(f"unknown norm {self.norm!r}; accepted: {', '.join(NORMS)}")
+        eps = float(self.eps)
+        if not eps >= 0 or eps == float("inf"):
+            raise InputError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        object.__setattr__(self, "eps", eps)
+        lo, hi = (float(b) for b in self.bounds)
+        if not lo < hi:
+            raise InputError(f"bounds must be (low, high) with low < high, got {self.bounds!r}")
+        object.__setattr__(self, "bounds", (lo, hi))
+        if self.mask is not None:
+            m = torch.as_tensor(self.mask, dtype=torch.float32)
+            if not torch.all((m == 0) | (m == 1)):
+                raise InputError("mask must contain only 0 and 1")
+            object.__setattr__(self, "mask", m)
+
+    def with_eps(self, eps: float) -> ThreatModel:
+        """The same threat model with another radius."""
+        return ThreatModel(self.norm, eps, self.bounds, self.mask)
+
+    def _mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.mask is None:
+            return None
+        return self.mask.to(device=x.device, dtype=x.dtype).expand(x.shape[1:])
+
+    def distance(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample ``||x - x0||`` in this threat model's norm."""
+        return lp_norm(x - x0, self.norm)
+
+    def contains(self, x0: torch.Tensor, x: torch.Tensor, tol: float = 1e-5) -> torch.Tensor:
+        """Per-sample bool: ``x`` lies in the ball, the bounds and the mask."""
+        lo, hi = self.bounds
+        ok = self.distance(x0, x) <= self.eps * (1 + tol) + tol
+        ok &= _flat((x >= lo - tol) & (x <= hi + tol)).all(dim=1)
+        m = self._mask_for(x)
+        if m is not None:
+            ok &= _flat(((x - x0) * (1 - m)).abs() <= tol).all(dim=1)
+        return ok
+
+    def project(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Closest point (Euclidean) to ``x`` in the threat set around ``x0``.
+
+        Exact for linf and l1 (ball intersected with the box) and for l2 up to
+        the box: the l2 ball is projected first, then the box, which can only
+        shrink the perturbation, so the result stays in the set.
+        """
+        lo, hi = self.bounds
+        delta = x - x0
+        m = self._mask_for(x)
+        if m is not None:
+            delta = delta * m
+        if self.norm == "linf":
+            delta = delta.clamp(-self.eps, self.eps)
+        elif self.norm == "l2":
+            n = lp_norm(delta, "l2").clamp_min(1e-12)
+            factor = torch.clamp(self.eps / n, max=1.0)
+            delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+        else:
+            eps = torch.full((x.shape[0],), self.eps, device=x.device, dtype=x.dtype)
+            delta = project_l1_box(delta, eps, lo - x0, hi - x0)
+        return (x0 + delta).clamp(lo, hi)
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns; every field is recomputed by the base class.
+
+    Attributes
+    ----------
+    x_adv : Tensor
+        Adversarial inputs, inside the threat model.
+    success : Tensor
+        bool (N,): untargeted, the prediction differs from ``y``; targeted, it
+        equals ``target``.
+    norms : Tensor
+        (N,) distance of ``x_adv`` from ``x`` in the threat model's norm.
+    logits : Tensor
+        (N, K) model output on ``x_adv``.
+    clean_correct : Tensor
+        bool (N,): the clean input was classified correctly.
+    adv_correct : Tensor
+        bool (N,): ``x_adv`` is still classified as ``y``.
+    queries : Tensor, optional
+        (N,) model queries spent per sample (black-box attacks).
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    norms: torch.Tensor
+    logits: torch.Tensor
+    clean_correct: torch.Tensor
+    adv_correct: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
+    threat: ThreatModel | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def robust_accuracy(self) -> float:
+        """Fraction of samples still classified correctly under attack."""
+        return float(self.adv_correct.float().mean()) if len(self.y) else float("nan")
+
+    def clean_accuracy(self) -> float:
+        """Fraction of clean samples classified correctly."""
+        return float(self.clean_correct.float().mean()) if len(self.y) else float("nan")
+
+    def success_rate(self) -> float:
+        """Fraction of samples on which the attack reached its goal."""
+        return float(self.success.float().mean()) if len(self.y) else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Summary numbers (JSON-ready)."""
+        ok = self.norms[self.success]
+        out: dict[str, Any] = {
+            "n": len(self.y),
+            "clean_accuracy": self.clean_accuracy(),
+            "robust_accuracy": self.robust_accuracy(),
+            "success_rate": self.success_rate(),
+            "median_norm_of_successes": float(ok.median()) if len(ok) else None,
+            "norm": self.threat.norm if self.threat else None,
+            "eps": self.threat.eps if self.threat else None,
+        }
+        if self.queries is not None:
+            out["mean_queries"] = float(self.queries.float().mean())
+        out.update({k: v for k, v in self.meta.items() if isinstance(v, int | float | str | bool)})
+        return out
+
+
+@dataclass
+class Explanation:
+    """What an explainer returns.
+
+    Attributes
+    ----------
+    attributions : Tensor
+        Relevance per input element (same shape as ``x``) or per pixel
+        (``(N, H, W)``) for methods that reduce over channels.
+    target : Tensor
+        (N,) explained class.
+    outputs : Tensor
+        (N,) model output (logit) of the target class at ``x``.
+    delta : Tensor, optional
+        (N,) completeness error ``sum(attributions) - (f(x) - f(baseline))``
+        for methods that claim completeness.
+    location : str
+        Where attributions live: ``"input"`` or a layer name.
+    """
+
+    attributions: torch.Tensor
+    target: torch.Tensor
+    outputs: torch.Tensor
+    delta: torch.Tensor | None = None
+    location: str = "input"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def pixel_map(self) -> torch.Tensor:
+        """(N, H, W) map for display: channel-summed for image attributions."""
+        a = self.attributions
+        return a.sum(dim=1) if a.dim() == 4 else a

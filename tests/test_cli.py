@@ -1,0 +1,79 @@
+"""The command line: every command end to end, and one-line errors."""
+
+import json
+
+import pytest
+
+from scrutiny.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _trained(digits_model):
+    """The zoo model is trained once (session fixture) before the CLI loads it."""
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    assert "attack:pgd" in capsys.readouterr().out
+
+
+def test_attack_and_save(tmp_path, capsys):
+    out = tmp_path / "adv.npz"
+    assert main(["attack", "pgd", "--eps", "0.1", "--n", "64", "-p", "steps=10", "--out",
+                 str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "robust_accuracy" in text and out.is_file()
+
+
+def test_explain(tmp_path, capsys):
+    png = tmp_path / "ig.png"
+    assert main(["explain", "integrated_gradients", "--n", "3", "--out", str(png), "-q"]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.with_suffix(".npz").is_file()
+    assert "completeness error" in capsys.readouterr().out
+
+
+def test_audit_writes_report(tmp_path, capsys):
+    assert main(["audit", "--n", "48", "--eps", "0,0.1", "--attacks", "fgsm,pgd", "-p",
+                 "pgd.steps=5", "--out", str(tmp_path), "-q"]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Robust accuracy" in html
+    figs = json.loads((tmp_path / "figures.json").read_text())
+    assert {"robustness_curve", "adversarial_examples", "explanations"} <= set(figs)
+    assert "worst case" in capsys.readouterr().out
+
+
+def test_user_model_via_factory_and_weights(tmp_path, capsys):
+    w = tmp_path / "mlp.safetensors"
+    assert main(["train", "--model", "tests.models.factories:digits_mlp", "--data", "digits",
+                 "--epochs", "3", "--out", str(w), "-q"]) == 0
+    assert main(["attack", "fgsm", "--model", "tests.models.factories:digits_mlp", "--weights",
+                 str(w), "--n", "32", "-q"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["attack", "pgd", "--eps", "-1"], "eps must be"),
+    (["attack", "nope"], "unknown method"),
+    (["attack", "pgd", "-p", "stepz=3"], "accepted: steps"),
+    (["attack", "pgd", "--data", "/no/such/file.npz"], "no such dataset or path"),
+    (["attack", "pgd", "--model", "tests.models.factories:digits_mlp", "--data", "synthetic"],
+     "fails on inputs"),
+    (["attack", "pgd", "--model", "scrutiny.models.zoo:SmallCNN", "--weights", "/no.safetensors"],
+     "not found"),
+    (["explain", "grad_cam", "--model", "digits-mlp"], "no Conv2d"),
+    (["audit", "--norm", "l7"], "unknown norm"),
+])
+def test_bad_input_is_one_line(argv, msg, capsys):
+    assert main(argv + ["-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert msg in last and last.startswith("error:") and "Traceback" not in err
+
+
+def test_docs_method_table_matches_the_registry():
+    from pathlib import Path
+
+    from scrutiny.cli import methods_markdown
+
+    doc = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+    assert methods_markdown() in doc, "regenerate docs/methods.md with 'scrutiny list --markdown'"
