@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
 
@@ -30,7 +30,7 @@ def _image(x: torch.Tensor) -> np.ndarray:
 def robustness_curve(curves: dict[str, list[tuple[float, float]]], norm: str,
                      title: str = "Robust accuracy") -> tuple[bytes, dict[str, Any]]:
     """Robust accuracy against eps, one line per attack."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
     for name, pts in curves.items():
         e, a = zip(*pts, strict=True)
         ax.plot(e, a, marker="o", label=name)
@@ -50,7 +50,7 @@ def adversarial_examples(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                          classes: tuple[str, ...], title: str) -> tuple[bytes, dict[str, Any]]:
     """Rows: clean image, adversarial image, amplified perturbation; with predictions."""
     n = len(x)
-    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False, layout="constrained")
     delta = (x_adv - x).detach().cpu()
     scale = float(delta.abs().max()) or 1.0
     for i in range(n):
@@ -65,8 +65,10 @@ def adversarial_examples(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
         for r in range(3):
             axes[r, i].axis("off")
     for r, label in enumerate(("clean", "adversarial", "perturbation")):
-        axes[r, 0].text(-0.15, 0.5, label, transform=axes[r, 0].transAxes, rotation=90,
-                        va="center", ha="right", fontsize=8)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+        axes[r, 0].axis("on")
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
     fig.suptitle(title, fontsize=9)
     data = {"y": y.tolist(), "pred_clean": pred_clean.tolist(), "pred_adv": pred_adv.tolist(),
             "linf": delta.reshape(n, -1).abs().amax(1).tolist()}
@@ -77,8 +79,8 @@ def explanation_grid(x: torch.Tensor, maps: dict[str, torch.Tensor], title: str,
                      row_labels: list[str] | None = None) -> tuple[bytes, dict[str, Any]]:
     """Rows: samples; columns: the input, then one heatmap per method."""
     n, names = len(x), list(maps)
-    fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.5 * (1 + len(names)), 1.5 * n),
-                             squeeze=False)
+    fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.4 * (1 + len(names)), 1.45 * n + 0.4),
+                             squeeze=False, layout="constrained")
     for i in range(n):
         axes[i, 0].imshow(_image(x[i]), cmap="gray", vmin=0, vmax=1)
         if row_labels:
@@ -101,7 +103,8 @@ def explanation_grid(x: torch.Tensor, maps: dict[str, torch.Tensor], title: str,
 def feature_bars(values: dict[str, torch.Tensor], feature_names: tuple[str, ...], title: str,
                  top: int = 10) -> tuple[bytes, dict[str, Any]]:
     """Tabular attributions: mean |attribution| per feature, top features per method."""
-    fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 3.2), squeeze=False,
+                             layout="constrained")
     data = {}
     for ax, (name, v) in zip(axes[0], values.items(), strict=True):
         imp = v.detach().abs().mean(0).cpu().numpy()
