@@ -88,3 +88,16 @@ def test_distance_per_norm():
 def test_bad_threat_models(kwargs, msg):
     with pytest.raises(InputError, match=msg):
         ThreatModel(**kwargs)
+
+
+def test_robust_accuracy_at_smaller_eps():
+    from scrutiny.types import AttackResult
+
+    t = torch.tensor
+    res = AttackResult(x_adv=torch.zeros(4, 1), success=t([True, True, False, True]),
+                       norms=t([0.1, 0.5, 0.0, 0.0]), logits=torch.zeros(4, 2),
+                       clean_correct=t([True, True, True, False]),
+                       adv_correct=t([False, False, True, False]), y=t([0, 0, 0, 0]),
+                       threat=ThreatModel("l2", float("inf")))
+    assert res.robust_accuracy_at(0.2) == 0.5  # sample 0 broken, sample 3 wrong already
+    assert res.robust_accuracy_at(1.0) == res.robust_accuracy() == 0.25

@@ -125,8 +125,8 @@ class ThreatModel:
         if self.norm not in NORMS:
             raise InputError(f"unknown norm {self.norm!r}; accepted: {', '.join(NORMS)}")
         eps = float(self.eps)
-        if not eps >= 0 or eps == float("inf"):
-            raise InputError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        if not eps >= 0:  # also rejects NaN; inf means unbounded (minimum-norm attacks)
+            raise InputError(f"eps must be a number >= 0 (inf for unbounded), got {self.eps!r}")
         object.__setattr__(self, "eps", eps)
         lo, hi = (float(b) for b in self.bounds)
         if not lo < hi:
@@ -227,6 +227,21 @@ class AttackResult:
     def clean_accuracy(self) -> float:
         """Fraction of clean samples classified correctly."""
         return float(self.clean_correct.float().mean()) if len(self.y) else float("nan")
+
+    def robust_accuracy_at(self, eps: float) -> float:
+        """Robust accuracy if the threat had radius ``eps`` (<= the attack's eps).
+
+        A sample counts as broken at ``eps`` when the attack succeeded with a
+        perturbation of norm <= eps. Exact for minimum-norm attacks, whose one
+        run gives the whole robust-accuracy-versus-eps curve; for fixed-eps
+        attacks it is an upper bound.
+        """
+        if self.threat is not None and eps > self.threat.eps:
+            raise InputError(f"eps={eps} is above the attack's eps={self.threat.eps}")
+        if self.target is not None:
+            raise InputError("robust_accuracy_at is defined for untargeted attacks")
+        broken = (self.success & (self.norms <= eps * (1 + 1e-6) + 1e-12)) | ~self.clean_correct
+        return float((~broken).float().mean()) if len(self.y) else float("nan")
 
     def success_rate(self) -> float:
         """Fraction of samples on which the attack reached its goal."""
