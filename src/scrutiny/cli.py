@@ -244,8 +244,9 @@ def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")]
         raise InputError(f"--n must be >= 1, got {n}")
     m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
     x = ds.x[:n]
+    data_kw = {"background": ds.x[n:n + 100]} if "background" in exp.call_data else {}
     t0 = time.perf_counter()
-    e = exp(m, x, target, seed=seed)
+    e = exp(m, x, target, seed=seed, **data_kw)
     dt = time.perf_counter() - t0
     if ds.is_image:
         png, _ = figures.explanation_grid(x, {exp.name: e.pixel_map()}, f"{exp.name}")

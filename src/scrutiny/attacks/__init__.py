@@ -1,6 +1,20 @@
 """Evasion attacks. Every class here is registered under ``attack:<name>``."""
 
 from scrutiny.attacks.base import Attack
-from scrutiny.attacks.whitebox import FGSM, PGD
+from scrutiny.attacks.ensemble import WorstCase
+from scrutiny.attacks.whitebox import (
+    APGD,
+    APGDT,
+    BIM,
+    FGSM,
+    FMN,
+    LBFGS,
+    PGD,
+    CarliniWagnerL2,
+    DeepFool,
+    ElasticNet,
+    Penalized,
+)
 
-__all__ = ["FGSM", "PGD", "Attack"]
+__all__ = ["APGD", "APGDT", "FMN", "FGSM", "PGD", "WorstCase", "Attack",
+           "BIM", "CarliniWagnerL2", "DeepFool", "ElasticNet", "LBFGS", "Penalized"]

@@ -61,8 +61,11 @@ class Attack(Method):
                 if not self.tags.targeted:
                     raise InputError(f"{type(self).__name__} is untargeted; do not pass target=")
                 target = check_labels(target, len(x0), k, "target").to(dev)
+            extra: dict = {}
             if len(x0) and (threat.eps > 0 or self.tags.minimum_norm):
                 x_adv = self._run(model, x0, y, threat, target)
+                if isinstance(x_adv, tuple):  # (x_adv, meta): extra per-run information
+                    x_adv, extra = x_adv
             else:  # nothing to optimise: the threat set is {x}
                 x_adv = x0
             x_adv = threat.project(x0, x_adv.detach().to(x0.dtype)).detach()
@@ -75,10 +78,13 @@ class Attack(Method):
             logits=logits.cpu(), clean_correct=(clean_logits.argmax(1) == y).cpu(),
             adv_correct=(pred == y).cpu(), y=y.cpu(),
             target=None if target is None else target.cpu(), threat=threat,
-            meta={"attack": self.name})
+            meta={"attack": self.name, **extra})
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
-             target: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover - abstract
+             target: torch.Tensor | None
+             ) -> torch.Tensor | tuple[torch.Tensor, dict]:  # pragma: no cover - abstract
+        """The algorithm: return ``x_adv``, or ``(x_adv, meta)`` to add entries to
+        :attr:`AttackResult.meta` (e.g. per-sample constants found by a search)."""
         raise NotImplementedError
 
 

@@ -15,3 +15,31 @@ from scrutiny.explain.gradient import (
 
 __all__ = ["Explainer", "GradCAM", "IntegratedGradients", "Saliency", "grad_cam",
            "integrated_gradients", "saliency"]
+
+from scrutiny.explain.surrogate import KernelShap, Lime, kernel_shap, lime  # noqa: E402
+
+__all__ += ["KernelShap", "Lime", "kernel_shap", "lime"]
+
+from scrutiny.explain.cam import CAM, cam  # noqa: E402
+from scrutiny.explain.gradient import (  # noqa: E402
+    Gradient,
+    InputXGradient,
+    Sensitivity,
+    SmoothGrad,
+    input_x_gradient,
+    sensitivity,
+    smoothgrad,
+    vanilla_gradient,
+)
+from scrutiny.explain.perturbation.occlusion import Occlusion, occlusion  # noqa: E402
+
+__all__ += ["CAM", "Gradient", "InputXGradient", "Occlusion", "Sensitivity", "SmoothGrad", "cam",
+            "input_x_gradient", "occlusion", "sensitivity", "smoothgrad", "vanilla_gradient"]
+
+from scrutiny.explain.perturbation.extremal import (  # noqa: E402
+    ExtremalPerturbation,
+    extremal_perturbation,
+)
+from scrutiny.explain.uncertainty import MCDropout, mc_dropout  # noqa: E402
+
+__all__ += ["ExtremalPerturbation", "MCDropout", "extremal_perturbation", "mc_dropout"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from scrutiny.base import Method, grad_wrt, seeded
+from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import Explanation, Tags
 from scrutiny.validation import check_labels, check_positive, check_x
@@ -27,9 +28,12 @@ class Explainer(Method):
 
     kind = "explainer"
     tags = Tags()
+    #: Names of call-time data keywords ``explain`` forwards to ``_explain``
+    #: (e.g. ``("background",)``); data, not hyperparameters, so not in ``__init__``.
+    call_data: ClassVar[tuple[str, ...]] = ()
 
     def explain(self, model, x: torch.Tensor, target: torch.Tensor | int | None = None, *,
-                seed: int | None = 0) -> Explanation:
+                seed: int | None = 0, **data: Any) -> Explanation:
         """Explain the model's output for ``target`` at each input of ``x``.
 
         Parameters
@@ -41,7 +45,15 @@ class Explainer(Method):
             Class to explain per sample; default the predicted class.
         seed : int, optional
             Seeds any randomness (noise baselines, sampling).
+        **data
+            Call-time data the method declares in ``call_data`` (for example
+            ``background=`` rows for the surrogate explainers).
         """
+        unknown = [k for k in data if k not in self.call_data]
+        if unknown:
+            raise InputError(f"{type(self).__name__}.explain does not accept "
+                             f"{', '.join(map(repr, unknown))}; accepted data keywords: "
+                             f"{', '.join(self.call_data) or 'none'}")
         model = as_model(model)
         check_x(x, model.bounds, image=self.tags.image_only)
         dev = model.device
@@ -52,7 +64,7 @@ class Explainer(Method):
             if target is None:
                 target = logits.argmax(dim=1)
             target = check_labels(target, len(x0), logits.shape[1], "target").to(dev)
-            attr, extra = self._explain(model, x0, target)
+            attr, extra = self._explain(model, x0, target, **data)
         delta = extra.pop("delta", None)
         return Explanation(
             attributions=attr.detach().to(x.device),

@@ -53,3 +53,22 @@ class Failing(nn.Module):
         if self.calls >= self.fail_at:
             raise RuntimeError("forward failed on purpose")
         return out
+
+
+def dropout_mlp(seed: int = 0, in_features: int = 64, num_classes: int = 10, hidden: int = 128,
+                p: float = 0.5, heteroscedastic: bool = False) -> TorchModel:
+    """Flatten-Linear-ReLU-Dropout-Linear with seeded (untrained) weights, for MC dropout.
+
+    ``heteroscedastic=True`` doubles the output: ``K`` logits then ``K``
+    log-variances of the logits (Kendall & Gal's classification head).
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = 2 * num_classes if heteroscedastic else num_classes
+    net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(p),
+                        nn.Linear(hidden, out))
+    with torch.no_grad():
+        for layer in (net[1], net[4]):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g)
+                               / layer.weight.shape[1] ** 0.5)
+            layer.bias.zero_()
+    return TorchModel(net, name="dropout_mlp")

@@ -1,6 +1,8 @@
-"""First-order Lp attacks: FGSM / fast gradient and PGD (with BIM as a special case)."""
+"""First-order Lp attacks: FGSM / fast gradient, PGD and BIM (PGD without random start)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -131,10 +133,14 @@ class PGD(Attack):
         self.early_stop = early_stop
         self.l1_sparsity = l1_sparsity
 
+    def _schedule(self, threat: ThreatModel) -> tuple[int, float]:
+        """Number of steps and absolute step size for this threat model."""
+        return self.steps, threat.eps * (self.rel_step_size or 2.5 / self.steps)
+
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
         n = len(x)
-        alpha = threat.eps * (self.rel_step_size or 2.5 / self.steps)
+        steps, alpha = self._schedule(threat)
         best = x.clone()
         best_obj = torch.full((n,), -torch.inf, device=x.device)
         best_succ = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -153,7 +159,7 @@ class PGD(Attack):
                 break
             x0 = x[idx]
             xa = random_start(x0, threat) if self.random_start else x0.clone()
-            for _ in range(self.steps):
+            for _ in range(steps):
                 t = None if target is None else target[idx]
                 obj, grad, logits = input_gradient(model, xa, y[idx], t, self.loss)
                 succ = keep(idx, xa, obj, logits)
@@ -170,3 +176,66 @@ class PGD(Attack):
                     t = None if target is None else target[idx]
                     keep(idx, xa, margin_loss_terms(logits, y[idx], t, self.loss), logits)
         return best
+
+
+@register("attack", "bim", paper="Kurakin, Goodfellow, Bengio. Adversarial examples in the "
+          "physical world. ICLR 2017 workshop (arXiv:1607.02533, 2016)",
+          test_params={"steps": 5})
+class BIM(PGD):
+    """Basic Iterative Method: iterated FGSM with clipping, from the clean input.
+
+    ``x_0 = x``, ``x_{N+1} = Clip_{x, eps}(x_N + alpha * sign(grad_x L(x_N, y)))``:
+    PGD under linf without random start, with the paper's absolute step
+    ``alpha = 1/255`` of the input range and ``min(eps + 4, 1.25 eps)``
+    iterations, eps in units of 1/255 of the input range (so ``eps = 8/255``
+    gives 10 steps of 1/255). The loop is :class:`PGD`'s, so the best iterate
+    per sample is kept and a sample stops once misclassified (``early_stop``).
+
+    Parameters
+    ----------
+    steps : int, optional
+        Iterations; default the paper's ``ceil(min(e + 4, 1.25 e))`` with
+        ``e = 255 * eps / (hi - lo)``.
+    step_size : float, optional
+        Absolute step ``alpha`` in input units; default ``(hi - lo) / 255``.
+    loss : {"ce", "margin"}
+        Objective; targeted attacks use ``L(x, y) - L(x, t)`` (the paper's
+        iterative least-likely-class method is ``target=`` the least likely class).
+    early_stop : bool
+        Stop optimising a sample once it is misclassified.
+
+    References
+    ----------
+    .. [1] Kurakin, Goodfellow, Bengio. "Adversarial examples in the physical
+       world". arXiv:1607.02533, 2016.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
+    >>> tm = ThreatModel("linf", 0.1)
+    >>> bim = BIM()(model, data.x[:64], data.y[:64], threat=tm)
+    >>> fgsm = FGSM()(model, data.x[:64], data.y[:64], threat=tm)
+    >>> bim.robust_accuracy() <= fgsm.robust_accuracy()
+    True
+    """
+
+    tags = Tags(norms=("linf",), targeted=True)
+
+    def __init__(self, *, steps: int | None = None, step_size: float | None = None,
+                 loss: str = "ce", early_stop: bool = True) -> None:
+        if steps is not None:
+            check_positive("steps", steps, integer=True)
+        if step_size is not None:
+            check_positive("step_size", step_size)
+        super().__init__(random_start=False, loss=loss, early_stop=early_stop)
+        self.steps = steps
+        self.step_size = step_size
+
+    def _schedule(self, threat: ThreatModel) -> tuple[int, float]:
+        lo, hi = threat.bounds
+        e = 255 * threat.eps / (hi - lo)
+        steps = self.steps or max(1, math.ceil(min(e + 4, 1.25 * e)))
+        return steps, self.step_size or (hi - lo) / 255

@@ -1,4 +1,4 @@
-"""Grad-CAM at any named convolutional layer."""
+"""Grad-CAM and Grad-CAM++ at any named convolutional layer."""
 
 from __future__ import annotations
 
@@ -23,10 +23,43 @@ def last_conv(model: TorchModel) -> str:
     return names[-1]
 
 
+def upsample(raw: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Bilinear upsampling of layer maps ``(N, h, w)`` to the input size ``(N, H, W)``."""
+    return F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def gradcam_weights(variant: str, g: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Channel weights ``(N, C, 1, 1)`` from the gradient ``g = dS_c / dA`` and ``A``.
+
+    ``"gradcam"``: the spatial mean of ``g`` (Selvaraju et al., eq. 1).
+    ``"gradcam++"``: ``sum_ab alpha_ab relu(g_ab)`` with the closed form for
+    an exponential output ``Y = exp(S)`` (Chattopadhay et al., eq. 19):
+    ``alpha = g^2 / (2 g^2 + sum_ab A_ab g^3)`` (0 where the denominator is 0).
+    The paper's ``dY/dA = exp(S) g`` only adds the positive factor ``exp(S)``
+    per sample, which is left out, as in the authors' code.
+    """
+    if variant == "gradcam":
+        return g.mean(dim=(2, 3), keepdim=True)
+    g2 = g.square()
+    den = 2 * g2 + (act * g.pow(3)).sum(dim=(2, 3), keepdim=True)
+    alpha = torch.where(den != 0, g2 / torch.where(den != 0, den, 1), 0)
+    return (alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True)
+
+
+VARIANTS: tuple[str, ...] = ("gradcam", "gradcam++")
+
+
 @register("explainer", "grad_cam", paper="Selvaraju et al. Grad-CAM: visual explanations "
-          "from deep networks via gradient-based localization. ICCV 2017")
+          "from deep networks via gradient-based localization. ICCV 2017; Chattopadhay et al. "
+          "Grad-CAM++: generalized gradient-based visual explanations for deep convolutional "
+          "networks. WACV 2018")
 class GradCAM(Explainer):
     """Grad-CAM: ``ReLU(sum_k a_k A^k)`` with ``a_k`` the spatial mean of ``dy_c / dA^k``.
+
+    ``variant="gradcam++"`` gives Grad-CAM++: ``a_k = sum_ab alpha^k_ab
+    relu(dy_c / dA^k_ab)`` with the paper's closed-form ``alpha`` (see
+    :func:`gradcam_weights`), which weighs every positive location of a map
+    rather than averaging, so several instances of a class all show up.
 
     ``A`` is the output of ``layer`` (default: the last ``Conv2d``). The map is
     upsampled bilinearly to the input size: attributions have shape
@@ -36,6 +69,8 @@ class GradCAM(Explainer):
     ----------
     layer : str, optional
         Name of a layer of the wrapped module (``"features.5"``).
+    variant : {"gradcam", "gradcam++"}
+        How the channel weights are computed.
     relu : bool
         Keep only positive evidence, as the paper does.
     batch_size : int
@@ -45,6 +80,9 @@ class GradCAM(Explainer):
     ----------
     .. [1] Selvaraju et al. "Grad-CAM: visual explanations from deep networks
        via gradient-based localization". ICCV 2017.
+    .. [2] Chattopadhay, Sarkar, Howlader, Balasubramanian. "Grad-CAM++:
+       generalized gradient-based visual explanations for deep convolutional
+       networks". WACV 2018.
 
     Examples
     --------
@@ -53,13 +91,19 @@ class GradCAM(Explainer):
     >>> x = load_digits(split="test").x[:4]
     >>> GradCAM()(pretrained("digits-cnn", progress=False), x).attributions.shape
     torch.Size([4, 8, 8])
+    >>> GradCAM(variant="gradcam++")(pretrained("digits-cnn", progress=False), x).meta["layer"]
+    'features.5'
     """
 
     tags = Tags(image_only=True)
 
-    def __init__(self, *, layer: str | None = None, relu: bool = True, batch_size: int = 256) -> None:
+    def __init__(self, *, layer: str | None = None, variant: str = "gradcam", relu: bool = True,
+                 batch_size: int = 256) -> None:
         check_batch_size(batch_size)
+        if variant not in VARIANTS:
+            raise InputError(f"unknown variant {variant!r}; accepted: {', '.join(VARIANTS)}")
         self.layer = layer
+        self.variant = variant
         self.relu = relu
         self.batch_size = batch_size
 
@@ -77,14 +121,14 @@ class GradCAM(Explainer):
                     if not isinstance(act, torch.Tensor) or act.dim() != 4:
                         raise InputError(f"layer {name!r} must output feature maps (N, C, h, w)")
                     g = grad_wrt(out, act)
-                cam = (g.mean(dim=(2, 3), keepdim=True) * act.detach()).sum(dim=1)
+                act = act.detach()
+                cam = (gradcam_weights(self.variant, g, act) * act).sum(dim=1)
                 maps.append(F.relu(cam) if self.relu else cam)
         raw = torch.cat(maps)
-        up = F.interpolate(raw[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return up[:, 0], {"layer": name, "layer_map": raw.cpu()}
+        return upsample(raw, x.shape[-2:]), {"layer": name, "layer_map": raw.cpu()}
 
 
 def grad_cam(model, x, target=None, **params):
-    """Function twin of :class:`GradCAM`."""
+    """Function twin of :class:`GradCAM` (``variant="gradcam++"`` for Grad-CAM++)."""
     seed = params.pop("seed", 0)
     return GradCAM(**params).explain(model, x, target, seed=seed)

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Create benchmarks/.venv-peers: scrutiny (editable) next to the libraries it is
+# compared with (torchattacks, Captum), all on one CPU build of torch.
+#
+# The peers are NOT project dependencies: they live only in this git-ignored venv.
+#
+# Usage, from anywhere:
+#   bash benchmarks/setup_peers.sh
+# Environment:
+#   VENV          where to create it (default: benchmarks/.venv-peers, git-ignored)
+#   PYTHON        interpreter for the venv (default: python3)
+#   TORCH_VERSION torch to pin (default: 2.13.0, the version the project .venv uses)
+#   TORCH_SPEC    what to give pip for torch (default: torch==$TORCH_VERSION); point it
+#                 at a CPU wheel file if your pip would otherwise fetch a CUDA build
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+venv="${VENV:-$here/.venv-peers}"
+python="${PYTHON:-python3}"
+torch_version="${TORCH_VERSION:-2.13.0}"
+torch_spec="${TORCH_SPEC:-torch==$torch_version}"
+
+# Pinned peers (the versions the published numbers used).
+torchattacks_version="3.5.1"
+captum_version="0.9.0"
+
+"$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip)
+
+# Every later install is constrained to this exact torch, so no peer can swap it.
+constraints="$(mktemp)"
+trap 'rm -f "$constraints"' EXIT
+echo "torch==$torch_version" >"$constraints"
+
+# 1. torch first.
+"${pip[@]}" install "$torch_spec"
+
+# 2. The peers. torchattacks declares torchvision but its attacks never import it; a
+#    torchvision from the registry is a CUDA build that fails to load next to a CPU
+#    torch, so torchattacks goes in without dependencies and its real ones by hand.
+"${pip[@]}" install -c "$constraints" --no-deps "torchattacks==$torchattacks_version"
+"${pip[@]}" install -c "$constraints" "scipy>=0.14.0" "tqdm>=4.56.1" "requests~=2.25.1" \
+    "numpy>=1.19.4"
+"${pip[@]}" install -c "$constraints" "captum==$captum_version"
+
+# 3. scrutiny itself, editable, with its own dependencies (torch held by the constraint).
+"${pip[@]}" install -c "$constraints" -e "$root"
+
+# Check: the right torch, CPU only, and everything imports.
+"$venv/bin/python" - <<'EOF'
+import importlib.metadata as md
+
+import torch
+
+import captum.attr  # noqa: F401
+import scrutiny  # noqa: F401
+import torchattacks  # noqa: F401
+
+print("torch", torch.__version__, "| cuda build:", torch.version.cuda,
+      "| torchattacks", md.version("torchattacks"), "| captum", md.version("captum"))
+if torch.version.cuda is not None:
+    print("warning: this torch is a CUDA build; set TORCH_SPEC to a CPU wheel for CPU numbers")
+EOF
+echo "peers venv ready: $venv"
+echo "run: $venv/bin/python $here/run.py"

@@ -1,0 +1,207 @@
+"""Per-sample worst case over a list of attacks (AutoAttack-style), resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from scrutiny import registry
+from scrutiny.attacks.base import Attack
+from scrutiny.errors import InputError
+from scrutiny.models.wrapper import TorchModel
+from scrutiny.registry import register
+from scrutiny.types import Tags, ThreatModel
+
+DEFAULT_ATTACKS: tuple[Any, ...] = ("apgd", "apgd_t", "fmn")
+_STATE_VERSION = 1
+
+
+def _member(spec: Any) -> Attack:
+    """An Attack from a spec: ``"name"``, ``("name", {params})`` or an Attack instance."""
+    if isinstance(spec, Attack):
+        return spec
+    if isinstance(spec, str):
+        return registry.create(spec, kind="attack")
+    if (isinstance(spec, tuple | list) and len(spec) == 2 and isinstance(spec[0], str)
+            and isinstance(spec[1], dict)):
+        return registry.create(spec[0], kind="attack", **spec[1])
+    raise InputError(f"each entry of attacks must be a registered attack name, a (name, params) "
+                     f"pair or an Attack instance, got {spec!r}")
+
+
+def stage_name(attack: Attack) -> str:
+    """Readable name of a stage: the registered name and the non-default parameters."""
+    defaults = {k: p.default for k, p in registry.get(attack.name, "attack").params().items()} \
+        if attack.name else {}
+    changed = [f"{k}={v!r}" for k, v in attack.get_params().items()
+               if k not in defaults or defaults[k] != v]
+    name = attack.name or type(attack).__name__
+    return f"{name}({', '.join(changed)})" if changed else name
+
+
+def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (x, y):
+        c = t.detach().cpu().contiguous()
+        h.update(str((tuple(c.shape), str(c.dtype))).encode())
+        h.update(c.numpy().tobytes())
+    return h.hexdigest()
+
+
+@register("attack", "worst_case", paper="Croce, Hein. Reliable evaluation of adversarial "
+          "robustness with an ensemble of diverse parameter-free attacks. ICML 2020",
+          test_params={"attacks": (("apgd", {"steps": 3}), ("apgd_t", {"steps": 3, "targets": 2}),
+                                   ("fmn", {"steps": 5}))})
+class WorstCase(Attack):
+    """Per-sample worst case over several attacks, each run on the still-robust samples.
+
+    The stages run in order; each attacks only the samples that every earlier
+    stage failed to break (clean errors are never attacked). A sample is robust
+    only if every stage failed on it, and its ``x_adv`` comes from the stage that
+    broke it. This is AutoAttack's protocol; the default stages are APGD-CE,
+    APGD-T (targeted DLR over the top 9 classes) and the minimum-norm FMN in
+    place of FAB (the Square attack can be added as a further stage).
+
+    Robust accuracy after each stage and its time go to
+    ``result.meta["stages"]`` (list of dicts ``name``, ``robust_accuracy``,
+    ``seconds``, ``resumed``).
+
+    Parameters
+    ----------
+    attacks : tuple
+        Stages, each a registered attack name (``"apgd"``), a pair
+        ``(name, {params})`` or an :class:`Attack` instance. Every stage must
+        support the threat model's norm.
+    state_path : str, optional
+        File where the state is saved after each stage (safetensors, with a
+        JSON sidecar ``state_path + ".json"``; never pickle). A run with the
+        same stages, threat, seed and inputs (checked by a hash of ``x`` and
+        ``y``) resumes after the last finished stage; a state that does not
+        match is ignored (with a warning) and overwritten. Each stage's seed is
+        drawn from the call's ``seed``, so resuming needs a fixed seed (the
+        default 0), not ``seed=None``.
+
+    Notes
+    -----
+    Each stage is seeded from the call's seed and its position, so a resumed
+    run gives the same result as an uninterrupted one.
+
+    References
+    ----------
+    .. [1] Croce, Hein. "Reliable evaluation of adversarial robustness with an
+       ensemble of diverse parameter-free attacks". ICML 2020.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
+    >>> ens = WorstCase(attacks=(("apgd", {"steps": 20}), ("apgd_t", {"steps": 20, "targets": 3})))
+    >>> res = ens(model, data.x[:64], data.y[:64], threat=ThreatModel("linf", 0.1))
+    >>> [s["name"] for s in res.meta["stages"]]
+    ['apgd(steps=20)', 'apgd_t(steps=20, targets=3)']
+    >>> res.robust_accuracy() == res.meta["stages"][-1]["robust_accuracy"]
+    True
+    """
+
+    tags = Tags(norms=("linf", "l2"), stochastic=True)
+
+    def __init__(self, *, attacks: tuple[Any, ...] = DEFAULT_ATTACKS,
+                 state_path: str | None = None) -> None:
+        if isinstance(attacks, str | Attack) or not isinstance(attacks, tuple | list) \
+                or not attacks:
+            raise InputError("attacks must be a non-empty tuple of attack names, (name, params) "
+                             f"pairs or Attack instances, got {attacks!r}")
+        members = [_member(a) for a in attacks]
+        if state_path is not None and not isinstance(state_path, str | os.PathLike):
+            raise InputError(f"state_path must be a path or None, got {state_path!r}")
+        self.attacks = attacks
+        self.state_path = state_path
+        norms = tuple(n for n in ("linf", "l2", "l1") if all(n in m.tags.norms for m in members))
+        if not norms:
+            raise InputError("the attacks share no norm: " + ", ".join(
+                f"{stage_name(m)} ({'/'.join(m.tags.norms)})" for m in members))
+        # instance tags: the norms every stage supports
+        self.tags = Tags(norms=norms, stochastic=any(m.tags.stochastic for m in members),
+                         white_box=any(m.tags.white_box for m in members))
+
+    def members(self) -> list[Attack]:
+        """The stages as Attack instances."""
+        return [_member(a) for a in self.attacks]
+
+    # ------------------------------------------------------------------ state
+    @staticmethod
+    def _header(names: list[str], seeds: list[int], threat: ThreatModel, fp: str
+                ) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, "stages": names, "stage_seeds": seeds,
+                "norm": threat.norm, "eps": threat.eps if math.isfinite(threat.eps) else "inf",
+                "bounds": list(threat.bounds), "inputs_sha256": fp}
+
+    def _load(self, header: dict[str, Any], n: int) -> tuple[int, dict[str, torch.Tensor],
+                                                            list[dict[str, Any]]] | None:
+        path = str(self.state_path)
+        if not (os.path.exists(path) and os.path.exists(path + ".json")):
+            return None
+        with open(path + ".json") as f:
+            meta = json.load(f)
+        if {k: meta.get(k) for k in header} != header:
+            warnings.warn(f"the state in {path} is for other inputs, stages or threat; "
+                          "starting from the first stage", stacklevel=4)
+            return None
+        tensors = load_file(path)
+        if len(tensors["broken"]) != n:
+            return None
+        return int(meta["done"]), tensors, list(meta["log"])
+
+    def _save(self, header: dict[str, Any], done: int, broken: torch.Tensor,
+              x_adv: torch.Tensor, log: list[dict[str, Any]]) -> None:
+        path = str(self.state_path)
+        tmp = path + ".tmp"
+        save_file({"broken": broken.cpu().contiguous(), "x_adv": x_adv.cpu().contiguous()}, tmp)
+        os.replace(tmp, path)
+        with open(tmp, "w") as f:
+            json.dump({**header, "done": done, "log": log}, f, indent=1)
+        os.replace(tmp, path + ".json")
+
+    # ------------------------------------------------------------------ run
+    def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+             target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        members = self.members()
+        names = [stage_name(m) for m in members]
+        # one seed per stage, drawn from the (seeded) RNG, so resuming changes nothing
+        stage_seeds = torch.randint(0, 2**31 - 1, (len(members),)).tolist()
+        with torch.no_grad():
+            broken = model(x).argmax(1) != y  # clean errors are never attacked
+        x_adv = x.clone()
+        start, log = 0, []
+        header = None
+        if self.state_path is not None:
+            header = self._header(names, stage_seeds, threat, _fingerprint(x, y))
+            state = self._load(header, len(x))
+            if state is not None:
+                start, tensors, log = state
+                broken = tensors["broken"].to(x.device)
+                x_adv = tensors["x_adv"].to(device=x.device, dtype=x.dtype)
+                log = [{**s, "resumed": True} for s in log]
+        for i in range(start, len(members)):
+            t0 = time.perf_counter()
+            idx = (~broken).nonzero()[:, 0]
+            if len(idx):
+                res = members[i](model, x[idx], y[idx], threat=threat, seed=stage_seeds[i])
+                hit = res.success.to(x.device)
+                x_adv[idx[hit]] = res.x_adv.to(x.device, x.dtype)[hit]
+                broken[idx[hit]] = True
+            log.append({"name": names[i], "robust_accuracy": float((~broken).float().mean()),
+                        "seconds": time.perf_counter() - t0, "resumed": False})
+            if header is not None:
+                self._save(header, i + 1, broken, x_adv, log)
+        return x_adv, {"stages": log}

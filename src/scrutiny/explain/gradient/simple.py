@@ -1,0 +1,156 @@
+"""Plain gradient attributions: the gradient, sensitivity analysis and input x gradient."""
+
+from __future__ import annotations
+
+import torch
+
+from scrutiny.explain.base import Explainer, check_batch_size, target_gradient
+from scrutiny.registry import register
+
+
+def batched_gradient(model, x: torch.Tensor, target: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``d z_target / dx`` for every input, one forward/backward per chunk of ``batch_size``."""
+    return torch.cat([target_gradient(model, x[i:i + batch_size], target[i:i + batch_size])[0]
+                      for i in range(0, len(x), batch_size)])
+
+
+class _GradientBase(Explainer):
+    """Shared constructor and ``_explain`` of the one-gradient methods."""
+
+    def __init__(self, *, batch_size: int = 256) -> None:
+        check_batch_size(batch_size)
+        self.batch_size = batch_size
+
+    @staticmethod
+    def transform(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def linear_oracle(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Closed form on ``f = w.x + b``: the transform applied to the gradient ``w``."""
+        return self.transform(w, x)
+
+    def _explain(self, model, x, target):
+        return self.transform(batched_gradient(model, x, target, self.batch_size), x), {}
+
+
+@register("explainer", "gradient", paper="Simonyan, Vedaldi, Zisserman. Deep inside "
+          "convolutional networks: visualising image classification models and saliency maps. "
+          "ICLR 2014 workshop")
+class Gradient(_GradientBase):
+    """The raw input gradient ``d S_target / dx`` (signed, the input's shape).
+
+    The base map of SmoothGrad; :class:`Saliency` is its channel-max magnitude.
+
+    Parameters
+    ----------
+    batch_size : int
+        Inputs per forward/backward pass.
+
+    References
+    ----------
+    .. [1] Simonyan, Vedaldi, Zisserman. "Deep inside convolutional networks:
+       visualising image classification models and saliency maps". ICLR 2014.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> x = load_digits(split="test").x[:4]
+    >>> Gradient()(pretrained("digits-cnn", progress=False), x).attributions.shape
+    torch.Size([4, 1, 8, 8])
+    """
+
+    @staticmethod
+    def transform(g, x):
+        return g
+
+
+@register("explainer", "sensitivity", paper="Bach et al. On pixel-wise explanations for "
+          "non-linear classifier decisions by layer-wise relevance propagation. PLoS ONE 2015; "
+          "Montavon, Samek, Mueller. Methods for interpreting and understanding deep neural "
+          "networks. Digital Signal Processing 2018")
+class Sensitivity(_GradientBase):
+    """Sensitivity analysis: ``R_i = (d S_target / d x_i)^2``.
+
+    The relevance of an input element is its squared partial derivative: how
+    much a local change of that element changes the output (Montavon et al.,
+    Section 3.1). It explains the function's local variation, not the
+    prediction itself, and does not satisfy conservation.
+
+    Parameters
+    ----------
+    batch_size : int
+        Inputs per forward/backward pass.
+
+    References
+    ----------
+    .. [1] Bach et al. "On pixel-wise explanations for non-linear classifier
+       decisions by layer-wise relevance propagation". PLoS ONE 2015.
+    .. [2] Montavon, Samek, Mueller. "Methods for interpreting and
+       understanding deep neural networks". Digital Signal Processing 2018.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> x = load_digits(split="test").x[:4]
+    >>> e = Sensitivity()(pretrained("digits-cnn", progress=False), x)
+    >>> bool((e.attributions >= 0).all())
+    True
+    """
+
+    @staticmethod
+    def transform(g, x):
+        return g.square()
+
+
+@register("explainer", "input_x_gradient", paper="Shrikumar, Greenside, Shcherbina, Kundaje. "
+          "Not just a black box: learning important features through propagating activation "
+          "differences. arXiv:1605.01713, 2016")
+class InputXGradient(_GradientBase):
+    """Input x gradient: ``R_i = x_i * d S_target / d x_i``.
+
+    For a linear model with zero bias the attributions sum to the output; in
+    general it is the first-order Taylor term at the origin.
+
+    Parameters
+    ----------
+    batch_size : int
+        Inputs per forward/backward pass.
+
+    References
+    ----------
+    .. [1] Shrikumar, Greenside, Shcherbina, Kundaje. "Not just a black box:
+       learning important features through propagating activation
+       differences". arXiv:1605.01713, 2016.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> x = load_digits(split="test").x[:4]
+    >>> InputXGradient()(pretrained("digits-cnn", progress=False), x).attributions.shape
+    torch.Size([4, 1, 8, 8])
+    """
+
+    @staticmethod
+    def transform(g, x):
+        return g * x
+
+
+def vanilla_gradient(model, x, target=None, **params):
+    """Function twin of :class:`Gradient` (not ``gradient``: that is the subpackage)."""
+    seed = params.pop("seed", 0)
+    return Gradient(**params).explain(model, x, target, seed=seed)
+
+
+def sensitivity(model, x, target=None, **params):
+    """Function twin of :class:`Sensitivity`."""
+    seed = params.pop("seed", 0)
+    return Sensitivity(**params).explain(model, x, target, seed=seed)
+
+
+def input_x_gradient(model, x, target=None, **params):
+    """Function twin of :class:`InputXGradient`."""
+    seed = params.pop("seed", 0)
+    return InputXGradient(**params).explain(model, x, target, seed=seed)

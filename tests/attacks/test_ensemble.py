@@ -1,0 +1,86 @@
+"""Worst-case ensemble (AutoAttack protocol): per-sample worst case, resumable."""
+
+import json
+
+import pytest
+import torch
+
+from scrutiny.attacks import APGD, APGDT, FMN, PGD, Attack, WorstCase
+from scrutiny.attacks.ensemble import stage_name
+from scrutiny.errors import InputError
+from scrutiny.types import ThreatModel
+
+
+def test_worst_case_is_at_most_each_member_per_sample(digits_model, digits_test):
+    x, y = digits_test.x[:150], digits_test.y[:150]
+    tm = ThreatModel("linf", 0.08)
+    # deterministic members, so a member run alone and inside the ensemble agree per sample
+    members = (APGD(steps=15, random_start=False), APGDT(steps=15, targets=3, random_start=False),
+               FMN(steps=30))
+    ens = WorstCase(attacks=members)(digits_model, x, y, threat=tm)
+    for m in members:
+        alone = m(digits_model, x, y, threat=tm)
+        assert (ens.adv_correct <= alone.adv_correct).all(), stage_name(m)
+        assert ens.robust_accuracy() <= alone.robust_accuracy()
+    stages = ens.meta["stages"]
+    assert [s["name"] for s in stages] == [stage_name(m) for m in members]
+    accs = [s["robust_accuracy"] for s in stages]
+    assert accs == sorted(accs, reverse=True) and accs[-1] == ens.robust_accuracy()
+    assert all(s["seconds"] >= 0 and not s["resumed"] for s in stages)
+    assert tm.contains(x, ens.x_adv).all()
+
+
+def test_default_stages_have_readable_names():
+    names = [stage_name(m) for m in WorstCase().members()]
+    assert names == ["apgd", "apgd_t", "fmn"]
+    ens = WorstCase(attacks=("pgd", ("apgd", {"loss": "dlr"})))
+    assert [stage_name(m) for m in ens.members()] == ["pgd", "apgd(loss='dlr')"]
+    with pytest.raises(InputError, match="attacks"):
+        WorstCase(attacks=())
+    with pytest.raises(InputError, match="unknown method"):
+        WorstCase(attacks=("not_an_attack",))
+
+
+class Counting(Attack):
+    """Runs PGD, counts its calls, and raises while ``fail`` is set."""
+
+    def __init__(self, *, steps: int = 5) -> None:
+        self.steps = steps
+        self.calls = 0
+        self.fail = False
+
+    def _run(self, model, x, y, threat, target):
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("interrupted on purpose")
+        return PGD(steps=self.steps)._run(model, x, y, threat, target)
+
+
+def test_resume_skips_finished_stages_and_matches_an_uninterrupted_run(
+        digits_model, digits_test, tmp_path):
+    x, y = digits_test.x[:100], digits_test.y[:100]
+    tm = ThreatModel("linf", 0.08)
+    first, second = Counting(steps=5), Counting(steps=8)
+    path = str(tmp_path / "state.safetensors")
+    ens = WorstCase(attacks=(first, second), state_path=path)
+    second.fail = True
+    with pytest.raises(RuntimeError, match="on purpose"):
+        ens(digits_model, x, y, threat=tm, seed=4)
+    assert first.calls == 1 and second.calls == 1
+    meta = json.loads(open(path + ".json").read())
+    assert meta["done"] == 1 and len(meta["inputs_sha256"]) == 64
+    second.fail = False
+    resumed = ens(digits_model, x, y, threat=tm, seed=4)
+    assert first.calls == 1 and second.calls == 2  # stage 1 was not rerun
+    assert [s["resumed"] for s in resumed.meta["stages"]] == [True, False]
+    fresh = WorstCase(attacks=(Counting(steps=5), Counting(steps=8)))(digits_model, x, y,
+                                                                      threat=tm, seed=4)
+    assert torch.equal(resumed.x_adv, fresh.x_adv)
+    assert torch.equal(resumed.adv_correct, fresh.adv_correct)
+    # a finished run is read back without attacking again
+    again = ens(digits_model, x, y, threat=tm, seed=4)
+    assert second.calls == 2 and torch.equal(again.x_adv, fresh.x_adv)
+    # other inputs: the state does not apply, with a warning, and every stage runs
+    with pytest.warns(UserWarning, match="other inputs"):
+        ens(digits_model, x[:50], y[:50], threat=tm, seed=4)
+    assert first.calls == 2
