@@ -105,3 +105,21 @@ def capture(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         yield store
     finally:
         handle.remove()
+
+
+def function_twin(cls: type[Explainer], name: str):
+    """The quick-use function of an explainer class.
+
+    ``twin(model, x, target=None, *, seed=0, **kw)`` builds ``cls`` from the
+    hyperparameters in ``kw`` and passes its declared call-time data
+    (``cls.call_data``, e.g. ``background``) to ``explain``.
+    """
+
+    def twin(model, x, target=None, *, seed: int | None = 0, **kw: Any):
+        data = {k: kw.pop(k) for k in cls.call_data if k in kw}
+        return cls(**kw).explain(model, x, target, seed=seed, **data)
+
+    twin.__name__ = twin.__qualname__ = name
+    twin.__doc__ = (f"Function twin of :class:`{cls.__name__}`: "
+                    f"``{name}(model, x, target, seed=0, **hyperparameters_and_data)``.")
+    return twin

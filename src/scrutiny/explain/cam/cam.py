@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size
+from scrutiny.explain.base import Explainer, check_batch_size, function_twin
 from scrutiny.explain.cam.gradcam import upsample
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.registry import register
@@ -130,7 +130,4 @@ class CAM(Explainer):
                                              "layer_map": raw.cpu()}
 
 
-def cam(model, x, target=None, **params):
-    """Function twin of :class:`CAM`."""
-    seed = params.pop("seed", 0)
-    return CAM(**params).explain(model, x, target, seed=seed)
+cam = function_twin(CAM, "cam")

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, capture, check_batch_size
+from scrutiny.explain.base import Explainer, capture, check_batch_size, function_twin
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.registry import register
 from scrutiny.types import Tags
@@ -128,7 +128,4 @@ class GradCAM(Explainer):
         return upsample(raw, x.shape[-2:]), {"layer": name, "layer_map": raw.cpu()}
 
 
-def grad_cam(model, x, target=None, **params):
-    """Function twin of :class:`GradCAM` (``variant="gradcam++"`` for Grad-CAM++)."""
-    seed = params.pop("seed", 0)
-    return GradCAM(**params).explain(model, x, target, seed=seed)
+grad_cam = function_twin(GradCAM, "grad_cam")

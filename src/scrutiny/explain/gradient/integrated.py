@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, target_gradient
+from scrutiny.explain.base import Explainer, check_batch_size, function_twin, target_gradient
 from scrutiny.explain.baselines import make_baseline
 from scrutiny.registry import register
 from scrutiny.validation import check_positive
@@ -248,7 +248,4 @@ class IntegratedGradients(Explainer):
         return attr, {"delta": delta, "baseline_output": fb.cpu(), **extra}
 
 
-def integrated_gradients(model, x, target=None, **params):
-    """Function twin of :class:`IntegratedGradients`."""
-    seed = params.pop("seed", 0)
-    return IntegratedGradients(**params).explain(model, x, target, seed=seed)
+integrated_gradients = function_twin(IntegratedGradients, "integrated_gradients")

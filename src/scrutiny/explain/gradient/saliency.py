@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-
-from scrutiny.explain.base import Explainer, check_batch_size, target_gradient
+from scrutiny.explain.base import function_twin
+from scrutiny.explain.gradient.simple import GradientBase
 from scrutiny.registry import register
 
 
 @register("explainer", "saliency", paper="Simonyan, Vedaldi, Zisserman. Deep inside "
           "convolutional networks: visualising image classification models and saliency maps. "
           "ICLR 2014 workshop")
-class Saliency(Explainer):
+class Saliency(GradientBase):
     """Image-specific class saliency: ``M_ij = max_c |d S_target / d x_cij|``.
 
     For images the result has shape ``(N, H, W)`` (maximum over channels, as
@@ -36,23 +35,11 @@ class Saliency(Explainer):
     torch.Size([4, 8, 8])
     """
 
-    def __init__(self, *, batch_size: int = 256) -> None:
-        check_batch_size(batch_size)
-        self.batch_size = batch_size
-
     @staticmethod
-    def linear_oracle(w, x):
-        """Closed form on ``f = w.x + b``: ``max_c |w|``."""
-        return w.abs().amax(dim=1) if w.dim() == 4 else w.abs()
-
-    def _explain(self, model, x, target):
-        grads = [target_gradient(model, x[i:i + self.batch_size], target[i:i + self.batch_size])[0]
-                 for i in range(0, len(x), self.batch_size)]
-        g = torch.cat(grads).abs()
-        return (g.amax(dim=1) if g.dim() == 4 else g), {}
+    def transform(g, x):
+        """``max_c |g|`` for images, ``|g|`` otherwise."""
+        g = g.abs()
+        return g.amax(dim=1) if g.dim() == 4 else g
 
 
-def saliency(model, x, target=None, **params):
-    """Function twin of :class:`Saliency`: ``saliency(model, x, target).attributions``."""
-    seed = params.pop("seed", 0)
-    return Saliency(**params).explain(model, x, target, seed=seed)
+saliency = function_twin(Saliency, "saliency")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scrutiny.explain.base import Explainer, check_batch_size, target_gradient
+from scrutiny.explain.base import Explainer, check_batch_size, function_twin, target_gradient
 from scrutiny.registry import register
 
 
@@ -14,8 +14,9 @@ def batched_gradient(model, x: torch.Tensor, target: torch.Tensor, batch_size: i
                       for i in range(0, len(x), batch_size)])
 
 
-class _GradientBase(Explainer):
-    """Shared constructor and ``_explain`` of the one-gradient methods."""
+class GradientBase(Explainer):
+    """Shared constructor and ``_explain`` of the one-gradient methods: a subclass
+    writes ``transform(gradient, x)`` (also its closed form on a linear model)."""
 
     def __init__(self, *, batch_size: int = 256) -> None:
         check_batch_size(batch_size)
@@ -36,7 +37,7 @@ class _GradientBase(Explainer):
 @register("explainer", "gradient", paper="Simonyan, Vedaldi, Zisserman. Deep inside "
           "convolutional networks: visualising image classification models and saliency maps. "
           "ICLR 2014 workshop")
-class Gradient(_GradientBase):
+class Gradient(GradientBase):
     """The raw input gradient ``d S_target / dx`` (signed, the input's shape).
 
     The base map of SmoothGrad; :class:`Saliency` is its channel-max magnitude.
@@ -69,7 +70,7 @@ class Gradient(_GradientBase):
           "non-linear classifier decisions by layer-wise relevance propagation. PLoS ONE 2015; "
           "Montavon, Samek, Mueller. Methods for interpreting and understanding deep neural "
           "networks. Digital Signal Processing 2018")
-class Sensitivity(_GradientBase):
+class Sensitivity(GradientBase):
     """Sensitivity analysis: ``R_i = (d S_target / d x_i)^2``.
 
     The relevance of an input element is its squared partial derivative: how
@@ -107,7 +108,7 @@ class Sensitivity(_GradientBase):
 @register("explainer", "input_x_gradient", paper="Shrikumar, Greenside, Shcherbina, Kundaje. "
           "Not just a black box: learning important features through propagating activation "
           "differences. arXiv:1605.01713, 2016")
-class InputXGradient(_GradientBase):
+class InputXGradient(GradientBase):
     """Input x gradient: ``R_i = x_i * d S_target / d x_i``.
 
     For a linear model with zero bias the attributions sum to the output; in
@@ -138,19 +139,10 @@ class InputXGradient(_GradientBase):
         return g * x
 
 
-def vanilla_gradient(model, x, target=None, **params):
-    """Function twin of :class:`Gradient` (not ``gradient``: that is the subpackage)."""
-    seed = params.pop("seed", 0)
-    return Gradient(**params).explain(model, x, target, seed=seed)
+vanilla_gradient = function_twin(Gradient, "vanilla_gradient")
 
 
-def sensitivity(model, x, target=None, **params):
-    """Function twin of :class:`Sensitivity`."""
-    seed = params.pop("seed", 0)
-    return Sensitivity(**params).explain(model, x, target, seed=seed)
+sensitivity = function_twin(Sensitivity, "sensitivity")
 
 
-def input_x_gradient(model, x, target=None, **params):
-    """Function twin of :class:`InputXGradient`."""
-    seed = params.pop("seed", 0)
-    return InputXGradient(**params).explain(model, x, target, seed=seed)
+input_x_gradient = function_twin(InputXGradient, "input_x_gradient")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, target_gradient
+from scrutiny.explain.base import Explainer, check_batch_size, function_twin, target_gradient
 from scrutiny.registry import register
 from scrutiny.types import Tags
 from scrutiny.validation import check_positive
@@ -106,7 +106,4 @@ class SmoothGrad(Explainer):
         return total / k, {"sigma": sigma.cpu()}
 
 
-def smoothgrad(model, x, target=None, **params):
-    """Function twin of :class:`SmoothGrad`."""
-    seed = params.pop("seed", 0)
-    return SmoothGrad(**params).explain(model, x, target, seed=seed)
+smoothgrad = function_twin(SmoothGrad, "smoothgrad")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size
+from scrutiny.explain.base import Explainer, check_batch_size, function_twin
 from scrutiny.explain.baselines import make_baseline
 from scrutiny.registry import register
 from scrutiny.types import Tags
@@ -282,7 +282,4 @@ class ExtremalPerturbation(Explainer):
         return self._reward(model, m, x, fill, t) - lam * reg
 
 
-def extremal_perturbation(model, x, target=None, **params):
-    """Function twin of :class:`ExtremalPerturbation`."""
-    seed = params.pop("seed", 0)
-    return ExtremalPerturbation(**params).explain(model, x, target, seed=seed)
+extremal_perturbation = function_twin(ExtremalPerturbation, "extremal_perturbation")

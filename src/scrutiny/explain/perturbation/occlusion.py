@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size
+from scrutiny.explain.base import Explainer, check_batch_size, function_twin
 from scrutiny.explain.baselines import make_baseline
 from scrutiny.registry import register
 from scrutiny.validation import check_positive
@@ -144,7 +144,4 @@ class Occlusion(Explainer):
         return total / count, {"windows": npos}
 
 
-def occlusion(model, x, target=None, **params):
-    """Function twin of :class:`Occlusion`."""
-    seed = params.pop("seed", 0)
-    return Occlusion(**params).explain(model, x, target, seed=seed)
+occlusion = function_twin(Occlusion, "occlusion")

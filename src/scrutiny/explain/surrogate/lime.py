@@ -7,7 +7,7 @@ import math
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size
+from scrutiny.explain.base import Explainer, check_batch_size, function_twin
 from scrutiny.explain.surrogate._features import (
     MODES,
     OUTPUTS,
@@ -291,8 +291,4 @@ def _quartile_samples(xf: torch.Tensor, bgf: torch.Tensor, s: int, gen: torch.Ge
     return data, X
 
 
-def lime(model, x, target=None, **params):
-    """Function twin of :class:`Lime`; ``background=`` rows for tables."""
-    seed = params.pop("seed", 0)
-    data = {k: params.pop(k) for k in ("background",) if k in params}
-    return Lime(**params).explain(model, x, target, seed=seed, **data)
+lime = function_twin(Lime, "lime")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size
+from scrutiny.explain.base import Explainer, check_batch_size, function_twin
 from scrutiny.explain.baselines import make_baseline
 from scrutiny.explain.surrogate._features import (
     MODES,
@@ -252,8 +252,4 @@ class KernelShap(Explainer):
         return attr.to(x.dtype), extra
 
 
-def kernel_shap(model, x, target=None, **params):
-    """Function twin of :class:`KernelShap`; ``background=`` rows optional."""
-    seed = params.pop("seed", 0)
-    data = {k: params.pop(k) for k in ("background",) if k in params}
-    return KernelShap(**params).explain(model, x, target, seed=seed, **data)
+kernel_shap = function_twin(KernelShap, "kernel_shap")

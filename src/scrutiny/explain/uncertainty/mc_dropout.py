@@ -11,7 +11,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size
+from scrutiny.explain.base import Explainer, check_batch_size, function_twin
 from scrutiny.models.wrapper import as_model
 from scrutiny.registry import register
 from scrutiny.types import Tags
@@ -180,8 +180,5 @@ class MCDropout(Explainer):
         return torch.cat(maps).to(x.dtype), meta
 
 
-def mc_dropout(model, x, target=None, **params):
-    """Function twin of :class:`MCDropout`."""
-    seed = params.pop("seed", 0)
-    return MCDropout(**params).explain(model, x, target, seed=seed)
+mc_dropout = function_twin(MCDropout, "mc_dropout")
 
