@@ -330,7 +330,8 @@ def load_model(size: int, train_epochs: int) -> tuple[TorchModel, str]:
 # --------------------------------------------------------------------------- cases
 
 
-def reference_cases(model: TorchModel, x: torch.Tensor, y: torch.Tensor) -> list[Case]:
+def reference_cases(model: TorchModel, x: torch.Tensor, y: torch.Tensor, with_ig: bool
+                    ) -> list[Case]:
     def unit() -> torch.Tensor:
         xx = x.detach().requires_grad_(True)
         loss = F.cross_entropy(model(xx), y, reduction="sum")
@@ -350,14 +351,16 @@ def reference_cases(model: TorchModel, x: torch.Tensor, y: torch.Tensor) -> list
         (g,) = torch.autograd.grad(out, xx)
         return g
 
-    return [
+    cases = [
         Case("unit", "reference", "torch", f"forward+backward w.r.t. input, N={len(x)}", unit,
              inner=10),
         Case("forward", "reference", "torch", f"forward only (no grad), N={len(x)}", fwd,
              inner=10),
-        Case("floor_ig", "reference", "torch",
-             f"forward+backward on {IG_STEPS}*N = {len(xs)} inputs at once", floor_ig),
     ]
+    if with_ig:
+        cases.append(Case("floor_ig", "reference", "torch",
+                          f"forward+backward on {IG_STEPS}*N = {len(xs)} inputs at once", floor_ig))
+    return cases
 
 
 def pgd_cases(model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -433,42 +436,59 @@ def ig_cases(model: TorchModel, x: torch.Tensor, target: torch.Tensor,
 
     default = IntegratedGradients()
     d = default.get_params()
+    shown = ", ".join(f"{k}={v!r}" for k, v in d.items() if k not in ("baseline", "blur_sigma"))
     cases = [
         scrutiny_case("ig:scrutiny:default-rule", f"scrutiny IntegratedGradients(steps={IG_STEPS})"
                       f" [rule={d['rule']!r}]", IntegratedGradients(steps=IG_STEPS)),
-        scrutiny_case("ig:scrutiny:trapezoid", f"scrutiny IntegratedGradients(steps={IG_STEPS}, "
-                      "rule='riemann_trapezoid')",
-                      IntegratedGradients(steps=IG_STEPS, rule="riemann_trapezoid")),
-        scrutiny_case("ig:scrutiny:defaults", f"scrutiny IntegratedGradients() [defaults: "
-                      f"steps={d['steps']}, rule={d['rule']!r}, batch_size={d['batch_size']}]",
-                      default),
     ]
+    for rule in ("gausslegendre", "riemann_trapezoid"):
+        if rule != d["rule"]:
+            cases.append(scrutiny_case(
+                f"ig:scrutiny:{rule}", f"scrutiny IntegratedGradients(steps={IG_STEPS}, "
+                f"rule={rule!r})", IntegratedGradients(steps=IG_STEPS, rule=rule)))
+    cases.append(scrutiny_case("ig:scrutiny:defaults", f"scrutiny IntegratedGradients() "
+                               f"[defaults: {shown}]", default))
     if CaptumIG is not None:
         cig = CaptumIG(model)
-        for ibs in CAPTUM_BATCHES:
-            def run(ibs=ibs):
-                return cig.attribute(x, baselines=0.0, target=target, n_steps=IG_STEPS,
+
+        def captum_metrics(out) -> dict[str, Any]:
+            attr, delta = out
+            m = completeness(model, x, attr, target)
+            m["captum_delta_abs_mean"] = float(delta.abs().mean())
+            return m
+
+        def captum_case(steps: int, ibs: int | None, key: str, note: str = "") -> Case:
+            def run():
+                return cig.attribute(x, baselines=0.0, target=target, n_steps=steps,
                                      method="gausslegendre", internal_batch_size=ibs,
                                      return_convergence_delta=True)
 
-            def warm(ibs=ibs):
-                return cig.attribute(small, baselines=0.0, target=target[:16], n_steps=IG_STEPS,
+            def warm():
+                return cig.attribute(small, baselines=0.0, target=target[:16], n_steps=steps,
                                      method="gausslegendre", internal_batch_size=ibs)
 
-            def metrics(out) -> dict[str, Any]:
-                attr, delta = out
-                m = completeness(model, x, attr, target)
-                m["captum_delta_abs_mean"] = float(delta.abs().mean())
-                return m
+            return Case(key, "ig", "captum", f"Captum IntegratedGradients(n_steps={steps}, "
+                        f"method='gausslegendre', internal_batch_size={ibs}){note}",
+                        run=run, warm=warm, metrics=captum_metrics, repeats=captum_repeats)
 
-            cases.append(Case(f"ig:captum:ibs={ibs}", "ig", "captum",
-                              f"Captum IntegratedGradients(n_steps={IG_STEPS}, "
-                              f"method='gausslegendre', internal_batch_size={ibs})",
-                              run=run, warm=warm, metrics=metrics, repeats=captum_repeats))
+        for ibs in CAPTUM_BATCHES:
+            cases.append(captum_case(IG_STEPS, ibs, f"ig:captum:ibs={ibs}"))
+        if d["steps"] != IG_STEPS:  # the peer at scrutiny's default budget, for its default row
+            cases.append(captum_case(d["steps"], 512, f"ig:captum:steps={d['steps']}",
+                                     " [scrutiny's default node budget]"))
     return cases
 
 
 # --------------------------------------------------------------------------- report
+
+
+def paired(a: Case, b: Case) -> float:
+    """Median over rounds of ``a``'s time / ``b``'s time in the same round.
+
+    Samples of one round were taken seconds apart, so the ratio cancels the
+    drift of a shared machine's speed that the separate medians would keep.
+    """
+    return statistics.median(ta / tb for ta, tb in zip(a.times, b.times, strict=False))
 
 
 def fmt_s(t: float) -> str:
@@ -480,8 +500,10 @@ def spread(c: Case) -> str:
 
 
 def report(cases: list[Case], info: dict[str, Any], cfg: dict[str, Any]) -> str:
+    nan = float("nan")
     by = {c.key: c for c in cases}
-    unit = by["unit"].median
+    unit_case = by["unit"]
+    unit = unit_case.median
     lines: list[str] = []
     add = lines.append
     add(f"Model: {cfg['model']}; data: digits {cfg['size']}x{cfg['size']} test split, "
@@ -491,10 +513,9 @@ def report(cases: list[Case], info: dict[str, Any], cfg: dict[str, Any]) -> str:
         f"torchattacks {info['torchattacks']}, Captum {info['captum']}; {info['date']}.  ")
     mean, peak = info.get("other_processes_cpu_kept_mean"), info.get("other_processes_cpu_kept_max")
     noise = ("?" if mean is None else f"mean {mean:.0%}, max {peak:.0%}")
-    clock = ("wall-clock" if cfg.get("clock", "wall") == "wall"
-             else "**CPU time of this process** (`--clock cpu`)")
-    add(f"Timing: {clock}, median of {cfg['repeats']} interleaved repeats after a warm-up "
-        f"(min–max shown); a sample during which other processes used > {BUSY_WARN:.0%} of the "
+    add(f"Timing: wall-clock, median of {cfg['repeats']} interleaved repeats after a warm-up "
+        f"(min–max shown); ratios (× unit, vs peer) are medians of same-round ratios; a "
+        f"sample during which other processes used > {BUSY_WARN:.0%} of the "
         f"CPU was retaken ({info.get('samples_retaken', 0)} retaken, "
         f"{info.get('samples_kept_busy', 0)} kept although busy); other processes' CPU share "
         f"during the kept samples: {noise}; whole run {info.get('wall_s', 0):.0f} s"
@@ -506,7 +527,7 @@ def report(cases: list[Case], info: dict[str, Any], cfg: dict[str, Any]) -> str:
     add("|---|---:|---:|---:|")
     for c in cases:
         if c.group == "reference":
-            add(f"| {c.label} | {fmt_s(c.median)} | {spread(c)} | {c.median / unit:.2f} |")
+            add(f"| {c.label} | {fmt_s(c.median)} | {spread(c)} | {paired(c, unit_case):.2f} |")
 
     for group in dict.fromkeys(c.group for c in cases if c.group.startswith("pgd:")):
         _, norm, eps = group.split(":")
@@ -521,38 +542,44 @@ def report(cases: list[Case], info: dict[str, Any], cfg: dict[str, Any]) -> str:
             "| grad samples / N | robust acc |")
         add("|---|---:|---:|---:|---:|---:|---:|---:|")
         for c in rows:
-            vs = f"{c.median / ta.median:.2f}×" if ta is not None else "—"
+            vs = f"{paired(c, ta):.2f}×" if ta is not None else "—"
             gs = c.passes.get("grad_samples", 0) / cfg["n"]
-            add(f"| {c.label} | {fmt_s(c.median)} | {spread(c)} | {c.median / unit:.1f} | "
-                f"{c.median / (PGD_STEPS * unit):.2f} | {vs} | {gs:.1f} | "
-                f"{c.result.get('robust_accuracy', float('nan')):.3f} |")
+            u = paired(c, unit_case)
+            add(f"| {c.label} | {fmt_s(c.median)} | {spread(c)} | {u:.1f} | "
+                f"{u / PGD_STEPS:.2f} | {vs} | {gs:.1f} | "
+                f"{c.result.get('robust_accuracy', nan):.3f} |")
         if ta is None:
             add("| torchattacks | not installed | | | | | | |")
 
     ig = [c for c in cases if c.group == "ig"]
     if ig:
         one_batch = by["floor_ig"].median
-        caps = [c for c in ig if c.impl == "captum"]
+        caps = [c for c in ig if c.impl == "captum" and c.key.startswith("ig:captum:ibs=")]
         best = min(caps, key=lambda c: c.median) if caps else None
         add("")
         add(f"**Integrated Gradients, {IG_STEPS} steps, zero baseline, target = predicted "
             f"class** (floor: {IG_STEPS} passes per sample = {IG_STEPS} units = "
             f"{fmt_s(IG_STEPS * unit)} s; the same {IG_STEPS}·N inputs as one batch take "
-            f"{fmt_s(one_batch)} s = {one_batch / unit:.0f} units. Target: no slower than "
-            f"Captum's best batching, smaller completeness error)")
+            f"{fmt_s(one_batch)} s = {paired(by['floor_ig'], unit_case):.0f} units. Target: no "
+            f"slower than Captum's best batching, smaller completeness error. \"grad samples / "
+            f"N\": path points evaluated per input, {IG_STEPS} for a fixed {IG_STEPS}-node rule, "
+            f"fewer or more for an adaptive one)")
         add("")
-        add("| method | median s | min–max s | × unit | ÷ (steps × unit) | vs Captum best "
-            "| completeness err (mean rel.) |")
-        add("|---|---:|---:|---:|---:|---:|---:|")
+        add("| method | median s | min–max s | × unit | grad samples / N | × unit per grad "
+            "sample/N | vs Captum best | completeness err: mean rel. | median | max |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for c in ig:
-            steps = c.result.get("params", {}).get("steps", IG_STEPS)
-            vs = f"{c.median / best.median:.2f}×" if best is not None else "—"
+            vs = f"{paired(c, best):.2f}×" if best is not None else "—"
             mark = " **(best)**" if c is best else ""
-            add(f"| {c.label}{mark} | {fmt_s(c.median)} | {spread(c)} | {c.median / unit:.1f} | "
-                f"{c.median / (steps * unit):.2f} | {vs} | "
-                f"{c.result.get('completeness_rel_mean', float('nan')):.2e} |")
+            u = paired(c, unit_case)
+            gs = c.passes.get("grad_samples", 0) / cfg["n"]
+            per = f"{u / gs:.2f}" if gs else "—"
+            add(f"| {c.label}{mark} | {fmt_s(c.median)} | {spread(c)} | {u:.1f} | {gs:.1f} | "
+                f"{per} | {vs} | {c.result.get('completeness_rel_mean', nan):.2e} | "
+                f"{c.result.get('completeness_rel_median', nan):.2e} | "
+                f"{c.result.get('completeness_rel_max', nan):.2e} |")
         if not caps:
-            add("| Captum | not installed | | | | | |")
+            add("| Captum | not installed | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -585,28 +612,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threats", default="linf:0.1,linf:0.3,l2:1.0",
                    help="PGD threat models, NORM:EPS comma-separated")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: perf_counter; cpu: this process's CPU time (process_time), "
-                   "which a busy machine inflates far less, but only with --threads 1")
     p.add_argument("--retries", type=int, default=10,
                    help="times a sample is retaken when other processes used more than "
-                   f"{BUSY_WARN:.0%} of the CPU during it (0: keep every sample)")
+                   f"{BUSY_WARN * 100:.0f}%% of the CPU during it (0: keep every sample)")
     p.add_argument("--wait-quiet", type=float, default=60.0, metavar="SECONDS",
                    help="wait at most SECONDS for a quiet machine before starting")
     p.add_argument("--wait-budget", type=float, default=300.0, metavar="SECONDS",
                    help="total seconds the run may wait for quiet before retaking samples")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder of latest.md / latest.json")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="only rebuild the tables from a saved latest.json (with --update-docs: "
+                   "also rewrite docs/benchmarks.md)")
     p.add_argument("--update-docs", action="store_true",
                    help="rewrite the results section of docs/benchmarks.md")
     return p.parse_args(argv)
 
 
+def render(path: Path, docs: bool) -> int:
+    """Rebuild the tables from a saved ``latest.json`` (no timing)."""
+    payload = json.loads(path.read_text())
+    fixed = {"key", "group", "impl", "label", "times_s", "median_s", "median_units",
+             "other_processes_cpu", "passes_last_run"}
+    cases = [Case(c["key"], c["group"], c["impl"], c["label"], run=lambda: None,
+                  times=c["times_s"], busy=c.get("other_processes_cpu", []),
+                  passes=c.get("passes_last_run", {}),
+                  result={k: v for k, v in c.items() if k not in fixed})
+             for c in payload["cases"]]
+    table = report(cases, payload["machine"], payload["config"])
+    print(table)
+    if docs:
+        update_docs(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        return render(args.render, args.update_docs)
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
-    if args.clock == "cpu" and args.threads != 1:
-        raise SystemExit("--clock cpu sums the CPU time of all threads: use it with --threads 1")
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     with contextlib.suppress(RuntimeError):  # only settable before any parallel work
@@ -631,10 +675,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = {"model": how, "size": args.size, "n": n, "batch_asked": args.batch,
            "repeats": args.repeats, "captum_repeats": args.captum_repeats or args.repeats,
            "seed": args.seed, "clean_accuracy": float((pred == y).float().mean()),
-           "clock": args.clock, "pgd_steps": PGD_STEPS, "pgd_rel_step_size": PGD_REL_STEP,
+           "pgd_steps": PGD_STEPS, "pgd_rel_step_size": PGD_REL_STEP,
            "ig_steps": IG_STEPS}
 
-    cases = reference_cases(model, x, y)
+    cases = reference_cases(model, x, y, with_ig=args.only in ("all", "ig"))
     if args.only in ("all", "pgd"):
         for spec in args.threats.split(","):
             norm, eps = spec.strip().split(":")
@@ -644,8 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         cases += ig_cases(model, x, pred, args.captum_repeats)
 
     log(f"{len(cases)} cases, {args.repeats} repeats each")
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    gate = Gate(retries=args.retries, wait_budget=args.wait_budget, clock=clock)
+    gate = Gate(retries=args.retries, wait_budget=args.wait_budget)
     time_cases(cases, args.repeats, model, gate)
     info["samples_retaken"] = gate.rejected
     info["samples_kept_busy"] = gate.kept_busy

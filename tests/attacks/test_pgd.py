@@ -78,3 +78,19 @@ def test_a_model_without_gradients_is_refused(digits_test):
 
     with pytest.raises(NotDifferentiableError, match="differentiabl"):
         PGD()(Argmaxed(), digits_test.x[:4], digits_test.y[:4], threat=ThreatModel("linf", 0.1))
+
+
+def test_without_early_stop_pgd_returns_the_last_iterate(digits_model, digits_test):
+    """Madry's PGD: from the same (deterministic) start, x_adv is the K-th iterate."""
+    x, y = digits_test.x[:50], digits_test.y[:50]
+    tm = ThreatModel("linf", 0.1)
+    res = PGD(steps=5, random_start=False, early_stop=False)(digits_model, x, y, threat=tm)
+    xa = x.clone()
+    alpha = 0.1 * 2.5 / 5
+    with digits_model.evaluating():
+        for _ in range(5):
+            xa.requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(digits_model(xa), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, xa)
+            xa = tm.project(x, xa.detach() + alpha * g.sign())
+    assert torch.allclose(res.x_adv, xa, atol=1e-6)

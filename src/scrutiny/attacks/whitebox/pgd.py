@@ -90,8 +90,10 @@ class PGD(Attack):
     loss : {"ce", "margin"}
         Objective maximised; targeted attacks use ``L(x, y) - L(x, t)``.
     early_stop : bool
-        Stop optimising a sample once it is misclassified (evaluation). Set
-        False to get the last iterate of every sample (adversarial training).
+        Stop optimising a sample once it is misclassified and keep that
+        iterate (evaluation). Set False for Madry's PGD: every sample runs
+        all steps and the last iterate is returned (with several restarts,
+        the last iterate of the best restart: a success, else the highest loss).
     l1_sparsity : float
         For l1: the step moves the top ``1 - l1_sparsity`` fraction of coordinates.
 
@@ -162,16 +164,18 @@ class PGD(Attack):
             for _ in range(steps):
                 t = None if target is None else target[idx]
                 obj, grad, logits = input_gradient(model, xa, y[idx], t, self.loss)
-                succ = keep(idx, xa, obj, logits)
-                if self.early_stop:
-                    live = ~succ
+                if self.early_stop:  # keep the first success; drop broken samples
+                    live = ~keep(idx, xa, obj, logits)
                     if not live.any():
                         break
                     idx, x0, xa, grad = idx[live], x0[live], xa[live], grad[live]
                 step = steepest_direction(grad, threat.norm, self.l1_sparsity)
                 xa = threat.project(x0, xa + alpha * step)
             else:
-                with torch.no_grad():
+                if not self.early_stop and self.restarts == 1:
+                    best[idx] = xa  # Madry's PGD: the last iterate, no extra forward pass
+                    break
+                with torch.no_grad():  # score the last iterate to compare restarts
                     logits = model(xa)
                     t = None if target is None else target[idx]
                     keep(idx, xa, margin_loss_terms(logits, y[idx], t, self.loss), logits)
