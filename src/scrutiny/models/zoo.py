@@ -68,6 +68,11 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+#: Bumped whenever the architectures or the training code change, so cached weights
+#: trained by an older version are not reused.
+ZOO_VERSION = 2
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How a zoo model is built and trained (all of it goes into the cache key)."""
@@ -81,7 +86,8 @@ class Recipe:
     seed: int = 0
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True) + torch.__version__.split("+")[0]
+        blob = (json.dumps(asdict(self), sort_keys=True) + torch.__version__.split("+")[0]
+                + f"/zoo-{ZOO_VERSION}")
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
