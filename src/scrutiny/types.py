@@ -142,7 +142,8 @@ class ThreatModel:
         """The same threat model with another radius."""
         return ThreatModel(self.norm, eps, self.bounds, self.mask)
 
-    def _mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
+    def mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The mask broadcast to one input of ``x`` (None if unmasked)."""
         if self.mask is None:
             return None
         return self.mask.to(device=x.device, dtype=x.dtype).expand(x.shape[1:])
@@ -156,7 +157,7 @@ class ThreatModel:
         lo, hi = self.bounds
         ok = self.distance(x0, x) <= self.eps * (1 + tol) + tol
         ok &= _flat((x >= lo - tol) & (x <= hi + tol)).all(dim=1)
-        m = self._mask_for(x)
+        m = self.mask_for(x)
         if m is not None:
             ok &= _flat(((x - x0) * (1 - m)).abs() <= tol).all(dim=1)
         return ok
@@ -170,7 +171,7 @@ class ThreatModel:
         """
         lo, hi = self.bounds
         delta = x - x0
-        m = self._mask_for(x)
+        m = self.mask_for(x)
         if m is not None:
             delta = delta * m
         if self.norm == "linf":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from scrutiny.attacks.base import Attack
-from scrutiny.attacks.whitebox.optimization import threat_mask
 from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
@@ -123,7 +122,7 @@ class DeepFool(Attack):
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
         lo, hi = threat.bounds
-        mask = threat_mask(threat, x)
+        mask = threat.mask_for(x)
         with torch.no_grad():
             clean = model(x)
         k = min(self.candidates, clean.shape[1])

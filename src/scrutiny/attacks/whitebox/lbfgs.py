@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from scrutiny.attacks.base import Attack
-from scrutiny.attacks.whitebox.optimization import threat_mask
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
@@ -139,7 +138,7 @@ class LBFGS(Attack):
              target: torch.Tensor | None):
         targeted = target is not None
         label = target if targeted else y
-        mask = threat_mask(threat, x)
+        mask = threat.mask_for(x)
         n = len(x)
         c = torch.full((n,), float(self.initial_const), dtype=torch.float64)
         c_ok = torch.full((n,), float("inf"), dtype=torch.float64)

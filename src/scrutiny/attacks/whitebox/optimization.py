@@ -25,13 +25,6 @@ def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def threat_mask(threat: ThreatModel, x: torch.Tensor) -> torch.Tensor | None:
-    """The threat model's pixel mask broadcast to one input of ``x`` (None if unmasked)."""
-    if threat.mask is None:
-        return None
-    return threat.mask.to(device=x.device, dtype=x.dtype).expand(x.shape[1:])
-
-
 def cw_objective(logits: torch.Tensor, label: torch.Tensor, targeted: bool,
                  confidence: float) -> torch.Tensor:
     """Carlini & Wagner's f6 per sample, clipped at ``-confidence``.
@@ -177,7 +170,7 @@ class CarliniWagnerL2(Attack):
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None):
         lo, hi = threat.bounds
-        mask = threat_mask(threat, x)
+        mask = threat.mask_for(x)
         targeted = target is not None
         label = target if targeted else y
         kappa = float(self.confidence)
@@ -318,7 +311,7 @@ class ElasticNet(Attack):
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None):
         lo, hi = threat.bounds
-        mask = threat_mask(threat, x)
+        mask = threat.mask_for(x)
         targeted = target is not None
         label = target if targeted else y
         kappa = float(self.confidence)

@@ -6,7 +6,6 @@ import torch
 from torch.nn import functional as F
 
 from scrutiny.attacks.base import Attack
-from scrutiny.attacks.whitebox.optimization import threat_mask
 from scrutiny.base import grad_wrt
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.registry import register
@@ -110,7 +109,7 @@ class Penalized(Attack):
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
         lo, hi = threat.bounds
-        mask = threat_mask(threat, x)
+        mask = threat.mask_for(x)
         a = float(self.step_size)
         delta = torch.zeros_like(x)
         for _ in range(self.steps):
