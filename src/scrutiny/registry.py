@@ -19,8 +19,9 @@ from typing import Any
 
 from scrutiny.errors import InputError
 
-KINDS: tuple[str, ...] = ("attack", "explainer")
-_BUILTIN_PACKAGES = ("scrutiny.attacks", "scrutiny.explain")
+KINDS: tuple[str, ...] = ("attack", "explainer", "metric", "defense", "certifier")
+_BUILTIN_PACKAGES = ("scrutiny.attacks", "scrutiny.explain", "scrutiny.metrics", "scrutiny.defenses",
+                     "scrutiny.certify")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def register(kind: str, name: str, *, paper: str, test_params: dict[str, Any] | 
 
     Parameters
     ----------
-    kind : {"attack", "explainer"}
+    kind : {"attack", "explainer", "metric", "defense", "certifier"}
     name : str
         Short name, unique within the kind (``"pgd"``).
     paper : str

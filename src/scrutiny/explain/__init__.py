@@ -4,6 +4,7 @@ Each class has a function twin for quick use, e.g.
 ``scrutiny.explain.integrated_gradients(model, x, target)``.
 """
 
+from scrutiny.explain import lrp  # noqa: F401  (registers the LRP explainers)
 from scrutiny.explain.base import Explainer
 from scrutiny.explain.cam import GradCAM, grad_cam
 from scrutiny.explain.gradient import (

@@ -212,9 +212,14 @@ EXPLAINER: tuple[Check, ...] = (check_shapes, check_batched_equals_single, check
                                 check_randomization_changes_map)
 
 
+PARAMS: tuple[Check, ...] = (check_params_roundtrip, check_unknown_param_rejected)
+#: Checks per kind; metrics, defenses and certifiers get the constructor contract here and
+#: their invariants in their own test modules.
+KIND_CHECKS: dict[str, tuple[Check, ...]] = {"attack": COMMON + ATTACK, "explainer": COMMON + EXPLAINER}
+
+
 def checks_for(spec: str) -> tuple[Check, ...]:
-    kind = registry.get(spec).kind
-    return COMMON + (ATTACK if kind == "attack" else EXPLAINER)
+    return KIND_CHECKS.get(registry.get(spec).kind, PARAMS)
 
 
 def parametrize_with_checks(specs: list[str]):

@@ -1,0 +1,1 @@
+"""Spatially constrained, universal and physical-world attacks (UAP, stickers, EOT, patches)."""

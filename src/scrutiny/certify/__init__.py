@@ -1,0 +1,1 @@
+"""Certification: interval bounds, linear relaxations (CROWN), randomized smoothing."""

@@ -1,0 +1,1 @@
+"""Defenses: detectors, preprocessing, adversarial training."""

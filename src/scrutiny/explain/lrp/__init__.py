@@ -1,0 +1,1 @@
+"""Layer-wise Relevance Propagation: rules, canonizers and the LRP explainer."""

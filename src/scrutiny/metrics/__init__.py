@@ -1,0 +1,1 @@
+"""Measures of whether an explanation can be trusted (sanity checks, faithfulness, localisation)."""
