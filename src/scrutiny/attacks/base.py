@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch.nn import functional as F
 
@@ -24,9 +26,13 @@ class Attack(Method):
 
     kind = "attack"
     tags = Tags()
+    #: Names of call-time data keywords ``__call__`` forwards to ``_run`` (e.g.
+    #: ``("guide",)`` for feature adversaries); data, not hyperparameters.
+    call_data: ClassVar[tuple[str, ...]] = ()
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel,
-                 target: torch.Tensor | int | None = None, seed: int | None = 0) -> AttackResult:
+                 target: torch.Tensor | int | None = None, seed: int | None = 0,
+                 **data: Any) -> AttackResult:
         """Attack ``model`` on ``(x, y)`` within ``threat``.
 
         Parameters
@@ -42,7 +48,14 @@ class Attack(Method):
             Target classes for a targeted attack.
         seed : int, optional
             Seeds random starts; the same seed gives the same result.
+        **data
+            Call-time data the attack declares in ``call_data``.
         """
+        unknown = [k for k in data if k not in self.call_data]
+        if unknown:
+            raise InputError(f"{type(self).__name__} does not accept "
+                             f"{', '.join(map(repr, unknown))}; accepted data keywords: "
+                             f"{', '.join(self.call_data) or 'none'}")
         model = as_model(model, threat.bounds if isinstance(threat, ThreatModel) else None)
         if not isinstance(threat, ThreatModel):
             raise InputError(f"threat must be a ThreatModel, got {type(threat).__name__}")
@@ -63,7 +76,7 @@ class Attack(Method):
                 target = check_labels(target, len(x0), k, "target").to(dev)
             extra: dict = {}
             if len(x0) and (threat.eps > 0 or self.tags.minimum_norm):
-                x_adv = self._run(model, x0, y, threat, target)
+                x_adv = self._run(model, x0, y, threat, target, **data)
                 if isinstance(x_adv, tuple):  # (x_adv, meta): extra per-run information
                     x_adv, extra = x_adv
             else:  # nothing to optimise: the threat set is {x}
