@@ -24,6 +24,12 @@ torch_spec="${TORCH_SPEC:-torch==$torch_version}"
 # Pinned peers (the versions the published numbers used).
 torchattacks_version="3.5.1"
 captum_version="0.9.0"
+art_version="1.20.1"
+foolbox_version="3.3.4"
+zennit_version="0.5.1"
+quantus_version="0.6.0"
+lime_version="0.2.0.1"
+shap_version="0.51.0"
 
 "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
@@ -43,6 +49,13 @@ echo "torch==$torch_version" >"$constraints"
 "${pip[@]}" install -c "$constraints" "scipy>=0.14.0" "tqdm>=4.56.1" "requests~=2.25.1" \
     "numpy>=1.19.4"
 "${pip[@]}" install -c "$constraints" "captum==$captum_version"
+"${pip[@]}" install -c "$constraints" "adversarial-robustness-toolbox==$art_version" \
+    "foolbox==$foolbox_version" "zennit==$zennit_version" "quantus==$quantus_version" \
+    "lime==$lime_version" "shap==$shap_version"
+# Zennit and Quantus pull torchvision from the registry: a CUDA build that cannot load
+# next to a CPU torch. Remove it; benchmarks/peers.py stands in for the two torchvision
+# names Zennit imports (its canonizers for torchvision's ResNet blocks, unused here).
+"${pip[@]}" uninstall -y torchvision
 
 # 3. scrutiny itself, editable, with its own dependencies (torch held by the constraint).
 "${pip[@]}" install -c "$constraints" -e "$root"
@@ -53,12 +66,24 @@ import importlib.metadata as md
 
 import torch
 
-import captum.attr  # noqa: F401
-import scrutiny  # noqa: F401
-import torchattacks  # noqa: F401
+import sys
 
-print("torch", torch.__version__, "| cuda build:", torch.version.cuda,
-      "| torchattacks", md.version("torchattacks"), "| captum", md.version("captum"))
+sys.path.insert(0, "benchmarks")
+import peers  # noqa: F401,E402  (torchvision stand-in for zennit/quantus)
+import art  # noqa: F401
+import captum.attr  # noqa: F401
+import foolbox  # noqa: F401
+import lime  # noqa: F401
+import quantus  # noqa: F401
+import scrutiny  # noqa: F401
+import shap  # noqa: F401
+import torchattacks  # noqa: F401
+import zennit  # noqa: F401
+
+print("torch", torch.__version__, "| cuda build:", torch.version.cuda)
+for dist in ("torchattacks", "captum", "adversarial-robustness-toolbox", "foolbox", "zennit",
+             "quantus", "lime", "shap"):
+    print(f"  {dist} {md.version(dist)}")
 if torch.version.cuda is not None:
     print("warning: this torch is a CUDA build; set TORCH_SPEC to a CPU wheel for CPU numbers")
 EOF

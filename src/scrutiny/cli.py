@@ -186,6 +186,10 @@ def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = No
         extra = (f", completeness error {e['completeness_error']:.2e}"
                  if "completeness_error" in e else "")
         out.print(f"{name}: {e['seconds']:.2f} s{extra}")
+    flagged = [f for f in res.flags if f.flagged]
+    out.print(f"gradient-masking checks: {len(res.flags) - len(flagged)} of {len(res.flags)} ok")
+    for f in flagged:
+        out.print(f"[bold red]FLAGGED[/] {f.check}: {f.message}")
     out.print(f"report: {path}  ({res.seconds:.1f} s)")
 
 

@@ -76,10 +76,18 @@ def adversarial_examples(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
 
 
 def explanation_grid(x: torch.Tensor, maps: dict[str, torch.Tensor], title: str,
-                     row_labels: list[str] | None = None) -> tuple[bytes, dict[str, Any]]:
-    """Rows: samples; columns: the input, then one heatmap per method."""
+                     row_labels: list[str] | None = None, *,
+                     column_notes: dict[str, str] | None = None,
+                     overlay: bool = False) -> tuple[bytes, dict[str, Any]]:
+    """Rows: samples; columns: the input, then one heatmap per method.
+
+    ``column_notes`` adds text under a method's title (the gallery's trust
+    scores); ``overlay`` draws each heatmap over the grey-scale input.
+    """
     n, names = len(x), list(maps)
-    fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.4 * (1 + len(names)), 1.45 * n + 0.4),
+    notes = column_notes or {}
+    head = 0.4 + 0.16 * max((v.count("\n") + 1 for v in notes.values()), default=0)
+    fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.5 * (1 + len(names)), 1.45 * n + head),
                              squeeze=False, layout="constrained")
     for i in range(n):
         axes[i, 0].imshow(_image(x[i]), cmap="gray", vmin=0, vmax=1)
@@ -88,9 +96,14 @@ def explanation_grid(x: torch.Tensor, maps: dict[str, torch.Tensor], title: str,
         for j, name in enumerate(names):
             m = maps[name][i].detach().cpu().float().numpy()
             lim = float(np.abs(m).max()) or 1.0
-            axes[i, j + 1].imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            if overlay:
+                axes[i, j + 1].imshow(_image(x[i]).mean(-1) if x.shape[1] == 3 else _image(x[i]),
+                                      cmap="gray", vmin=0, vmax=1)
+            axes[i, j + 1].imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim,
+                                  alpha=0.65 if overlay else 1.0)
             if i == 0:
-                axes[i, j + 1].set_title(name, fontsize=8)
+                axes[i, j + 1].set_title(name + ("\n" + notes[name] if name in notes else ""),
+                                         fontsize=7)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -10,6 +10,7 @@ import torch
 
 from scrutiny import registry
 from scrutiny.audit import figures
+from scrutiny.audit.checks import Flag, gradient_masking_checks
 from scrutiny.data import ArrayDataset
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel, as_model
@@ -50,6 +51,18 @@ class AuditConfig:
         Per-method hyperparameters, ``{"pgd": {"steps": 100}}``.
     seed : int
         Seeds every stochastic step.
+    metrics : tuple of str
+        Trust measures (``metric:<name>``) computed for every explainer on the
+        first ``trust_samples`` samples; shown in the gallery and its table.
+        ``pointing_game`` needs data with ground-truth masks (``synthetic``).
+    trust_samples : int
+        Samples the trust measures use.
+    checks : bool
+        Run the gradient-masking checks (:mod:`scrutiny.audit.checks`) at
+        ``reference_eps``.
+    black_box : str, optional
+        Black-box attack of the "black-box beats white-box" check, run on the
+        samples every white-box attack left robust (skipped when not registered).
     """
 
     attacks: tuple[str, ...] = ("fgsm", "pgd")
@@ -62,6 +75,10 @@ class AuditConfig:
     n_examples: int = 6
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
+    metrics: tuple[str, ...] = ("deletion", "insertion", "model_randomization")
+    trust_samples: int = 32
+    checks: bool = True
+    black_box: str | None = "square"
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -81,7 +98,11 @@ class AuditConfig:
         if self.headline_attack:
             self.headline_attack = registry.get(self.headline_attack, "attack").name
         self.explainers = tuple(registry.get(e, "explainer").name for e in self.explainers)
-        known = set(self.attacks) | set(self.explainers) | {self.headline_attack}
+        self.metrics = tuple(registry.get(m, "metric").name for m in self.metrics)
+        if self.trust_samples < 1:
+            raise InputError("trust_samples must be >= 1")
+        known = (set(self.attacks) | set(self.explainers) | set(self.metrics)
+                 | {self.headline_attack, self.black_box})
         for k in self.params:
             if k not in known:
                 raise InputError(f"params for {k!r}, which the audit does not run; it runs: "
@@ -111,9 +132,11 @@ class AuditResult:
     headline: dict[str, Any]
     explanations: dict[str, dict[str, Any]]
     methods: list[dict[str, str]]
+    trust: dict[str, dict[str, Any]]
     config: AuditConfig
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +148,57 @@ class AuditResult:
 
 def _create(kind: str, name: str, cfg: AuditConfig):
     return registry.create(f"{kind}:{name}", **cfg.params.get(name, {}))
+
+
+_SHORT = {"model_randomization": "rand. corr", "data_randomization": "data-rand. corr",
+          "pointing_game": "pointing", "max_sensitivity": "max-sens."}
+_METRIC_NOTES = {
+    "deletion": "deletion AUC (lower is better)",
+    "insertion": "insertion AUC (higher is better)",
+    "model_randomization": "rand. corr: rank correlation with the map of the randomized model "
+                           "(low is good; FLAG: the map does not depend on the weights)",
+    "data_randomization": "rank correlation with the map of a model trained on permuted labels",
+    "pointing_game": "pointing-game hit rate",
+    "infidelity": "infidelity (lower is better)",
+    "max_sensitivity": "max-sensitivity (lower is better)",
+}
+
+
+def _trust(model, data, idx, x, y, explainers, explanations, metrics, background, cfg, notes,
+           bar) -> dict[str, dict[str, Any]]:
+    """Each metric's aggregate for each explainer that ran, on the first samples."""
+    trust: dict[str, dict[str, Any]] = {}
+    if not metrics:
+        return trust
+    n = min(cfg.trust_samples, len(x))
+    xt, yt = x[:n], y[:n]
+    for name, explainer in explainers.items():
+        if name not in explanations:
+            continue
+        ts = time.perf_counter()
+        data_kw = {"background": background} if "background" in explainer.call_data else {}
+        attr = explainer(model, xt, yt, seed=cfg.seed, **data_kw).attributions
+        scores: dict[str, Any] = {}
+        for mname, metric in metrics.items():
+            kw: dict[str, Any] = {}
+            if "masks" in metric.call_data:
+                if data.masks is None:
+                    continue
+                kw["masks"] = data.masks[idx[:n]]
+            judged = ({"explainer": explainer} if metric.needs_explainer
+                      else {"attributions": attr})
+            try:
+                res = metric(model, xt, yt, seed=cfg.seed, **judged, **kw)
+            except InputError as e:  # e.g. tabular LIME needs background rows to re-explain
+                notes.append(f"{mname} of {name} was skipped: {e}")
+                continue
+            scores[mname] = {"value": res.aggregate}
+            if hasattr(res, "flag"):
+                scores[mname]["flag"] = bool(res.flag)
+        explanations[name]["trust_seconds"] = time.perf_counter() - ts
+        trust[name] = scores
+        bar.advance(f"trust {name}")
+    return trust
 
 
 def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
@@ -173,7 +247,9 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
     robustness["worst case"] = []
     ref_adv: dict[str, Any] = {}
     headline_attack = _create("attack", cfg.headline_attack, cfg) if cfg.headline_attack else None
-    total = len(attacks) * len(cfg.eps) + len(explainers) + (headline_attack is not None)
+    metrics = {m: _create("metric", m, cfg) for m in cfg.metrics}
+    total = (len(attacks) * len(cfg.eps) + len(explainers) * (1 + bool(metrics))
+             + (headline_attack is not None) + cfg.checks)
     with progress_bar(total, "audit", enabled=progress) as bar:
         for eps in cfg.eps:
             threat = ThreatModel(cfg.norm, eps, model.bounds)
@@ -221,6 +297,14 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                     "strong_attack": strong,
                     "clean_accuracy": clean_acc}
         curves = {k: [(r["eps"], r["robust_accuracy"]) for r in v] for k, v in robustness.items()}
+        flags: list[Flag] = []
+        if cfg.checks:
+            flags = gradient_masking_checks(
+                model, x, y, ThreatModel(cfg.norm, cfg.reference_eps, model.bounds),
+                curves=curves, white_box_robust=ref_adv["robust"].clone(),
+                black_box=cfg.black_box, black_box_params=cfg.params.get(cfg.black_box or "", {}),
+                seed=cfg.seed)
+            bar.advance("gradient-masking checks")
         figs = [Figure("robustness_curve", "Robust accuracy against eps",
                        f"Robust accuracy of each attack and of the per-sample worst case "
                        f"({cfg.norm}), on {len(x)} test samples.",
@@ -262,6 +346,22 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
             maps_clean[name], maps_adv[name] = e_clean.pixel_map(), e_adv.pixel_map()
             bar.advance(name)
 
+        trust = _trust(model, data, idx, x, y, explainers, explanations, metrics, background,
+                       cfg, notes, bar)
+
+    if maps_clean and data.is_image:
+        notes_by = {k: "\n".join(f"{_SHORT.get(m, m)} {v['value']:.2f}"
+                                 + (" FLAG" if v.get("flag") else "")
+                                 for m, v in trust.get(k, {}).items()) for k in maps_clean}
+        figs.append(Figure(
+            "gallery", "Gallery: explanations and whether to trust them",
+            "Each column: one explainer's map of the true class over the input (red: evidence "
+            "for, blue: against), titled with its trust scores on "
+            f"{min(cfg.trust_samples, len(x))} samples: "
+            + "; ".join(_METRIC_NOTES.get(m, m) for m in metrics) + ".",
+            *figures.explanation_grid(x[ex], maps_clean, "explanations of the true class",
+                                      [f"{data.classes[int(y[i])]}" for i in ex.tolist()],
+                                      column_notes=notes_by, overlay=True)))
     if maps_clean and data.is_image:
         both_x = torch.stack([x[ex], x_adv[ex]], 1).flatten(0, 1)
         both = {k: torch.stack([maps_clean[k], maps_adv[k]], 1).flatten(0, 1) for k in maps_clean}
@@ -285,5 +385,6 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                for k, names in (("attack", used), ("explainer", explainers)) for m in names]
     return AuditResult(model=model.name, dataset=data.name, n_samples=len(x),
                        clean_accuracy=clean_acc, robustness=robustness, headline=headline,
-                       explanations=explanations, methods=methods, config=cfg, figures=figs,
-                       notes=notes, seconds=time.perf_counter() - t0)
+                       explanations=explanations, methods=methods, trust=trust, config=cfg,
+                       figures=figs,
+                       notes=notes, flags=flags, seconds=time.perf_counter() - t0)

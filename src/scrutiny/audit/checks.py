@@ -1,0 +1,203 @@
+"""Gradient-masking checks: signs that a robustness number cannot be trusted.
+
+Carlini et al. ("On evaluating adversarial robustness", 2019) and Athalye,
+Carlini, Wagner (ICML 2018) list the symptoms of an evaluation fooled by
+obfuscated gradients. Each function here tests one symptom and returns a
+:class:`Flag`; :func:`gradient_masking_checks` runs them all, and every audit
+shows the result. A raised flag does not prove masking; it says which number to
+distrust and what to run instead (an adaptive attack: BPDA for
+non-differentiable preprocessing, EOT for randomness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from scrutiny import registry
+from scrutiny.base import grad_wrt
+from scrutiny.models.wrapper import TorchModel
+from scrutiny.types import ThreatModel
+
+
+@dataclass
+class Flag:
+    """The outcome of one check.
+
+    Attributes
+    ----------
+    check : str
+        Short name of the symptom.
+    flagged : bool
+        True when the symptom is present.
+    message : str
+        What was measured and, when flagged, what it means and what to do.
+    details : dict
+        The numbers behind the message.
+    """
+
+    check: str
+    flagged: bool
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def check_gradients(model: TorchModel, x: torch.Tensor, y: torch.Tensor, *,
+                    zero_tol: float = 1e-12, max_zero_share: float = 0.1) -> Flag:
+    """Zero, NaN or vanishing input gradients of the loss (shattered or masked gradients)."""
+    with model.evaluating():
+        xg = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(model(xg), y.to(x.device), reduction="sum")
+        g = grad_wrt(loss, xg).flatten(1)
+    finite = torch.isfinite(g).all(1)
+    norms = torch.where(finite, g.norm(dim=1), torch.zeros_like(g[:, 0]))
+    zero = finite & (norms <= zero_tol)
+    share_zero, share_bad = float(zero.float().mean()), float((~finite).float().mean())
+    flagged = share_bad > 0 or share_zero > max_zero_share
+    msg = (f"input gradients: {share_zero:.0%} zero, {share_bad:.0%} NaN/inf, median norm "
+           f"{float(norms.median()):.2e}")
+    if flagged:
+        msg += (". Gradient attacks get no signal, so their robust accuracy is an upper bound "
+                "at best; evaluate with BPDA (scrutiny.defenses.adaptive) or a black-box attack.")
+    return Flag("zero or non-finite gradients", flagged, msg,
+                {"share_zero": share_zero, "share_non_finite": share_bad,
+                 "median_norm": float(norms.median())})
+
+
+def check_monotone(curves: dict[str, list[tuple[float, float]]], n: int) -> Flag:
+    """Robust accuracy must not rise with eps (a larger ball contains the smaller one)."""
+    tol = 1.0 / max(n, 1) + 1e-9
+    bad = []
+    for name, pts in curves.items():
+        pts = sorted(pts)
+        for (e0, a0), (e1, a1) in zip(pts, pts[1:], strict=False):
+            if a1 > a0 + tol:
+                bad.append({"attack": name, "eps": (e0, e1), "robust_accuracy": (a0, a1)})
+    msg = "robust accuracy is non-increasing in eps for every attack"
+    if bad:
+        msg = ("robust accuracy RISES with eps for " + ", ".join(sorted({b["attack"] for b in bad}))
+               + ": the attack fails to find points it found in a smaller ball, a sign of a "
+               "weak or masked attack (more steps, restarts, or an adaptive attack).")
+    return Flag("success not monotone in eps", bool(bad), msg, {"violations": bad})
+
+
+def unbounded_eps(threat: ThreatModel, x: torch.Tensor) -> float:
+    """A radius whose ball holds the whole input box, so any input is reachable."""
+    span = threat.bounds[1] - threat.bounds[0]
+    d = x[0].numel()
+    return {"linf": span, "l2": span * d ** 0.5, "l1": span * d}[threat.norm]
+
+
+def check_unbounded(model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                    steps: int = 50, min_success: float = 0.95, seed: int = 0) -> Flag:
+    """An attack with an unbounded budget must succeed on (almost) every sample."""
+    from scrutiny.attacks import PGD
+
+    big = ThreatModel(threat.norm, unbounded_eps(threat, x), threat.bounds)
+    res = PGD(steps=steps)(model, x, y, threat=big, seed=seed)
+    rate = float(res.success[res.clean_correct].float().mean()) if res.clean_correct.any() else 1.0
+    flagged = rate < min_success
+    msg = f"PGD with an unbounded budget ({threat.norm} eps={big.eps:g}) succeeds on {rate:.0%}"
+    if flagged:
+        msg += (" of the correctly classified samples, not ~100%: gradients do not lead the "
+                "attack anywhere, so bounded robust accuracies are not trustworthy.")
+    return Flag("unbounded attack below 100%", flagged, msg, {"success_rate": rate, "eps": big.eps})
+
+
+def check_seed_variance(model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                        seeds: tuple[int, ...] = (0, 1, 2), steps: int = 20,
+                        max_spread: float = 0.1) -> Flag:
+    """Robust accuracy of PGD over random starts with different seeds should agree."""
+    from scrutiny.attacks import PGD
+
+    accs = [PGD(steps=steps)(model, x, y, threat=threat, seed=s).robust_accuracy() for s in seeds]
+    spread = max(accs) - min(accs)
+    flagged = spread > max(max_spread, 3.0 / len(x))
+    msg = (f"PGD robust accuracy over seeds {list(seeds)}: "
+           + ", ".join(f"{a:.1%}" for a in accs))
+    if flagged:
+        msg += (f"; a spread of {spread:.1%} means the loss surface is noisy or randomized: "
+                "use EOT and several restarts, report the worst case.")
+    return Flag("large variance across seeds", flagged, msg, {"robust_accuracy": accs})
+
+
+def check_black_box(model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                    white_box_robust: torch.Tensor, *, attack: str = "square",
+                    params: dict[str, Any] | None = None, seed: int = 0) -> Flag | None:
+    """A black-box attack must not beat the white-box ones (it sees strictly less).
+
+    ``white_box_robust`` is the per-sample worst case of the white-box attacks.
+    Returns None when the black-box attack is not registered.
+    """
+    spec = f"attack:{attack}"
+    if spec not in registry.list_methods("attack"):
+        return None
+    todo = white_box_robust.nonzero()[:, 0]
+    extra = 0
+    if len(todo):  # only the samples every white-box attack left robust
+        res = registry.create(spec, **(params or {}))(model, x[todo], y[todo], threat=threat,
+                                                      seed=seed)
+        extra = int((~res.adv_correct).sum())
+    wb = float(white_box_robust.float().mean())
+    bb = wb - extra / len(x)
+    flagged = extra / len(x) > max(0.02, 1.0 / len(x))
+    msg = (f"{attack} (black-box) broke {extra} of the {len(todo)} samples the white-box attacks "
+           f"left robust (robust accuracy {wb:.1%} -> {bb:.1%})")
+    if flagged:
+        msg += (": gradients mislead the white-box attacks (gradient masking); trust the lower "
+                "number and run an adaptive attack.")
+    return Flag("black-box beats white-box", flagged, msg,
+                {"black_box_extra_broken": extra, "white_box": wb, "combined": bb})
+
+
+def check_certified(certified_accuracy: float, robust_accuracy: float, eps: float) -> Flag:
+    """Certified accuracy above empirical robust accuracy is impossible: a bug somewhere."""
+    flagged = certified_accuracy > robust_accuracy + 1e-9
+    msg = (f"certified accuracy {certified_accuracy:.1%} vs empirical robust accuracy "
+           f"{robust_accuracy:.1%} at eps={eps:g}")
+    if flagged:
+        msg += (": a certificate above what an attack leaves is a contradiction — the bound or "
+                "the attack evaluation is wrong.")
+    return Flag("certified above empirical", flagged, msg,
+                {"certified": certified_accuracy, "robust": robust_accuracy, "eps": eps})
+
+
+def gradient_masking_checks(model: TorchModel, x: torch.Tensor, y: torch.Tensor,
+                            threat: ThreatModel, *,
+                            curves: dict[str, list[tuple[float, float]]] | None = None,
+                            white_box_robust: torch.Tensor | None = None,
+                            black_box: str | None = "square",
+                            black_box_params: dict[str, Any] | None = None,
+                            certified: float | None = None, seed: int = 0) -> list[Flag]:
+    """Run every check; ``threat`` is the reference threat model of the evaluation.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> d = load_digits(split="test")
+    >>> flags = gradient_masking_checks(pretrained("digits-cnn", progress=False), d.x[:32],
+    ...                                 d.y[:32], ThreatModel("linf", 0.1), black_box=None)
+    >>> [f.check for f in flags if f.flagged]
+    []
+    """
+    from scrutiny.models.wrapper import as_model
+
+    model = as_model(model, threat.bounds)
+    flags = [check_gradients(model, x, y), check_unbounded(model, x, y, threat, seed=seed),
+             check_seed_variance(model, x, y, threat)]
+    if curves:
+        flags.append(check_monotone(curves, len(x)))
+    if black_box and white_box_robust is not None:
+        f = check_black_box(model, x, y, threat, white_box_robust, attack=black_box,
+                            params=black_box_params, seed=seed)
+        if f is not None:
+            flags.append(f)
+    if certified is not None and white_box_robust is not None:
+        flags.append(check_certified(certified, float(white_box_robust.float().mean()),
+                                     threat.eps))
+    return flags

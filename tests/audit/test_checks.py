@@ -1,0 +1,56 @@
+"""The gradient-masking checks flag a masked model and pass a plain one."""
+
+import pytest
+import torch
+from torch import nn
+
+from scrutiny.audit.checks import (
+    check_certified,
+    check_monotone,
+    gradient_masking_checks,
+)
+from scrutiny.types import ThreatModel
+
+
+class Quantize(nn.Module):
+    """A front end that rounds inputs to 4 levels: zero gradient almost everywhere."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 3) / 3)
+
+
+@pytest.fixture(scope="module")
+def batch(digits_test):
+    return digits_test.x[:48], digits_test.y[:48]
+
+
+def test_plain_model_raises_no_flag(digits_model, batch):
+    x, y = batch
+    flags = gradient_masking_checks(digits_model, x, y, ThreatModel("linf", 0.1), black_box=None,
+                                    curves={"pgd": [(0.0, 0.97), (0.1, 0.3)]})
+    assert {f.check for f in flags} >= {"zero or non-finite gradients",
+                                        "unbounded attack below 100%",
+                                        "large variance across seeds",
+                                        "success not monotone in eps"}
+    assert not [f.message for f in flags if f.flagged]
+
+
+def test_quantizing_front_end_is_flagged(digits_model, batch):
+    x, y = batch
+    flags = {f.check: f for f in gradient_masking_checks(Quantize(digits_model.module), x, y,
+                                                         ThreatModel("linf", 0.1), black_box=None)}
+    g = flags["zero or non-finite gradients"]
+    assert g.flagged and g.details["share_zero"] > 0.9
+    assert "BPDA" in g.message
+
+
+def test_monotone_and_certified_checks():
+    ok = check_monotone({"a": [(0.0, 1.0), (0.1, 0.5), (0.2, 0.5)]}, n=100)
+    bad = check_monotone({"a": [(0.0, 1.0), (0.1, 0.3), (0.2, 0.6)]}, n=100)
+    assert not ok.flagged and bad.flagged and bad.details["violations"][0]["eps"] == (0.1, 0.2)
+    assert check_certified(0.6, 0.5, 0.1).flagged
+    assert not check_certified(0.4, 0.5, 0.1).flagged
