@@ -44,3 +44,7 @@ from scrutiny.explain.perturbation.extremal import (  # noqa: E402
 from scrutiny.explain.uncertainty import MCDropout, mc_dropout  # noqa: E402
 
 __all__ += ["ExtremalPerturbation", "MCDropout", "extremal_perturbation", "mc_dropout"]
+
+from scrutiny.explain.lrp import LRP  # noqa: E402  (twin: scrutiny.explain.lrp.lrp)
+
+__all__ += ["LRP"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,9 +85,16 @@ class Recipe:
     batch_size: int = 64
     weight_decay: float = 1e-4
     seed: int = 0
+    #: Adversarial training: parameters of
+    #: :class:`scrutiny.defenses.training.AdversarialTraining` as ``(name, value)`` pairs
+    #: (its ``method``, ``eps``, ``steps``...); empty for standard training.
+    adversarial: tuple[tuple[str, Any], ...] = ()
 
     def key(self) -> str:
-        blob = (json.dumps(asdict(self), sort_keys=True) + torch.__version__.split("+")[0]
+        fields = asdict(self)
+        if not self.adversarial:  # standard recipes keep the keys they had before the field
+            del fields["adversarial"]
+        blob = (json.dumps(fields, sort_keys=True) + torch.__version__.split("+")[0]
                 + f"/zoo-{ZOO_VERSION}")
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -96,6 +104,11 @@ RECIPES: dict[str, Recipe] = {
     "digits-mlp": Recipe("digits", "mlp", epochs=40),
     "synthetic-cnn": Recipe("synthetic", "cnn", epochs=15),
     "breast-cancer-mlp": Recipe("breast_cancer", "mlp", epochs=60),
+    # Madry-style PGD adversarial training at linf eps 0.1 (see docs/defenses.md for figures)
+    "digits-cnn-pgd": Recipe("digits", "cnn", epochs=30,
+                             adversarial=(("method", "pgd"), ("eps", 0.1), ("steps", 7))),
+    "digits-cnn-trades": Recipe("digits", "cnn", epochs=30,
+                                adversarial=(("method", "trades"), ("eps", 0.1), ("steps", 7))),
 }
 
 
@@ -143,8 +156,13 @@ def pretrained(name: str = "digits-cnn", *, retrain: bool = False, progress: boo
     if path.is_file() and not retrain:
         load_weights(net, path)
     else:
+        objective = None
+        if r.adversarial:
+            from scrutiny.defenses.training import AdversarialTraining
+
+            objective = AdversarialTraining(**dict(r.adversarial)).objective()
         train(net, data, epochs=r.epochs, lr=r.lr, batch_size=r.batch_size,
-              weight_decay=r.weight_decay, seed=r.seed, progress=progress)
+              weight_decay=r.weight_decay, seed=r.seed, progress=progress, objective=objective)
         save_weights(net, path, metadata={"recipe": json.dumps(asdict(r)), "name": name})
     model = TorchModel(net, num_classes=data.num_classes, name=name)
     return model.to(device) if device is not None else model
