@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -10,6 +10,9 @@ import torch
 from scrutiny.errors import InputError
 
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+#: Every norm a ThreatModel accepts: the Lp norms and the (local) Wasserstein distance
+#: of Wong et al. 2019. ``Tags.norms`` defaults to :data:`NORMS` only.
+THREAT_NORMS: tuple[str, ...] = (*NORMS, "wasserstein")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,12 @@ class Tags:
         Needs inputs of shape ``(N, C, H, W)``.
     minimum_norm : bool
         Finds the smallest perturbation instead of staying inside a fixed eps.
+    output : {"logits", "probs", "label"}
+        Black-box attacks (``white_box=False``): the least a query must reveal.
+        ``"probs"`` means scores (a QueryModel answering probabilities or
+        logits will do); ``"label"`` means the top label only (decision-based
+        attacks, which then work on every QueryModel). A QueryModel that
+        reveals less is refused with an InputError. Ignored by white-box methods.
     """
 
     white_box: bool = True
@@ -38,6 +47,11 @@ class Tags:
     stochastic: bool = False
     image_only: bool = False
     minimum_norm: bool = False
+    output: str = "logits"
+
+    def __post_init__(self) -> None:
+        if self.output not in ("logits", "probs", "label"):
+            raise InputError(f"unknown output {self.output!r}; accepted: logits, probs, label")
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -97,8 +111,15 @@ class ThreatModel:
 
     Parameters
     ----------
-    norm : {"linf", "l2", "l1"}
-        The norm that measures the perturbation.
+    norm : {"linf", "l2", "l1", "wasserstein"}
+        The norm that measures the perturbation. ``"wasserstein"`` is the
+        Wasserstein distance of Wong, Schmidt & Kolter (ICML 2019) between
+        the images seen as mass distributions (``x / sum(x0)`` per sample, so
+        ``x`` must have ``x0``'s mass in every channel): mass moves within a
+        channel, inside a ``wasserstein_kernel`` square window, at cost
+        ``||(di, dj)||_p`` (``p = wasserstein_p``) per unit; eps 0.1 moves 10%
+        of the mass by one pixel. Needs images ``(N, C, H, W)`` and bounds
+        ``lo >= 0``; no mask.
     eps : float
         Radius, in input units (the model wrapper normalises internally).
     bounds : (float, float)
@@ -106,6 +127,10 @@ class ThreatModel:
     mask : torch.Tensor, optional
         Broadcastable to one input (e.g. ``(1, H, W)``); 1 where pixels may
         change, 0 where they must not.
+    wasserstein_kernel : int
+        Odd side of the local transport window (the paper's 5).
+    wasserstein_p : float
+        The cost's p-norm of the pixel offset (the paper's 2).
 
     Examples
     --------
@@ -120,10 +145,12 @@ class ThreatModel:
     eps: float
     bounds: tuple[float, float] = (0.0, 1.0)
     mask: torch.Tensor | None = field(default=None, compare=False)
+    wasserstein_kernel: int = 5
+    wasserstein_p: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise InputError(f"unknown norm {self.norm!r}; accepted: {', '.join(NORMS)}")
+        if self.norm not in THREAT_NORMS:
+            raise InputError(f"unknown norm {self.norm!r}; accepted: {', '.join(THREAT_NORMS)}")
         eps = float(self.eps)
         if not eps >= 0:  # also rejects NaN; inf means unbounded (minimum-norm attacks)
             raise InputError(f"eps must be a number >= 0 (inf for unbounded), got {self.eps!r}")
@@ -137,10 +164,23 @@ class ThreatModel:
             if not torch.all((m == 0) | (m == 1)):
                 raise InputError("mask must contain only 0 and 1")
             object.__setattr__(self, "mask", m)
+        k = self.wasserstein_kernel
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise InputError(f"wasserstein_kernel must be an odd integer >= 1, got {k!r}")
+        if not 1 <= float(self.wasserstein_p) < float("inf"):
+            raise InputError(f"wasserstein_p must be a finite number >= 1, got "
+                             f"{self.wasserstein_p!r}")
+        object.__setattr__(self, "wasserstein_p", float(self.wasserstein_p))
+        if self.norm == "wasserstein":
+            if lo < 0:
+                raise InputError(f"the wasserstein norm treats pixels as mass and needs bounds "
+                                 f"with low >= 0, got {self.bounds!r}")
+            if self.mask is not None:
+                raise InputError("the wasserstein norm does not support a mask")
 
     def with_eps(self, eps: float) -> ThreatModel:
         """The same threat model with another radius."""
-        return ThreatModel(self.norm, eps, self.bounds, self.mask)
+        return replace(self, eps=eps)
 
     def mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
         """The mask broadcast to one input of ``x`` (None if unmasked)."""
@@ -149,13 +189,27 @@ class ThreatModel:
         return self.mask.to(device=x.device, dtype=x.dtype).expand(x.shape[1:])
 
     def distance(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample ``||x - x0||`` in this threat model's norm."""
+        """Per-sample ``||x - x0||`` in this threat model's norm.
+
+        For ``"wasserstein"``: the exact local Wasserstein distance by linear
+        programming (``inf`` if the mass changed), see
+        :func:`scrutiny.attacks.whitebox.wasserstein.wasserstein_distance`.
+        """
+        if self.norm == "wasserstein":
+            from scrutiny.attacks.whitebox.wasserstein import wasserstein_distance
+
+            d = wasserstein_distance(x0, x, kernel_size=self.wasserstein_kernel,
+                                     p=self.wasserstein_p)
+            return d.to(device=x.device)
         return lp_norm(x - x0, self.norm)
 
     def contains(self, x0: torch.Tensor, x: torch.Tensor, tol: float = 1e-5) -> torch.Tensor:
         """Per-sample bool: ``x`` lies in the ball, the bounds and the mask."""
         lo, hi = self.bounds
-        ok = self.distance(x0, x) <= self.eps * (1 + tol) + tol
+        d = self.distance(x0, x)
+        ok = d <= self.eps * (1 + tol) + tol
+        if self.norm == "wasserstein":  # mass changed or no local plan: outside, even for eps=inf
+            ok &= torch.isfinite(d)
         ok &= _flat((x >= lo - tol) & (x <= hi + tol)).all(dim=1)
         m = self.mask_for(x)
         if m is not None:
@@ -167,8 +221,15 @@ class ThreatModel:
 
         Exact for linf and l1 (ball intersected with the box) and for l2 up to
         the box: the l2 ball is projected first, then the box, which can only
-        shrink the perturbation, so the result stays in the set.
+        shrink the perturbation, so the result stays in the set. For
+        ``"wasserstein"``, points inside are kept and the others are projected
+        approximately by projected Sinkhorn and rounded to an exactly feasible
+        point (:func:`scrutiny.attacks.whitebox.wasserstein.projected_sinkhorn`).
         """
+        if self.norm == "wasserstein":
+            from scrutiny.attacks.whitebox.wasserstein import project_wasserstein
+
+            return project_wasserstein(x0, x, self)
         lo, hi = self.bounds
         delta = x - x0
         m = self.mask_for(x)

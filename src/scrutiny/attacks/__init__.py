@@ -14,8 +14,11 @@ from scrutiny.attacks.whitebox import (
     CarliniWagnerL2,
     DeepFool,
     ElasticNet,
+    FeatureAdversary,
     Penalized,
+    WassersteinPGD,
 )
 
 __all__ = ["APGD", "APGDT", "FMN", "FGSM", "PGD", "WorstCase", "Attack",
-           "BIM", "CarliniWagnerL2", "DeepFool", "ElasticNet", "LBFGS", "Penalized"]
+           "BIM", "CarliniWagnerL2", "DeepFool", "ElasticNet", "FeatureAdversary", "LBFGS",
+           "Penalized", "WassersteinPGD"]

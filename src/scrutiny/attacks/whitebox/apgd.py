@@ -1,4 +1,5 @@
-"""Auto-PGD (Croce & Hein 2020): step-size-free PGD with momentum, CE and DLR losses."""
+"""Auto-PGD (Croce & Hein 2020): step-size-free PGD with momentum, CE and DLR losses;
+l1-APGD (Croce & Hein 2021): sparse steps and the exact projection onto the l1-ball and box."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from scrutiny.validation import check_positive
 
 LOSSES = ("ce", "dlr")
 PAPER = ("Croce, Hein. Reliable evaluation of adversarial robustness with an ensemble of "
-         "diverse parameter-free attacks. ICML 2020")
+         "diverse parameter-free attacks. ICML 2020; Croce, Hein. Mind the box: l1-APGD for "
+         "sparse adversarial attacks on image classifiers. ICML 2021 (norm l1)")
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
@@ -68,6 +70,30 @@ def apgd_checkpoints(steps: int) -> list[int]:
     # round before ceil so that float noise (0.41000000000000003) does not add an iteration
     w = sorted({math.ceil(round(q * steps, 9)) for q in p if q <= 1})
     return [v for v in w if v <= steps]
+
+
+def l1_sparse_direction(grad: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+    """l1-APGD's sparse step direction (Croce & Hein 2021, Sec. 4).
+
+    Per sample, the ``k = ceil(fraction * d)`` coordinates of largest ``|grad|``
+    (``d`` the input dimension; ties included, ``k >= 1``) get ``sign(grad)``,
+    the others 0, and the result is divided by the number of non-zero entries,
+    so a step ``eta * direction`` has l1 norm ``eta``.
+
+    Examples
+    --------
+    >>> g = torch.tensor([[0.1, -3.0, 2.0, 0.5]])
+    >>> l1_sparse_direction(g, torch.tensor([0.5]))
+    tensor([[ 0.0000, -0.5000,  0.5000,  0.0000]])
+    """
+    flat = grad.reshape(len(grad), -1)
+    d = flat.shape[1]
+    k = (fraction.to(flat.dtype) * d).ceil().clamp(1, d).long()
+    top = flat.abs().sort(dim=1, descending=True).values
+    thresh = top.gather(1, (k - 1)[:, None])
+    step = flat.sign() * (flat.abs() >= thresh)
+    step = step / (step != 0).sum(dim=1, keepdim=True).clamp_min(1)
+    return step.view_as(grad)
 
 
 def _objective(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
@@ -121,16 +147,39 @@ class APGD(Attack):
         Start from a uniformly random point of the ball (the paper's setting);
         False starts at the clean input, which makes the attack deterministic.
 
+    With ``norm="l1"`` the run is l1-APGD (Croce & Hein 2021), which replaces
+    the dense step, the momentum and the halving schedule by the paper's
+    sparse scheme for the effective threat set, the l1-ball intersected with
+    the input box:
+
+    - step ``z = P(x_k + eta * s_k)`` with ``s_k`` the sign of the gradient on
+      its ``ceil(f * d)`` largest-magnitude coordinates, divided by their
+      number (:func:`l1_sparse_direction`, so ``||eta * s_k||_1 = eta``), and
+      ``P`` the exact projection onto the l1-ball and box
+      (:func:`scrutiny.types.project_l1_box`); no momentum;
+    - ``eta`` starts at ``eps`` and the fraction ``f`` at 0.2;
+    - every ``max(1, int(0.04 * steps))`` iterations (the checkpoints),
+      ``f`` becomes ``||x_best - x||_0 / (1.5 d)`` (the sparsity of the best
+      point so far); if that sparsity fell below 0.95 times its value at the
+      previous checkpoint, ``eta`` is reset to ``eps`` and the iterate restarts
+      from the best point, otherwise ``eta`` is divided by 1.5; ``eta`` stays
+      in ``[eps / 10, eps]``.
+
+    ``rho`` and ``momentum`` apply to linf and l2 only.
+
     Notes
     -----
-    The paper defines linf and l2 APGD (l1 needs the different l1-APGD of
-    Croce & Hein 2021, not implemented). The random start is uniform in the
-    ball rather than the reference code's point on the ball's surface.
+    The random start is uniform in the ball (linf) or a random point of the
+    ball (l2, l1) rather than the reference code's sampling. The paper's
+    l1-AutoAttack variant that runs l1-APGD at ``3 eps``, ``2 eps`` then
+    ``eps`` is not included.
 
     References
     ----------
     .. [1] Croce, Hein. "Reliable evaluation of adversarial robustness with an
        ensemble of diverse parameter-free attacks". ICML 2020.
+    .. [2] Croce, Hein. "Mind the box: l1-APGD for sparse adversarial attacks
+       on image classifiers". ICML 2021.
 
     Examples
     --------
@@ -141,9 +190,12 @@ class APGD(Attack):
     >>> res = APGD(steps=20)(model, data.x[:64], data.y[:64], threat=ThreatModel("linf", 0.1))
     >>> bool(res.robust_accuracy() < 0.5)
     True
+    >>> l1 = APGD(steps=20)(model, data.x[:64], data.y[:64], threat=ThreatModel("l1", 2.0))
+    >>> bool(l1.robust_accuracy() < l1.clean_accuracy())
+    True
     """
 
-    tags = Tags(norms=("linf", "l2"), targeted=True, stochastic=True)
+    tags = Tags(norms=("linf", "l2", "l1"), targeted=True, stochastic=True)
 
     def __init__(self, *, steps: int = 100, restarts: int = 1, loss: str = "ce", targets: int = 0,
                  rho: float = 0.75, momentum: float = 0.75, random_start: bool = True) -> None:
@@ -193,6 +245,8 @@ class APGD(Attack):
                     t: torch.Tensor | None, threat: ThreatModel, explicit: bool
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One APGD run; returns (best point per sample, success per sample)."""
+        if threat.norm == "l1":
+            return self._single_run_l1(model, x0, y, t, threat, explicit)
         n, dev = len(x0), x0.device
         norm, a = threat.norm, self.momentum
         checkpoints = apgd_checkpoints(self.steps)
@@ -261,6 +315,75 @@ class APGD(Attack):
                 s["count"] = torch.zeros_like(s["count"])
                 last_ckpt = i
             s["count"] = s["count"] + s["up"]
+        out[idx] = s["x_best"]
+        return out, done
+
+    def _single_run_l1(self, model: TorchModel, x0: torch.Tensor, y: torch.Tensor,
+                       t: torch.Tensor | None, threat: ThreatModel, explicit: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One l1-APGD run (Croce & Hein 2021); returns (best point, success) per sample."""
+        n, dev, eps = len(x0), x0.device, threat.eps
+        nd = x0[0].numel()
+        every = max(1, int(0.04 * self.steps))
+        out = x0.clone()
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        view = (-1, *([1] * (x0.dim() - 1)))
+
+        def evaluate(xs: torch.Tensor, idx: torch.Tensor):
+            xs = xs.detach().requires_grad_(True)
+            logits = model(xs)
+            tt = None if t is None else t[idx]
+            obj = _objective(logits, y[idx], tt, self.loss)
+            g = grad_wrt(obj, xs)
+            pred = logits.detach().argmax(1)
+            succ = pred == tt if explicit else pred != y[idx]
+            return obj.detach(), g, succ
+
+        def l0(d: torch.Tensor) -> torch.Tensor:
+            return (d.reshape(len(d), -1) != 0).sum(dim=1).to(x0.dtype)
+
+        idx = torch.arange(n, device=dev)
+        x = random_start(x0, threat) if self.random_start else x0.clone()
+        f, g, succ = evaluate(x, idx)
+        s = {"x0": x0, "x": x, "g": g, "best_f": f.clone(), "x_best": x, "g_best": g,
+             "eta": torch.full((n,), eps, device=dev, dtype=x0.dtype),
+             "frac": torch.full((n,), 0.2, device=dev, dtype=x0.dtype),
+             "sp_old": torch.full((n,), float(nd), device=dev, dtype=x0.dtype)}
+
+        def drop(succ: torch.Tensor) -> None:
+            nonlocal idx
+            if succ.any():
+                out[idx[succ]] = s["x"][succ]
+                done[idx[succ]] = True
+                keep = ~succ
+                idx = idx[keep]
+                for k in s:
+                    s[k] = s[k][keep]
+
+        drop(succ)
+        for i in range(self.steps):
+            if not len(idx):
+                break
+            step = l1_sparse_direction(s["g"], s["frac"])
+            z = threat.project(s["x0"], s["x"] + s["eta"].view(view) * step)
+            f_new, g_new, succ = evaluate(z, idx)
+            s["x"], s["g"] = z, g_new
+            better = f_new > s["best_f"]
+            bv = better.view(view)
+            s["best_f"] = torch.where(better, f_new, s["best_f"])
+            s["x_best"] = torch.where(bv, z, s["x_best"])
+            s["g_best"] = torch.where(bv, g_new, s["g_best"])
+            drop(succ)
+            if (i + 1) % every == 0 and len(idx):
+                sp = l0(s["x_best"] - s["x0"])
+                sparser = sp / s["sp_old"] < 0.95
+                s["frac"] = sp / nd / 1.5
+                s["eta"] = torch.where(sparser, torch.full_like(s["eta"], eps), s["eta"] / 1.5)
+                s["eta"] = s["eta"].clamp(eps / 10, eps)
+                s["sp_old"] = sp
+                rv = sparser.view(view)
+                s["x"] = torch.where(rv, s["x_best"], s["x"])
+                s["g"] = torch.where(rv, s["g_best"], s["g"])
         out[idx] = s["x_best"]
         return out, done
 
