@@ -99,7 +99,7 @@ class _CausalMetric(Metric):
         attr = self._explain(explainer, attributions, model, x, target, seed)
         units = unit_map(attr, x).reshape(len(x), -1)
         n, p = units.shape
-        steps = self.steps or (x.shape[-1] if x.dim() == 4 else p)
+        steps = self.steps or (x.shape[-2] if x.dim() == 4 else p)
         steps = min(steps, p)
         per_step = math.ceil(p / steps)
         ushape = x.shape[2:] if x.dim() == 4 else x.shape[1:]
@@ -128,13 +128,27 @@ class _CausalMetric(Metric):
 
 _RISE = ("Petsiuk, Das, Saenko. RISE: randomized input sampling for explanation of black-box "
          "models. BMVC 2018")
-_DOC_PARAMS = """
+
+
+@register("metric", "deletion", paper=_RISE, test_params={"steps": 4})
+class Deletion(_CausalMetric):
+    """Deletion metric: remove the most relevant pixels first; a sharp drop is good.
+
+    Pixels are ranked by decreasing attribution (image attributions summed
+    over channels, ties in seeded random order) and replaced, ``ceil(P /
+    steps)`` at a time, by the baseline (default ``"zero"``, black, as in the
+    paper) in every channel. After each step the probability of the target
+    class is recorded; the score is the area under this curve over the
+    fraction of pixels removed (trapezoid rule). **Lower is better.** All
+    steps of all samples are scored in large batches.
+
     Parameters
     ----------
     steps : int, optional
         Number of steps; each changes ``ceil(P / steps)`` units (pixels of an
-        image, elements otherwise). Default: the image width (one row's worth
-        of pixels per step, the paper's 224 pixels at 224x224), or ``P``.
+        image, elements otherwise). Default: the image height, i.e. one row
+        of pixels per step (the paper's 224 pixels per step at 224x224), or
+        ``P`` for non-image inputs.
     baseline : {"zero", "blur", "uniform"}, float or Tensor, optional
         What removed pixels become / the canvas pixels are inserted into
         (see :func:`scrutiny.explain.baselines.make_baseline`).
@@ -151,21 +165,7 @@ _DOC_PARAMS = """
     ----------
     .. [1] Petsiuk, Das, Saenko. "RISE: randomized input sampling for
        explanation of black-box models". BMVC 2018.
-"""
 
-
-@register("metric", "deletion", paper=_RISE, test_params={"steps": 4})
-class Deletion(_CausalMetric):
-    """Deletion metric: remove the most relevant pixels first; a sharp drop is good.
-
-    Pixels are ranked by decreasing attribution (image attributions summed
-    over channels, ties in seeded random order) and replaced, ``ceil(P /
-    steps)`` at a time, by the baseline (default ``"zero"``, black, as in the
-    paper) in every channel. After each step the probability of the target
-    class is recorded; the score is the area under this curve over the
-    fraction of pixels removed (trapezoid rule). **Lower is better.** All
-    steps of all samples are scored in large batches.
-    """ + _DOC_PARAMS + """
     Examples
     --------
     >>> from scrutiny.models import pretrained
@@ -190,7 +190,31 @@ class Insertion(_CausalMetric):
     order of attribution, ``ceil(P / steps)`` at a time; the score is the
     area under the curve of the target probability over the fraction of
     pixels inserted (trapezoid rule). **Higher is better.**
-    """ + _DOC_PARAMS + """
+
+    Parameters
+    ----------
+    steps : int, optional
+        Number of steps; each changes ``ceil(P / steps)`` units (pixels of an
+        image, elements otherwise). Default: the image height, i.e. one row
+        of pixels per step (the paper's 224 pixels per step at 224x224), or
+        ``P`` for non-image inputs.
+    baseline : {"zero", "blur", "uniform"}, float or Tensor, optional
+        What removed pixels become / the canvas pixels are inserted into
+        (see :func:`scrutiny.explain.baselines.make_baseline`).
+    blur_sigma : float, optional
+        Sigma of the ``"blur"`` baseline; default the paper's 5 pixels at 224
+        pixels scaled to the image width, at least 1.
+    output : {"probability", "logit"}
+        The curve follows the softmax probability of the target (the paper)
+        or its logit.
+    batch_size : int
+        Images (all steps of all samples) per forward pass.
+
+    References
+    ----------
+    .. [1] Petsiuk, Das, Saenko. "RISE: randomized input sampling for
+       explanation of black-box models". BMVC 2018.
+
     Examples
     --------
     >>> from scrutiny.models import pretrained

@@ -73,14 +73,16 @@ class Infidelity(Metric):
     so before reporting infidelity), which makes the score invariant to the
     scale of the map.
 
-    The expectation is a Monte-Carlo estimate (the authors enumerate every
-    square position for square removal instead of sampling them).
+    The expectation is a Monte-Carlo estimate over ``n_perturbations``
+    draws; for square removal ``n_perturbations=None`` averages over every
+    square of every allowed side at every position instead, as the authors
+    do.
 
     Parameters
     ----------
     perturbation : {"gaussian", "noisy_baseline", "square"}
-    n_perturbations : int
-        Draws of ``I`` per sample.
+    n_perturbations : int or None
+        Draws of ``I`` per sample; None (square removal only): every square.
     sigma : float
         Noise standard deviation (0.2 in the authors' code).
     square_sizes : (int, int), optional
@@ -108,20 +110,23 @@ class Infidelity(Metric):
     --------
     >>> import torch
     >>> from scrutiny.testing.models import tiny_linear, tiny_images
-    >>> from scrutiny.explain import vanilla_gradient
     >>> model, x = tiny_linear(0), tiny_images(4)
     >>> res = Infidelity(optimal_scaling=False)(model, x, explainer="gradient")
     >>> bool(res.scores.abs().max() < 1e-6)
     True
     """
 
-    def __init__(self, *, perturbation: str = "gaussian", n_perturbations: int = 100,
+    def __init__(self, *, perturbation: str = "gaussian", n_perturbations: int | None = 100,
                  sigma: float = 0.2, square_sizes: tuple[int, int] | None = None,
                  baseline: str | float | torch.Tensor = "zero", multiply_by_inputs: bool = False,
                  optimal_scaling: bool = True, output: str = "logit",
                  batch_size: int = 1024) -> None:
         check_choice("perturbation", perturbation, PERTURBATIONS)
-        check_positive("n_perturbations", n_perturbations, integer=True)
+        if n_perturbations is None:
+            if perturbation != "square":
+                raise InputError("n_perturbations=None (every square) needs perturbation='square'")
+        else:
+            check_positive("n_perturbations", n_perturbations, integer=True)
         check_positive("sigma", sigma)
         if square_sizes is not None:
             ok = (len(square_sizes) == 2 and all(isinstance(s, int) and s >= 1 for s in square_sizes)
@@ -142,20 +147,36 @@ class Infidelity(Metric):
         self.output = output
         self.batch_size = batch_size
 
-    def _perturbed(self, x: torch.Tensor, base: torch.Tensor, bounds) -> torch.Tensor:
+    def _sides(self, h: int, w: int) -> tuple[int, int]:
+        smin, smax = self.square_sizes or (1, max(1, min(h, w) // 3))
+        smax = min(smax, h, w)
+        return min(smin, smax), smax
+
+    def _squares(self, x: torch.Tensor) -> torch.Tensor:
+        """Every square ``(side, top, left)`` of every allowed side, ``(Q, 3)``."""
+        h, w = x.shape[-2:]
+        smin, smax = self._sides(h, w)
+        out = [torch.cartesian_prod(torch.tensor([s]), torch.arange(h - s + 1),
+                                    torch.arange(w - s + 1)) for s in range(smin, smax + 1)]
+        return torch.cat(out).to(x.device)
+
+    def _perturbed(self, x: torch.Tensor, base: torch.Tensor, bounds,
+                   squares: torch.Tensor | None) -> torch.Tensor:
+        """Perturbed inputs ``x0``; ``squares`` (len(x), 3) fixes the removed squares."""
         lo, hi = bounds
         if self.perturbation == "gaussian":
             return (x - torch.randn_like(x) * self.sigma).clamp(lo, hi)
         if self.perturbation == "noisy_baseline":
             return (base + torch.randn_like(x) * self.sigma).clamp(lo, hi)
         h, w = x.shape[-2:]
-        smin, smax = self.square_sizes or (1, max(1, min(h, w) // 3))
-        smax = min(smax, h, w)
-        smin = min(smin, smax)
-        n = len(x)
-        side = torch.randint(smin, smax + 1, (n,), device=x.device)
-        top = (torch.rand(n, device=x.device) * (h - side + 1)).floor().long()
-        left = (torch.rand(n, device=x.device) * (w - side + 1)).floor().long()
+        if squares is None:
+            smin, smax = self._sides(h, w)
+            n = len(x)
+            side = torch.randint(smin, smax + 1, (n,), device=x.device)
+            top = (torch.rand(n, device=x.device) * (h - side + 1)).floor().long()
+            left = (torch.rand(n, device=x.device) * (w - side + 1)).floor().long()
+        else:
+            side, top, left = squares.unbind(dim=1)
         r = torch.arange(h, device=x.device)[None, :, None]
         c = torch.arange(w, device=x.device)[None, None, :]
         sq = ((r >= top[:, None, None]) & (r < (top + side)[:, None, None])
@@ -170,12 +191,15 @@ class Infidelity(Metric):
         phi = _broadcast_attr(attr, x).to(x.dtype)
         base = make_baseline(self.baseline, x, model.bounds)
         fx = _target_output(model, x, target, self.output)
-        n, m = len(x), self.n_perturbations
+        squares = self._squares(x) if self.n_perturbations is None else None
+        n = len(x)
+        m = len(squares) if squares is not None else self.n_perturbations
         dots, diffs = [], []
         for lo in range(0, n * m, self.batch_size):
-            i = torch.arange(lo, min(lo + self.batch_size, n * m), device=x.device) // m
+            j = torch.arange(lo, min(lo + self.batch_size, n * m), device=x.device)
+            i = j // m
             xi, bi = x[i], base[i]
-            x0 = self._perturbed(xi, bi, model.bounds)
+            x0 = self._perturbed(xi, bi, model.bounds, None if squares is None else squares[j % m])
             pert = xi - x0
             if self.multiply_by_inputs:
                 ref = xi - bi
@@ -191,7 +215,8 @@ class Infidelity(Metric):
             beta = torch.ones(n, dtype=torch.float64, device=x.device)
         infid = (beta[:, None] * dot - diff).square().mean(dim=1)
         return InfidelityResult(scores=infid.cpu(), aggregate=nanmean(infid), target=target.cpu(),
-                                beta=beta.cpu(), meta={"perturbation": self.perturbation})
+                                beta=beta.cpu(), meta={"perturbation": self.perturbation,
+                                                       "n_perturbations": m})
 
 
 @dataclass(kw_only=True)

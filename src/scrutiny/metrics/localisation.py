@@ -99,9 +99,9 @@ class PointingGame(Metric):
     >>> from scrutiny.data import make_synthetic
     >>> data = make_synthetic(split="test")
     >>> res = PointingGame()(pretrained("synthetic-cnn", progress=False), data.x[:16],
-    ...                      data.y[:16], explainer="grad_cam", masks=data.masks[:16])
-    >>> res.aggregate > 0.9
-    True
+    ...                      data.y[:16], explainer="saliency", masks=data.masks[:16])
+    >>> res.aggregate, round(res.chance, 2)
+    (0.9375, 0.12)
     """
 
     tags = Tags(image_only=True)

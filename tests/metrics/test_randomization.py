@@ -1,0 +1,138 @@
+"""Sanity checks (Adebayo et al., NeurIPS 2018): gradient and Grad-CAM maps decorrelate
+under model-parameter and data randomization; an edge detector does not and is flagged."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from scrutiny.data import ArrayDataset
+from scrutiny.errors import InputError
+from scrutiny.explain.base import Explainer
+from scrutiny.metrics import DataRandomization, ModelRandomization, model_randomization, similarity
+from scrutiny.models import MLP
+from scrutiny.models.training import train
+
+
+class Sobel(Explainer):
+    """An "explanation" computed from the input alone: the Sobel edge magnitude of x."""
+
+    name = "sobel"
+
+    def __init__(self):
+        pass
+
+    def _explain(self, model, x, target):
+        k = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=x.device)[None, None]
+        gx, gy = F.conv2d(x, k, padding=1), F.conv2d(x, k.transpose(2, 3), padding=1)
+        return (gx.square() + gy.square()).sqrt()[:, 0], {}
+
+
+@pytest.mark.parametrize("explainer", ["gradient", "grad_cam"])
+def test_maps_decorrelate_under_cascading_randomization(digits_model, digits_test, explainer):
+    x = digits_test.x[:16]
+    res = ModelRandomization()(digits_model, x, explainer=explainer)
+    assert res.steps == ["classifier", "features.5", "features.2", "features.0"]  # top first
+    assert res.per_step["spearman_abs"].shape == (4, 16)
+    assert res.maps.shape == (4, 16, 8, 8) and res.original_maps.shape == (16, 8, 8)
+    # measured: gradient 0.12, Grad-CAM 0.06 after the last step
+    assert res.aggregate < 0.3 and not res.flag
+    assert torch.allclose(res.scores, res.per_step["spearman_abs"][-1], equal_nan=True)
+    assert res.curve("ssim")[-1] < 0.3
+
+
+def test_an_edge_detector_is_flagged(digits_model, digits_test):
+    x = digits_test.x[:16]
+    for mode in ("cascading", "independent"):
+        res = ModelRandomization(mode=mode, measures=("spearman_abs", "ssim", "hog"))(
+            digits_model, x, explainer=Sobel())
+        assert res.flag and res.aggregate > 0.99
+        assert torch.allclose(res.curve("hog"), torch.ones(4, dtype=torch.float64))
+
+
+def test_cascading_is_cumulative_and_the_model_is_untouched(digits_model, digits_test):
+    x = digits_test.x[:8]
+    before = {k: v.clone() for k, v in digits_model.state_dict().items()}
+    casc = ModelRandomization(measures=("spearman_abs",))(digits_model, x, explainer="gradient")
+    ind = model_randomization(digits_model, x, explainer="gradient", mode="independent",
+                              measures=("spearman_abs",))
+    after = digits_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # step 0 randomizes the same (top) layer with the same seed in both modes ...
+    assert torch.equal(casc.maps[0], ind.maps[0])
+    # ... later steps differ: cascading keeps the layers above random
+    assert not torch.allclose(casc.maps[2], ind.maps[2])
+    # same seed, same re-initialisation; another seed, another one
+    top = ModelRandomization(layers=("classifier",), measures=("spearman_abs",))
+    again = top(digits_model, x, explainer="gradient")
+    other = top(digits_model, x, explainer="gradient", seed=1)
+    assert torch.equal(casc.maps[0], again.maps[0]) and not torch.equal(casc.maps[0], other.maps[0])
+
+
+def test_similarity_measures():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 8, 8, generator=g), torch.randn(5, 8, 8, generator=g)
+    ref = [spearmanr(p.flatten(), q.flatten()).statistic for p, q in zip(a, b, strict=True)]
+    assert np.allclose(similarity("spearman", a, b).numpy(), ref)
+    assert torch.allclose(similarity("spearman", a, -a), -torch.ones(5, dtype=torch.float64))
+    assert torch.allclose(similarity("spearman_abs", a, -a), torch.ones(5, dtype=torch.float64))
+    assert torch.allclose(similarity("ssim", a, 3 * a), torch.ones(5, dtype=torch.float64))
+    assert (similarity("ssim", a, b) < 0.5).all()
+    assert torch.isnan(similarity("spearman", a, torch.zeros_like(a))).all()  # no ranking
+
+
+@pytest.fixture(scope="module")
+def digits_mlp(digits_test):
+    """A small MLP on digits (93% test accuracy in a fraction of a second), so that its
+    random-label twin trains fast."""
+    from scrutiny.data import load_digits
+    from scrutiny.models import TorchModel
+
+    train_data = load_digits()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = MLP(64, 10, hidden=(64,))
+    train(net, train_data, epochs=8, lr=1e-2, batch_size=256, progress=False)
+    model = TorchModel(net)
+    assert (model.predict(digits_test.x) == digits_test.y).float().mean() > 0.9
+    sub = ArrayDataset(x=train_data.x[:256], y=train_data.y[:256], classes=train_data.classes,
+                       name="digits-256")
+    return model, sub
+
+
+def test_data_randomization_changes_gradient_maps(digits_mlp, digits_test):
+    model, sub = digits_mlp
+    x = digits_test.x[:16]
+    res = DataRandomization(epochs=60, lr=3e-2)(model, x, explainer="gradient", train_data=sub)
+    # the permuted-label model memorised part of its training set (measured 0.72; chance 0.11)
+    assert res.extra["train_accuracy"] > 2 * res.extra["chance_accuracy"]
+    assert res.extra["accuracy_on_x"] < 0.4  # it learned nothing about digits
+    assert res.steps == ["labels"] and res.per_step["spearman_abs"].shape == (1, 16)
+    assert res.aggregate < 0.5 and not res.flag  # measured 0.27
+    edge = DataRandomization(epochs=1)(model, x, explainer=Sobel(), train_data=sub)
+    assert edge.flag and edge.aggregate > 0.99
+
+
+def test_clear_errors(digits_model, digits_test):
+    x = digits_test.x[:4]
+    with pytest.raises(InputError, match="needs explainer="):
+        ModelRandomization()(digits_model, x, attributions=torch.zeros(4, 8, 8))
+    with pytest.raises(InputError, match="needs explainer="):
+        ModelRandomization()(digits_model, x)
+    with pytest.raises(InputError, match="no layer"):
+        ModelRandomization(layers=("nope",))(digits_model, x, explainer="gradient")
+    with pytest.raises(InputError, match="owns no parameters"):
+        ModelRandomization(layers=("features.1",))(digits_model, x, explainer="gradient")
+    with pytest.raises(InputError, match="unknown explainer|unknown method"):
+        ModelRandomization()(digits_model, x, explainer="not_an_explainer")
+    with pytest.raises(InputError, match="unknown mode"):
+        ModelRandomization(mode="top-down")
+    with pytest.raises(InputError, match="spearman_abs"):
+        ModelRandomization(measures=("ssim",))
+    with pytest.raises(InputError, match="unknown measure"):
+        ModelRandomization(measures=("spearman_abs", "l2"))
+    with pytest.raises(InputError, match="train_data="):
+        DataRandomization()(digits_model, x, explainer="gradient")
+    with pytest.raises(InputError, match="does not accept 'masks'"):
+        DataRandomization()(digits_model, x, explainer="gradient", masks=None)
