@@ -1,1 +1,8 @@
 """Certification: interval bounds, linear relaxations (CROWN), randomized smoothing."""
+
+from scrutiny.certify.base import Bounds, Certifier, CertResult
+from scrutiny.certify.crown import CROWN
+from scrutiny.certify.ibp import IBP
+from scrutiny.certify.smoothing import RandomizedSmoothing
+
+__all__ = ["CROWN", "IBP", "Bounds", "CertResult", "Certifier", "RandomizedSmoothing"]
