@@ -1,0 +1,253 @@
+"""Adversarial patch (Brown et al.): a universal, robust patch pasted anywhere in the image."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from scrutiny.attacks.base import Attack
+from scrutiny.attacks.physical.common import check_loss, universal_objective
+from scrutiny.attacks.physical.transforms import warp
+from scrutiny.base import seeded
+from scrutiny.errors import InputError
+from scrutiny.models.wrapper import TorchModel
+from scrutiny.progress import progress_bar
+from scrutiny.registry import register
+from scrutiny.types import Tags, ThreatModel
+from scrutiny.validation import check_positive, check_x
+
+SHAPES: tuple[str, ...] = ("square", "circle")
+
+
+def patch_mask(shape: str, size: float, height: int, width: int) -> torch.Tensor:
+    """The patch's support ``(1, H, W)``, centred: a square or a disc of area ``size * H * W``.
+
+    Anti-aliased: each pixel holds the fraction of its area the shape covers
+    (exact for the square, 8 x 8 supersampling for the disc), so the mask sums
+    to ``size * H * W`` whenever the shape fits in the image.
+    """
+    area = size * height * width
+    if shape == "square":
+        half = math.sqrt(area) / 2
+
+        def cover(k: int) -> torch.Tensor:
+            c = torch.arange(k, dtype=torch.float64) + 0.5 - k / 2
+            return ((c + 0.5).clamp(max=half) - (c - 0.5).clamp(min=-half)).clamp(0, 1)
+
+        m = cover(height)[:, None] * cover(width)[None, :]
+    else:
+        sub = (torch.arange(8, dtype=torch.float64) + 0.5) / 8 - 0.5
+        ys = (torch.arange(height, dtype=torch.float64) + 0.5 - height / 2)[:, None] + sub[None, :]
+        xs = (torch.arange(width, dtype=torch.float64) + 0.5 - width / 2)[:, None] + sub[None, :]
+        inside = ys[:, None, :, None] ** 2 + xs[None, :, None, :] ** 2 <= area / math.pi
+        m = inside.double().mean(dim=(2, 3))
+    return m.float()[None]
+
+
+def _check_range(name: str, value: Sequence[float]) -> None:
+    if (not isinstance(value, tuple | list) or len(value) != 2
+            or not all(isinstance(v, int | float) for v in value) or not 0 < value[0] <= value[1]):
+        raise InputError(f"{name} must be a pair (low, high) with 0 < low <= high, got {value!r}")
+
+
+@register("attack", "patch", paper="Brown, Mane, Roy, Abadi, Gilmer. Adversarial patch. "
+          "arXiv:1712.09665 (NIPS 2017 workshop)", test_params={"steps": 3, "samples": 2})
+class AdversarialPatch(Attack):
+    """A universal patch that, pasted anywhere on any image, makes the model output the target.
+
+    Brown et al. train the patch ``p`` to maximise the expected
+    log-probability of the target class ``E_{x ~ X, t ~ T, l ~ L} log Pr(target
+    | A(p, x, l, t))`` over the images ``X`` given at call time, random
+    locations ``l`` and transformations ``t`` (rotation and scale), where the
+    patch application ``A`` pastes the transformed patch at ``l`` (EOT over
+    placements). Here each step draws ``samples`` placements per image
+    (uniform location keeping the patch centre inside the image so the
+    unrotated patch fits, rotation ``U(-rotation, rotation)`` degrees, scale
+    ``U(scale)`` of the base size), pastes with a bilinear warp of the patch and
+    its mask (one forward pass of ``samples * N`` rows), and takes an Adam step
+    on the patch, clipped to the input bounds. Untargeted (no ``target=``),
+    the cross-entropy of the true label is maximised instead.
+
+    The patch is a ``shape`` ("square" or "circle") covering ``size`` of the
+    image area at scale 1. ``x_adv`` is each input with the learned patch
+    pasted at one random placement (``meta["placements"]``, forward affine
+    maps ``(N, 2, 3)``); ``meta["patch"]`` is the patch canvas ``(C, H, W)``
+    (centred, zero outside ``meta["patch_mask"]``). Paste it on new images
+    with :meth:`apply`.
+
+    Threat model: only ``"linf"``. ``ThreatModel("linf", float("inf"))`` is
+    the paper's setting, a patch unbounded in value inside its area (only the
+    input bounds apply). With a finite eps the pasted image is projected onto
+    the linf ball around the clean image (inside the loop and by the base
+    class), i.e. a patch whose contrast against the covered pixels is at most
+    eps. A threat mask is refused: the patch decides where pixels change.
+
+    Parameters
+    ----------
+    size : float
+        Fraction of the image area the patch covers at scale 1.
+    shape : {"square", "circle"}
+    steps : int
+        Adam iterations.
+    lr : float
+        Adam learning rate, in input units.
+    samples : int
+        Placements per image and step.
+    rotation : float
+        Maximum rotation of the patch in degrees.
+    scale : (float, float)
+        Range of the patch scale relative to ``size``.
+    loss : {"ce", "margin"}
+        Log-probability of the target (the paper's) or the logit margin.
+    batch_size : int
+        Most patched rows per forward pass (gradients are accumulated).
+    progress : bool
+        Show a progress bar over the steps.
+
+    References
+    ----------
+    .. [1] Brown, Mane, Roy, Abadi, Gilmer. "Adversarial patch".
+       arXiv:1712.09665, 2017.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model = pretrained("digits-cnn", progress=False)
+    >>> train, test = load_digits(split="train"), load_digits(split="test")
+    >>> attack = AdversarialPatch(size=0.4, steps=40, samples=4)
+    >>> res = attack(model, train.x[:100], train.y[:100], threat=ThreatModel("linf", float("inf")),
+    ...              target=3)
+    >>> pasted = attack.apply(test.x, res.meta["patch"], seed=1)
+    >>> bool((model.predict(pasted) == 3).float().mean() > 0.5)
+    True
+    """
+
+    tags = Tags(norms=("linf",), targeted=True, stochastic=True, image_only=True)
+
+    def __init__(self, *, size: float = 0.1, shape: str = "square", steps: int = 200,
+                 lr: float = 0.1, samples: int = 8, rotation: float = 22.5,
+                 scale: Sequence[float] = (0.8, 1.2), loss: str = "ce", batch_size: int = 1024,
+                 progress: bool = False) -> None:
+        if not isinstance(size, int | float) or not 0 < size <= 1:
+            raise InputError(f"size must be a fraction of the image area in (0, 1], got {size!r}")
+        if shape not in SHAPES:
+            raise InputError(f"unknown shape {shape!r}; accepted: {', '.join(SHAPES)}")
+        check_positive("steps", steps, integer=True)
+        check_positive("lr", lr)
+        check_positive("samples", samples, integer=True)
+        check_positive("batch_size", batch_size, integer=True)
+        if not isinstance(rotation, int | float) or not 0 <= rotation <= 180:
+            raise InputError(f"rotation must be a number of degrees in [0, 180], got {rotation!r}")
+        _check_range("scale", scale)
+        check_loss(loss)
+        self.size = size
+        self.shape = shape
+        self.steps = steps
+        self.lr = lr
+        self.samples = samples
+        self.rotation = rotation
+        self.scale = scale
+        self.loss = loss
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def mask(self, height: int, width: int) -> torch.Tensor:
+        """The centred patch support ``(1, H, W)`` for images of this size."""
+        return patch_mask(self.shape, self.size, height, width)
+
+    def sample_placements(self, n: int, height: int, width: int,
+                          device: torch.device | None = None,
+                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``n`` random placements: forward affine maps ``(n, 2, 3)`` of the centred patch."""
+        u = torch.rand(n, 4, device=device, dtype=dtype)
+        ang = (2 * u[:, 0] - 1) * math.radians(self.rotation)
+        lo, hi = (float(s) for s in self.scale)
+        s = lo + (hi - lo) * u[:, 1]
+        m = self.mask(height, width)[0] > 0
+        rows, cols = int(m.any(dim=1).sum()), int(m.any(dim=0).sum())
+        # half extent of the scaled patch in normalised coordinates; the centre keeps it inside
+        ry, rx = (rows / height * s).clamp(max=1.0), (cols / width * s).clamp(max=1.0)
+        ty, tx = (2 * u[:, 2] - 1) * (1 - ry), (2 * u[:, 3] - 1) * (1 - rx)
+        cos, sin = torch.cos(ang) * s, torch.sin(ang) * s
+        return torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+
+    @staticmethod
+    def paste(x: torch.Tensor, patch: torch.Tensor, mask: torch.Tensor,
+              placements: torch.Tensor) -> torch.Tensor:
+        """``(1 - m) x + m p`` with the patch and its mask moved by ``placements`` (differentiable)."""
+        n = len(x)
+        canvas = torch.cat([patch.expand(n, *patch.shape), mask.to(x).expand(n, 1, *mask.shape[1:])], 1)
+        moved = warp(canvas, placements.to(x))
+        p, m = moved[:, :-1], moved[:, -1:]
+        return (1 - m) * x + m * p
+
+    def apply(self, x: torch.Tensor, patch: torch.Tensor, *, placements: torch.Tensor | None = None,
+              seed: int | None = 0, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+        """Paste ``patch`` (``meta["patch"]``) on new images at random (or given) placements.
+
+        Parameters
+        ----------
+        x : Tensor
+            Images ``(N, C, H, W)`` of the size the patch was trained on.
+        patch : Tensor
+            The patch canvas ``(C, H, W)``.
+        placements : Tensor, optional
+            Forward affine maps ``(N, 2, 3)``; default fresh random ones drawn
+            with ``seed`` from this attack's placement distribution.
+        """
+        check_x(x, bounds, image=True)
+        if not isinstance(patch, torch.Tensor) or patch.shape != x.shape[1:]:
+            got = tuple(patch.shape) if isinstance(patch, torch.Tensor) else patch
+            raise InputError(f"patch must be a tensor of one image's shape {tuple(x.shape[1:])}, "
+                             f"got {got!r}")
+        h, w = x.shape[2:]
+        if placements is None:
+            with seeded(seed, x.device):
+                placements = self.sample_placements(len(x), h, w, x.device, x.dtype)
+        elif placements.shape != (len(x), 2, 3):
+            raise InputError(f"placements must have shape ({len(x)}, 2, 3), got "
+                             f"{tuple(placements.shape)}")
+        with torch.no_grad():
+            out = self.paste(x, patch.to(x), self.mask(h, w), placements)
+        return out.clamp(*bounds)
+
+    def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+             target: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        if threat.mask is not None:
+            raise InputError("AdversarialPatch places the patch itself; use a ThreatModel without "
+                             "a mask (or attack:sticker for a fixed region)")
+        lo, hi = threat.bounds
+        n, (h, w) = len(x), x.shape[2:]
+        mask = self.mask(h, w).to(x)
+        patch = (lo + (hi - lo) * torch.rand_like(x[0])).requires_grad_(True)
+        opt = torch.optim.Adam([patch], lr=self.lr)
+        chunk = max(1, self.batch_size // self.samples)
+        ones = [1] * (x.dim() - 1)
+
+        def pasted(xs: torch.Tensor, p: torch.Tensor, k: int) -> torch.Tensor:
+            rows = xs.repeat(k, *ones)
+            out = self.paste(rows, p * mask, mask, self.sample_placements(len(rows), h, w, x.device, x.dtype))
+            return threat.project(rows, out) if threat.eps < float("inf") else out.clamp(lo, hi)
+
+        with progress_bar(self.steps, "patch", enabled=self.progress) as bar:
+            for _ in range(self.steps):
+                opt.zero_grad(set_to_none=True)
+                for i in range(0, n, chunk):  # mean over images and placements
+                    logits = model(pasted(x[i:i + chunk], patch, self.samples))
+                    t = None if target is None else target[i:i + chunk].repeat(self.samples)
+                    obj = universal_objective(logits, y[i:i + chunk].repeat(self.samples), t,
+                                              self.loss)
+                    (-obj.sum() / (n * self.samples)).backward()
+                opt.step()
+                with torch.no_grad():
+                    patch.clamp_(lo, hi)
+                bar.advance()
+        patch = (patch.detach() * mask)
+        placements = self.sample_placements(n, h, w, x.device, x.dtype)
+        with torch.no_grad():
+            x_adv = self.paste(x, patch, mask, placements)
+        return x_adv, {"patch": patch, "patch_mask": mask, "placements": placements}
