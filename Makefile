@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/scrutiny audit --out audit-report
+	$(BIN)/scrutiny audit --robust-model digits-cnn-pgd --out audit-report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

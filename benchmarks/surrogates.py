@@ -148,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                                   for i in range(n)])
 
             phi, t = clock(run_captum)
+            corr = np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(ours, phi.numpy(), strict=True)])
             add(case, f"Captum {version('captum')} ({label}, mean-row baseline)", t, n,
-                f"corr(phi, scrutiny) {np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(ours, phi.numpy(), strict=True)]):.3f}")
+                f"corr(phi, scrutiny) {corr:.3f}")
 
     # ------------------------------------------------------------------ images
     cnn = pretrained("digits-cnn", progress=False).eval()

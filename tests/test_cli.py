@@ -34,12 +34,37 @@ def test_explain(tmp_path, capsys):
 
 def test_audit_writes_report(tmp_path, capsys):
     assert main(["audit", "--n", "48", "--eps", "0,0.1", "--attacks", "fgsm,pgd", "-p",
-                 "pgd.steps=5", "--out", str(tmp_path), "-q"]) == 0
+                 "pgd.steps=5", "--defenses", "bit_depth,feature_squeezing", "--certifier", "ibp",
+                 "--out",
+                 str(tmp_path), "-q"]) == 0
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "Robust accuracy" in html
     figs = json.loads((tmp_path / "figures.json").read_text())
-    assert {"robustness_curve", "adversarial_examples", "explanations"} <= set(figs)
-    assert "worst case" in capsys.readouterr().out
+    assert {"robustness_curve", "adversarial_examples", "explanations", "gallery"} <= set(figs)
+    assert "Can the explanations be trusted?" in html and "gradient-masking check" in html
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert set(result["trust"]["saliency"]) == {"deletion", "insertion", "model_randomization"}
+    assert result["matrix"]["defenses"] == ["none", "bit_depth", "feature_squeezing"]
+    assert "Attacks against defenses" in html and "What can be proven" in html
+    rows = result["certification"]["rows"]
+    assert [r["eps"] for r in rows] == [0.1] and rows[0]["certified_accuracy"] <= rows[0][
+        "robust_accuracy"]
+    text = capsys.readouterr().out
+    assert "worst case" in text and "gradient-masking checks:" in text
+
+
+def test_trust(capsys):
+    assert main(["trust", "deletion", "--explainer", "saliency", "--n", "8", "-q"]) == 0
+    assert "aggregate" in capsys.readouterr().out
+    # data randomization retrains on the training split the CLI loads
+    assert main(["trust", "data_randomization", "--n", "4", "-p", "epochs=1", "-q"]) == 0
+    assert "aggregate" in capsys.readouterr().out
+
+
+def test_certify(capsys):
+    assert main(["certify", "ibp", "--n", "8", "--eps", "0.001,0.2", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "certified accuracy" in text and "0.001" in text
 
 
 def test_user_model_via_factory_and_weights(tmp_path, capsys):
@@ -62,6 +87,11 @@ def test_user_model_via_factory_and_weights(tmp_path, capsys):
      "not found"),
     (["explain", "grad_cam", "--model", "digits-mlp"], "no Conv2d"),
     (["audit", "--norm", "l7"], "unknown norm"),
+    (["trust", "pointing_game"], "ground-truth masks"),
+    (["trust", "deletion", "--explainer", "nope"], "unknown method"),
+    (["certify", "smoothing", "--norm", "linf"], "use --norm l2"),
+    (["certify", "ibp", "--eps", "x"], "comma-separated numbers"),
+    (["audit", "--n", "0"], "must be >= 1"),
 ])
 def test_bad_input_is_one_line(argv, msg, capsys):
     assert main(argv + ["-q"]) == 2

@@ -1,4 +1,4 @@
-"""The ``scrutiny`` command line: audit, attack, explain, train, list.
+"""The ``scrutiny`` command line: audit, attack, explain, trust, certify, train, list.
 
 Errors on bad input print one line (``error: ...``) and exit with status 2.
 """
@@ -132,7 +132,8 @@ def methods_markdown(kind: str | None = None) -> str:
 
 
 @app.command("list")
-def list_cmd(kind: Annotated[str | None, typer.Argument(help="attack or explainer")] = None,
+def list_cmd(kind: Annotated[str | None, typer.Argument(
+                 help="attack, explainer, metric, defense or certifier")] = None,
              markdown: Annotated[bool, typer.Option(help="Print a markdown table.")] = False) -> None:
     """List the registered methods and their papers."""
     if markdown:
@@ -155,7 +156,16 @@ def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = No
           n: Annotated[int, typer.Option("--n", help="Test samples attacked.")] = 500,
           param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
           out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] =
-          Path("audit-report"), quiet: QuietOpt = False) -> None:
+          Path("audit-report"),
+          robust_model: Annotated[str | None, typer.Option(
+              help="A zoo model to compare with (e.g. digits-cnn-pgd): trade-off and input "
+              "gradients side by side.")] = None,
+          defenses: Annotated[str, typer.Option(help="Comma-separated defenses of the game "
+                                                "matrix ('' for none).")] =
+          "bit_depth,median_filter,feature_squeezing",
+          certifier: Annotated[str, typer.Option(help="ibp, crown, smoothing (l2), or '' for "
+                                                 "none.")] = "crown",
+          quiet: QuietOpt = False) -> None:
     """Attack and explain a model; write one HTML report (default: embedded digits CNN).
 
     --param takes METHOD.NAME=VALUE, e.g. -p pgd.steps=100.
@@ -170,9 +180,15 @@ def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = No
         params.setdefault(meth, {})[name] = v
     cfg = AuditConfig(attacks=tuple(a for a in attacks.split(",") if a),
                       explainers=tuple(e for e in explainers.split(",") if e), norm=norm,
-                      eps=_floats(eps, "--eps"), n_samples=n, params=params, seed=seed)
+                      eps=_floats(eps, "--eps"), n_samples=n, params=params, seed=seed,
+                      defenses=tuple(d for d in defenses.split(",") if d),
+                      certifier=certifier or None)
     m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
-    res = run_audit(m, ds, cfg, progress=not quiet)
+    robust = None
+    if robust_model is not None:
+        robust, _ = resolve(robust_model, None, data or None, mean, std, device,
+                            progress=not quiet)
+    res = run_audit(m, ds, cfg, robust_model=robust, progress=not quiet)
     path = write_report(res, out_dir)
     table = Table(f"attack \\ eps ({cfg.norm})", *[f"{e:g}" for e in cfg.eps],
                   title=f"{res.model} on {res.dataset}: robust accuracy ({res.n_samples} samples)")
@@ -266,6 +282,74 @@ def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")]
         msg += f", max |completeness error| {float(e.delta.abs().max()):.2e}"
     out.print(msg)
     out.print(f"saved {save} and {save.with_suffix('.npz')}")
+
+
+@app.command()
+def trust(metric: Annotated[str, typer.Argument(help="Registered metric, e.g. deletion.")],
+          explainer: Annotated[str, typer.Option(help="Registered explainer judged.")] = "saliency",
+          model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+          mean: MeanOpt = None, std: StdOpt = None,
+          n: Annotated[int, typer.Option("--n", help="Samples used.")] = 32,
+          param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+          quiet: QuietOpt = False) -> None:
+    """Score whether an explainer's maps can be trusted (sanity checks, faithfulness)."""
+    met = registry.create(metric, kind="metric", **parse_params(param))
+    exp = registry.create(explainer, kind="explainer")
+    if n < 1:
+        raise InputError(f"--n must be >= 1, got {n}")
+    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    x, y = ds.x[:n], ds.y[:n]
+    kw: dict[str, Any] = {}
+    if "masks" in met.call_data:
+        if ds.masks is None:
+            raise InputError(f"{met.name} needs data with ground-truth masks (--data synthetic)")
+        kw["masks"] = ds.masks[:n]
+    if "train_data" in met.call_data:  # data randomization retrains on the training split
+        _, kw["train_data"] = resolve(model, weights, data, mean, std, device, split="train",
+                                      progress=False)
+    t0 = time.perf_counter()
+    if met.needs_explainer:
+        res = met(m, x, y, explainer=exp, seed=seed, **kw)
+    else:
+        data_kw = {"background": ds.x[n:n + 100]} if "background" in exp.call_data else {}
+        res = met(m, x, y, attributions=exp(m, x, y, seed=seed, **data_kw), seed=seed, **kw)
+    table = Table("metric", "value", title=f"{met!r} of {exp.name} on {m.name} / {ds.name}")
+    for k, v in res.to_dict().items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    table.add_row("seconds", f"{time.perf_counter() - t0:.2f}")
+    out.print(table)
+
+
+@app.command()
+def certify(method: Annotated[str, typer.Argument(help="Registered certifier: ibp, crown, "
+                                                  "smoothing.")],
+            model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+            mean: MeanOpt = None, std: StdOpt = None,
+            norm: Annotated[str, typer.Option(help="linf or l2 (smoothing: l2).")] = "linf",
+            eps: Annotated[str, typer.Option(help="Comma-separated radii.")] = "0.01,0.02,0.05",
+            n: Annotated[int, typer.Option("--n", help="Test samples certified.")] = 100,
+            param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+            quiet: QuietOpt = False) -> None:
+    """Certified accuracy at each radius (what no attack within it can change)."""
+    cert = registry.create(method, kind="certifier", **parse_params(param))
+    radii = _floats(eps, "--eps") or []
+    if n < 1 or not radii:
+        raise InputError("--n must be >= 1 and --eps must name at least one radius")
+    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    x, y = ds.x[:n], ds.y[:n]
+    t0 = time.perf_counter()
+    if method.removeprefix("certifier:") == "smoothing":
+        if norm != "l2":
+            raise InputError("randomized smoothing certifies l2 radii: use --norm l2")
+        acc = cert.certified_accuracy(m, x, y, radii, seed=seed)
+    else:
+        acc = cert.certified_accuracy(m, x, y, radii, norm=norm)
+    table = Table(f"{norm} radius", "certified accuracy",
+                  title=f"{cert!r} on {m.name} / {ds.name} ({n} samples)")
+    for r, a in acc.items():
+        table.add_row(f"{r:g}", f"{100 * a:.1f}%")
+    table.add_row("seconds", f"{time.perf_counter() - t0:.2f}")
+    out.print(table)
 
 
 @app.command()

@@ -15,3 +15,7 @@ class NotDifferentiableError(ScrutinyError, TypeError):
 
 class QueryBudgetExceeded(ScrutinyError, RuntimeError):
     """A query model's budget is spent."""
+
+
+class ModelUnavailableError(ScrutinyError, ConnectionError):
+    """A remote model (``HttpModel``) cannot be reached after bounded retries."""

@@ -32,7 +32,7 @@ def test_worst_case_is_at_most_each_member_per_sample(digits_model, digits_test)
 
 def test_default_stages_have_readable_names():
     names = [stage_name(m) for m in WorstCase().members()]
-    assert names == ["apgd", "apgd_t", "fmn"]
+    assert names == ["apgd", "apgd_t", "fmn", "square"]
     ens = WorstCase(attacks=("pgd", ("apgd", {"loss": "dlr"})))
     assert [stage_name(m) for m in ens.members()] == ["pgd", "apgd(loss='dlr')"]
     with pytest.raises(InputError, match="attacks"):

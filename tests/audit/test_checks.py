@@ -54,3 +54,19 @@ def test_monotone_and_certified_checks():
     assert not ok.flagged and bad.flagged and bad.details["violations"][0]["eps"] == (0.1, 0.2)
     assert check_certified(0.6, 0.5, 0.1).flagged
     assert not check_certified(0.4, 0.5, 0.1).flagged
+
+
+def test_declared_quantizer_is_flagged_and_broken_by_the_adaptive_attack(digits_model, batch):
+    """A bit-depth front end zeroes the gradients (flagged); the attack base's BPDA breaks it."""
+    from scrutiny.attacks import PGD
+    from scrutiny.defenses import BitDepthReduction
+
+    x, y = batch
+    defended = BitDepthReduction(bits=1).wrap(digits_model)
+    threat = ThreatModel("linf", 0.3)
+    flags = {f.check: f for f in gradient_masking_checks(defended, x, y, threat, black_box=None)}
+    assert flags["zero or non-finite gradients"].flagged
+    res = PGD(steps=20)(defended, x, y, threat=threat)
+    assert res.meta["adaptive"] == "BPDA"
+    clean = float((defended.predict(x) == y).float().mean())
+    assert clean > 0.8 and res.robust_accuracy() < 0.4

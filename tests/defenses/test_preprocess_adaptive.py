@@ -50,7 +50,7 @@ def test_bpda_breaks_bit_depth_reduction(digits_model, digits_test):
     x, y = digits_test.x[:200], digits_test.y[:200]
     defended = BitDepthReduction(bits=1).wrap(digits_model)
     tm = ThreatModel("linf", 0.3)
-    plain = PGD(steps=20)(defended, x, y, threat=tm)
+    plain = PGD(steps=20)(defended, x, y, threat=tm, adaptive=False)
     bpda = PGD(steps=20)(adaptive(defended), x, y, threat=tm)
     clean = _accuracy(defended, x, y)
     assert clean > 0.8
@@ -124,7 +124,7 @@ def test_eot_beats_plain_pgd_on_random_resize_pad(randomized_mlp, digits_test):
     defended = randomized_mlp
     assert is_randomized(defended)
     tm = ThreatModel("linf", 0.1)
-    plain = PGD(steps=20)(defended, x, y, threat=tm)
+    plain = PGD(steps=20)(defended, x, y, threat=tm, adaptive=False)
     eot = PGD(steps=20)(adaptive(defended, eot_samples=16), x, y, threat=tm)
     clean = _accuracy(defended, x, y, draws=5)
     acc_plain = _accuracy(defended, plain.x_adv, y, draws=5)

@@ -20,7 +20,7 @@ from scrutiny.models.wrapper import TorchModel
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
 
-DEFAULT_ATTACKS: tuple[Any, ...] = ("apgd", "apgd_t", "fmn")
+DEFAULT_ATTACKS: tuple[Any, ...] = ("apgd", "apgd_t", "fmn", "square")
 _STATE_VERSION = 1
 
 
@@ -59,7 +59,7 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 @register("attack", "worst_case", paper="Croce, Hein. Reliable evaluation of adversarial "
           "robustness with an ensemble of diverse parameter-free attacks. ICML 2020",
           test_params={"attacks": (("apgd", {"steps": 3}), ("apgd_t", {"steps": 3, "targets": 2}),
-                                   ("fmn", {"steps": 5}))})
+                                   ("fmn", {"steps": 5}), ("square", {"n_queries": 10}))})
 class WorstCase(Attack):
     """Per-sample worst case over several attacks, each run on the still-robust samples.
 
@@ -67,12 +67,16 @@ class WorstCase(Attack):
     stage failed to break (clean errors are never attacked). A sample is robust
     only if every stage failed on it, and its ``x_adv`` comes from the stage that
     broke it. This is AutoAttack's protocol; the default stages are APGD-CE,
-    APGD-T (targeted DLR over the top 9 classes) and the minimum-norm FMN in
-    place of FAB (the Square attack can be added as a further stage).
+    APGD-T (targeted DLR over the top 9 classes), the minimum-norm FMN in
+    place of FAB, and the score-based Square attack (5000 queries per sample,
+    as in AutoAttack), which queries the model through a
+    :class:`~scrutiny.models.QueryModel` wrapper (no gradients, so it catches
+    gradient masking) and attacks only the samples the white-box stages left.
 
     Robust accuracy after each stage and its time go to
     ``result.meta["stages"]`` (list of dicts ``name``, ``robust_accuracy``,
-    ``seconds``, ``resumed``).
+    ``seconds``, ``resumed``, and ``queries``: the model queries a black-box
+    stage spent, 0 for white-box stages).
 
     Parameters
     ----------
@@ -130,9 +134,10 @@ class WorstCase(Attack):
         if not norms:
             raise InputError("the attacks share no norm: " + ", ".join(
                 f"{stage_name(m)} ({'/'.join(m.tags.norms)})" for m in members))
-        # instance tags: the norms every stage supports
+        # instance tags: the norms every stage supports. The ensemble itself is white-box
+        # (it runs the model to find clean errors); black-box stages get a QueryModel over it.
         self.tags = Tags(norms=norms, stochastic=any(m.tags.stochastic for m in members),
-                         white_box=any(m.tags.white_box for m in members))
+                         white_box=True)
 
     def members(self) -> list[Attack]:
         """The stages as Attack instances."""
@@ -195,13 +200,16 @@ class WorstCase(Attack):
         for i in range(start, len(members)):
             t0 = time.perf_counter()
             idx = (~broken).nonzero()[:, 0]
+            queries = 0
             if len(idx):
                 res = members[i](model, x[idx], y[idx], threat=threat, seed=stage_seeds[i])
                 hit = res.success.to(x.device)
                 x_adv[idx[hit]] = res.x_adv.to(x.device, x.dtype)[hit]
                 broken[idx[hit]] = True
+                queries = int(res.queries.sum()) if res.queries is not None else 0
             log.append({"name": names[i], "robust_accuracy": float((~broken).float().mean()),
-                        "seconds": time.perf_counter() - t0, "resumed": False})
+                        "seconds": time.perf_counter() - t0, "resumed": False,
+                        "queries": queries})
             if header is not None:
                 self._save(header, i + 1, broken, x_adv, log)
         return x_adv, {"stages": log}

@@ -10,7 +10,8 @@ import torch
 
 from scrutiny import registry
 from scrutiny.audit import figures
-from scrutiny.audit.checks import Flag, gradient_masking_checks
+from scrutiny.audit.checks import Flag, check_certified, gradient_masking_checks
+from scrutiny.audit.matrix import game_matrix
 from scrutiny.data import ArrayDataset
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel, as_model
@@ -57,6 +58,18 @@ class AuditConfig:
         ``pointing_game`` needs data with ground-truth masks (``synthetic``).
     trust_samples : int
         Samples the trust measures use.
+    defenses : tuple of str
+        Defenses of the game matrix: each attack of ``attacks`` against each
+        defense at ``reference_eps`` (adaptive attacks where a defense declares
+        non-differentiable or randomized preprocessing; detectors as detection
+        rates), fitted on test rows that are not attacked.
+    certifier : str, optional
+        Certifier (``ibp``, ``crown``; ``smoothing`` for l2) run on the first
+        ``cert_samples`` samples at the smallest nonzero eps and at
+        ``reference_eps``; its certified accuracy is compared with the attacks'
+        robust accuracy on the same samples (a certificate above it is a bug).
+    cert_samples : int
+        Samples certified.
     checks : bool
         Run the gradient-masking checks (:mod:`scrutiny.audit.checks`) at
         ``reference_eps``.
@@ -77,6 +90,9 @@ class AuditConfig:
     seed: int = 0
     metrics: tuple[str, ...] = ("deletion", "insertion", "model_randomization")
     trust_samples: int = 32
+    defenses: tuple[str, ...] = ("bit_depth", "median_filter", "feature_squeezing")
+    certifier: str | None = "crown"
+    cert_samples: int = 32
     checks: bool = True
     black_box: str | None = "square"
 
@@ -99,10 +115,15 @@ class AuditConfig:
             self.headline_attack = registry.get(self.headline_attack, "attack").name
         self.explainers = tuple(registry.get(e, "explainer").name for e in self.explainers)
         self.metrics = tuple(registry.get(m, "metric").name for m in self.metrics)
+        self.defenses = tuple(registry.get(d, "defense").name for d in self.defenses)
+        if self.certifier:
+            self.certifier = registry.get(self.certifier, "certifier").name
+        if self.cert_samples < 1:
+            raise InputError("cert_samples must be >= 1")
         if self.trust_samples < 1:
             raise InputError("trust_samples must be >= 1")
-        known = (set(self.attacks) | set(self.explainers) | set(self.metrics)
-                 | {self.headline_attack, self.black_box})
+        known = (set(self.attacks) | set(self.explainers) | set(self.metrics) | set(self.defenses)
+                 | {self.headline_attack, self.black_box, self.certifier})
         for k in self.params:
             if k not in known:
                 raise InputError(f"params for {k!r}, which the audit does not run; it runs: "
@@ -133,6 +154,9 @@ class AuditResult:
     explanations: dict[str, dict[str, Any]]
     methods: list[dict[str, str]]
     trust: dict[str, dict[str, Any]]
+    matrix: dict[str, Any] | None
+    comparison: dict[str, Any] | None
+    certification: dict[str, Any] | None
     config: AuditConfig
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -201,13 +225,82 @@ def _trust(model, data, idx, x, y, explainers, explanations, metrics, background
     return trust
 
 
+def _certify(model: TorchModel, x, y, cfg: AuditConfig, robust_by_eps, notes
+             ) -> dict[str, Any] | None:
+    """Certified accuracy on the first samples next to the attacks' robust accuracy there.
+
+    ``robust_by_eps`` holds the per-sample worst case of the attacks at each eps
+    (the tensor at ``reference_eps`` already includes the headline attack).
+    """
+    cert = _create("certifier", cfg.certifier, cfg)
+    n = min(cfg.cert_samples, len(x))
+    nz = [e for e in cfg.eps if e > 0]
+    radii = sorted({nz[0], cfg.reference_eps}) if nz else []
+    if not radii:
+        return None
+    ts = time.perf_counter()
+    try:
+        if cfg.certifier == "smoothing":
+            if cfg.norm != "l2":
+                notes.append("randomized smoothing certifies l2 radii; the audit's norm is "
+                             f"{cfg.norm}, so it was skipped")
+                return None
+            acc = cert.certified_accuracy(model, x[:n], y[:n], radii, seed=cfg.seed)
+        else:
+            acc = cert.certified_accuracy(model, x[:n], y[:n], radii, norm=cfg.norm)
+    except InputError as e:  # unsupported layers, norms
+        notes.append(f"{cfg.certifier} certification was skipped: {e}")
+        return None
+    rows = [{"eps": e, "certified_accuracy": acc[e],
+             "robust_accuracy": float(robust_by_eps[e][:n].float().mean())} for e in radii]
+    return {"certifier": cfg.certifier, "n": n, "rows": rows,
+            "seconds": time.perf_counter() - ts}
+
+
+def _compare_robust(model: TorchModel, robust, data: ArrayDataset, x, y, ex, attacks, cfg,
+                    curves) -> tuple[list[Figure], dict[str, Any]]:
+    """Standard vs robust model: the accuracy-robustness trade-off and input gradients."""
+    from scrutiny.explain import Gradient
+
+    robust = as_model(robust)
+    worst = []
+    for eps in cfg.eps:
+        threat = ThreatModel(cfg.norm, eps, robust.bounds)
+        ok = torch.ones(len(x), dtype=torch.bool)
+        for attack in attacks.values():
+            ok &= attack(robust, x, y, threat=threat, seed=cfg.seed).adv_correct
+        worst.append((eps, float(ok.float().mean())))
+    trade = {f"{model.name} (worst case of the curve's attacks)": curves["worst case"],
+             f"{robust.name} (worst case of the curve's attacks)": worst}
+    grads = {}
+    for name, m in ((model.name, model), (robust.name, robust)):
+        grads[name] = Gradient()(m, x[ex], y[ex], seed=cfg.seed).pixel_map()
+    figs = [Figure("tradeoff", "Accuracy-robustness trade-off",
+                   f"Robust accuracy against eps of the audited model and of {robust.name}; the "
+                   "value at eps = 0 is the clean accuracy (Tsipras et al. 2019).",
+                   *figures.robustness_curve(trade, cfg.norm, "standard vs robust model"))]
+    if data.is_image:
+        figs.append(Figure(
+            "robust_gradients", "Input gradients of the standard and the robust model",
+            "The gradient of the true class's logit with respect to the input. A robust model's "
+            "gradients look like the object (perceptually aligned gradients, Tsipras et al. "
+            "2019); a standard model's look like noise.",
+            *figures.explanation_grid(x[ex], grads, "input gradients of the true class")))
+    return figs, {"model": robust.name, "curve": worst,
+                  "clean_accuracy": worst[0][1] if cfg.eps[0] == 0 else None}
+
+
 def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
-              progress: bool = True) -> AuditResult:
+              robust_model=None, progress: bool = True) -> AuditResult:
     """Run the audit of ``model`` on ``data`` (its test split).
 
     Robust accuracy of every attack at every eps (and the per-sample worst
     case over attacks), example adversarial inputs at the reference eps, and
-    explanation maps of clean and adversarial inputs.
+    explanation maps of clean and adversarial inputs, trust scores of the
+    explanations, the game matrix of attacks against defenses and the
+    gradient-masking checks. With ``robust_model`` (e.g. the zoo's
+    ``digits-cnn-pgd``), the report also compares the two models: the
+    accuracy-robustness trade-off and their input gradients side by side.
 
     Examples
     --------
@@ -249,7 +342,9 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
     headline_attack = _create("attack", cfg.headline_attack, cfg) if cfg.headline_attack else None
     metrics = {m: _create("metric", m, cfg) for m in cfg.metrics}
     total = (len(attacks) * len(cfg.eps) + len(explainers) * (1 + bool(metrics))
-             + (headline_attack is not None) + cfg.checks)
+             + (headline_attack is not None) + cfg.checks + bool(cfg.certifier)
+             + len(attacks) * (len(cfg.defenses) + 1) * bool(cfg.defenses))
+    robust_by_eps: dict[float, torch.Tensor] = {}
     with progress_bar(total, "audit", enabled=progress) as bar:
         for eps in cfg.eps:
             threat = ThreatModel(cfg.norm, eps, model.bounds)
@@ -269,6 +364,7 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                 bar.advance(f"{name} eps={eps:g}")
             robustness["worst case"].append({"eps": eps,
                                              "robust_accuracy": float(robust_all.float().mean())})
+            robust_by_eps[eps] = robust_all
             if eps == cfg.reference_eps:
                 ref_adv = {"x_adv": worst_x, "robust": robust_all}
 
@@ -297,6 +393,21 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                     "strong_attack": strong,
                     "clean_accuracy": clean_acc}
         curves = {k: [(r["eps"], r["robust_accuracy"]) for r in v] for k, v in robustness.items()}
+        matrix = None
+        if cfg.defenses:
+            rest = perm[cfg.n_samples:cfg.n_samples + 500]
+            fit = (data.x[rest], data.y[rest]) if len(rest) >= 50 else (x, y)
+            if len(rest) < 50:
+                notes.append("too few rows left to fit the defenses on: they were fitted on the "
+                             "attacked samples")
+            matrix = game_matrix(model, x, y, attacks=tuple(attacks), defenses=cfg.defenses,
+                                 threat=ThreatModel(cfg.norm, cfg.reference_eps, model.bounds),
+                                 fit_data=fit, params=cfg.params, seed=cfg.seed,
+                                 progress=bar.advance).to_dict()
+        certification = None
+        if cfg.certifier:
+            certification = _certify(model, x, y, cfg, robust_by_eps, notes)
+            bar.advance(f"certify ({cfg.certifier})")
         flags: list[Flag] = []
         if cfg.checks:
             flags = gradient_masking_checks(
@@ -304,6 +415,10 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                 curves=curves, white_box_robust=ref_adv["robust"].clone(),
                 black_box=cfg.black_box, black_box_params=cfg.params.get(cfg.black_box or "", {}),
                 seed=cfg.seed)
+            if certification:
+                ref = certification["rows"][-1]
+                flags.append(check_certified(ref["certified_accuracy"], ref["robust_accuracy"],
+                                             ref["eps"]))
             bar.advance("gradient-masking checks")
         figs = [Figure("robustness_curve", "Robust accuracy against eps",
                        f"Robust accuracy of each attack and of the per-sample worst case "
@@ -381,10 +496,17 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
             *figures.feature_bars(maps_clean, data.feature_names or tuple(
                 f"x{i}" for i in range(x.shape[1])), "top features")))
 
+    comparison = None
+    if robust_model is not None:
+        more, comparison = _compare_robust(model, robust_model, data, x, y, ex, attacks, cfg,
+                                           curves)
+        figs += more
     methods = [{"name": m, "kind": k, "paper": registry.get(m, k).paper}
-               for k, names in (("attack", used), ("explainer", explainers)) for m in names]
+               for k, names in (("attack", used), ("explainer", explainers), ("metric", metrics),
+                                ("defense", cfg.defenses)) for m in names]
     return AuditResult(model=model.name, dataset=data.name, n_samples=len(x),
                        clean_accuracy=clean_acc, robustness=robustness, headline=headline,
-                       explanations=explanations, methods=methods, trust=trust, config=cfg,
+                       explanations=explanations, methods=methods, trust=trust, matrix=matrix,
+                       comparison=comparison, certification=certification, config=cfg,
                        figures=figs,
                        notes=notes, flags=flags, seconds=time.perf_counter() - t0)

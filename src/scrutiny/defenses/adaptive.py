@@ -168,6 +168,7 @@ def adaptive(model: Any, *, eot_samples: int = 16, average: str = "log_probs",
     new = _copy(model)
     new._modules["module"] = inner
     new.name = f"adaptive({model.name})"
+    new.is_adaptive = True  # the attack base does not adapt it a second time
     return new
 
 

@@ -7,3 +7,8 @@ from scrutiny.models.zoo import MLP, RECIPES, SmallCNN, build, pretrained
 
 __all__ = ["MLP", "RECIPES", "QueryModel", "SmallCNN", "TorchModel", "as_model", "build",
            "load_factory", "load_weights", "pretrained", "save_weights"]
+
+from scrutiny.models.http import HttpModel, ModelUnavailableError, serve  # noqa: E402
+from scrutiny.models.onnx import OnnxModel  # noqa: E402  (onnxruntime is imported lazily)
+
+__all__ += ["HttpModel", "ModelUnavailableError", "OnnxModel", "serve"]

@@ -13,6 +13,9 @@ from scrutiny.errors import InputError, QueryBudgetExceeded
 from scrutiny.models.wrapper import TorchModel, as_model
 
 OUTPUTS: tuple[str, ...] = ("logits", "probs", "label")
+#: How much each output kind reveals: a label < probabilities < logits (the logits
+#: give the probabilities, the probabilities the label).
+REVEALS: dict[str, int] = {"label": 0, "probs": 1, "logits": 2}
 
 
 class QueryModel:
@@ -33,6 +36,18 @@ class QueryModel:
         it raises :class:`~scrutiny.errors.QueryBudgetExceeded` and is not run.
     bounds : (float, float)
         Valid input range.
+    name : str, optional
+        Shown in reports.
+    num_classes : int, optional
+        Number of classes; needed only for a label-only callable (scores and
+        torch models tell it).
+
+    Notes
+    -----
+    ``predict`` is the attacker's only door and every input through it is
+    counted. :meth:`_evaluate` is the evaluator's: the attack base classes use
+    it, uncounted, to recompute the prediction at the returned ``x_adv``
+    (success, norms, robust accuracy). Attacks must never call it.
 
     Examples
     --------
@@ -45,13 +60,15 @@ class QueryModel:
 
     def __init__(self, fn: nn.Module | Callable[[Any], Any], *, output: str = "logits",
                  budget: int | None = None, bounds: tuple[float, float] = (0.0, 1.0),
-                 name: str | None = None) -> None:
+                 name: str | None = None, num_classes: int | None = None) -> None:
         if output not in OUTPUTS:
             raise InputError(f"unknown output {output!r}; accepted: {', '.join(OUTPUTS)}")
         if budget is not None and (not isinstance(budget, int) or budget < 0):
             raise InputError(f"budget must be an int >= 0 or None, got {budget!r}")
         if not callable(fn):
             raise InputError(f"fn must be callable, got {type(fn).__name__}")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise InputError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
         self._torch = as_model(fn, bounds) if isinstance(fn, nn.Module) else None
         self._fn = fn
         self.output = output
@@ -59,6 +76,25 @@ class QueryModel:
         self.bounds = (float(bounds[0]), float(bounds[1]))
         self.queries = 0
         self.name = name or getattr(fn, "name", None) or type(fn).__name__
+        self._num_classes = num_classes
+
+    @property
+    def device(self) -> torch.device:
+        """Where the wrapped torch model lives (CPU for a callable)."""
+        return self._torch.device if self._torch is not None else torch.device("cpu")
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes, when known (given, or seen in a torch model or scores)."""
+        if self._num_classes is None and self._torch is not None:
+            return self._torch.num_classes
+        return self._num_classes
+
+    def reveals(self, output: str) -> bool:
+        """Whether a query shows at least ``output`` (``"label"`` < ``"probs"`` < ``"logits"``)."""
+        if output not in REVEALS:
+            raise InputError(f"unknown output {output!r}; accepted: {', '.join(OUTPUTS)}")
+        return REVEALS[self.output] >= REVEALS[output]
 
     @property
     def remaining(self) -> int | None:
@@ -70,7 +106,12 @@ class QueryModel:
         self.queries = 0
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Query a batch; returns scores ``(N, K)`` or labels ``(N,)``."""
+        """Query a batch; returns scores ``(N, K)`` or labels ``(N,)`` on ``x``'s device.
+
+        Every row counts as one query. A query that would go past the budget
+        raises :class:`~scrutiny.errors.QueryBudgetExceeded` and is neither run
+        nor counted.
+        """
         if not isinstance(x, torch.Tensor):
             raise InputError(f"x must be a torch.Tensor, got {type(x).__name__}")
         n = int(x.shape[0])
@@ -78,13 +119,17 @@ class QueryModel:
             raise QueryBudgetExceeded(
                 f"query budget spent: {self.queries} of {self.budget} used, {n} more asked")
         self.queries += n
+        return self._forward(x, self.output)
+
+    def _forward(self, x: torch.Tensor, output: str) -> torch.Tensor:
+        n = int(x.shape[0])
         with torch.no_grad():
             if isinstance(self._torch, TorchModel):
                 with self._torch.evaluating():
-                    logits = self._torch(x.to(self._torch.device)).cpu()
-                if self.output == "probs":
+                    logits = self._torch(x.to(self._torch.device)).to(x.device)
+                if output == "probs":
                     return logits.softmax(dim=1)
-                return logits.argmax(dim=1) if self.output == "label" else logits
+                return logits.argmax(dim=1) if output == "label" else logits
             out = self._fn(x.detach().cpu())
         out = torch.as_tensor(np.asarray(out) if not isinstance(out, torch.Tensor) else out)
         expect = 1 if self.output == "label" else 2
@@ -92,6 +137,33 @@ class QueryModel:
             raise InputError(f"the black box returned shape {tuple(out.shape)} for {n} inputs; "
                              f"expected {'(N,)' if expect == 1 else '(N, K)'} for output "
                              f"{self.output!r}")
+        if self.output != "label" and self._num_classes is None:
+            self._num_classes = int(out.shape[1])
+        out = out.to(x.device)
         return out.long() if self.output == "label" else out.float()
+
+    def _evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The evaluator's uncounted view: ``(scores (N, K), labels (N,))``.
+
+        Not a query and not counted: the attack base classes call it to verify
+        the prediction at the clean input and at ``x_adv``, as whoever scores
+        the attack would. Scores are the logits of a torch model (also when
+        queries reveal less), the callable's scores, or, for a label-only
+        callable, the one-hot labels (needs ``num_classes``). Attacks must use
+        :meth:`predict`.
+        """
+        if isinstance(self._torch, TorchModel):
+            scores = self._forward(x, "logits")
+            return scores, scores.argmax(dim=1)
+        out = self._forward(x, self.output)
+        if self.output != "label":
+            return out, out.argmax(dim=1)
+        k = self.num_classes
+        if k is None:
+            raise InputError("a label-only QueryModel over a callable needs num_classes= to "
+                             "check labels and report results")
+        if len(out) and (int(out.min()) < 0 or int(out.max()) >= k):
+            raise InputError(f"the black box returned labels outside 0..{k - 1}")
+        return torch.nn.functional.one_hot(out, k).float(), out
 
     __call__ = predict

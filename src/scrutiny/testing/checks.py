@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from scrutiny import registry
 from scrutiny.errors import InputError
+from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.testing.models import Failing, tiny_cnn, tiny_images, tiny_linear
 from scrutiny.types import ThreatModel
@@ -40,9 +41,37 @@ def _problem(seed: int = 0):
     return model, x, y
 
 
+class _NoGrad:
+    """A callable black box over a torch model: answers numpy arrays (no autograd graph can
+    reach the model) and counts every row it is asked, to check the QueryModel's counter."""
+
+    def __init__(self, model: TorchModel, output: str) -> None:
+        self.model, self.output, self.rows = model, output, 0
+
+    def __call__(self, x: torch.Tensor):
+        self.rows += len(x)
+        with torch.no_grad():
+            out = self.model(x)
+        if self.output == "probs":
+            out = out.softmax(dim=1)
+        elif self.output == "label":
+            out = out.argmax(dim=1)
+        return out.numpy()
+
+
+def _query_model(model: TorchModel, output: str, budget: int | None = None) -> QueryModel:
+    """The model as a gradient-free QueryModel revealing ``output`` (tiny models: the last
+    parameter is the classifier's bias, so its length is the number of classes)."""
+    k = model.num_classes or list(model.parameters())[-1].shape[0]
+    return QueryModel(_NoGrad(model, output), output=output, budget=budget, bounds=model.bounds,
+                      num_classes=k)
+
+
 def _output(spec: str, method, model, x, y, seed: int = 0, eps: float = 0.1) -> torch.Tensor:
     if registry.get(spec).kind == "attack":
         norm = method.tags.norms[0]
+        if not method.tags.white_box and isinstance(model, TorchModel):
+            model = _query_model(model, method.tags.output)  # black box: queries only
         return method(model, x, y, threat=ThreatModel(norm, eps), seed=seed).x_adv
     return method(model, x, y, seed=seed).attributions
 
@@ -162,6 +191,48 @@ def check_targeted(spec: str) -> None:
     assert torch.equal(res.success, model.predict(res.x_adv) == t)
 
 
+# ---------------------------------------------------------------- black-box attacks
+def check_query_budget(spec: str) -> None:
+    """Property: the budget is never exceeded, no error reaches the user, and the per-sample
+    counts add up exactly to the queries the black box answered (evaluation excluded)."""
+    m = _make(spec)
+    model, x, y = _problem()
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(budget=st.one_of(st.integers(0, 40), st.integers(41, 400), st.none()),
+           norm=st.sampled_from(m.tags.norms), seed=st.integers(0, 2**16))
+    def prop(budget, norm, seed):
+        qm = _query_model(model, m.tags.output, budget)
+        threat = ThreatModel(norm, 0.3 if norm == "linf" else 1.0)
+        res = m(qm, x, y, threat=threat, seed=seed)
+        assert budget is None or qm.queries <= budget
+        assert res.queries is not None and res.queries.shape == (len(x),)
+        assert res.queries.dtype == torch.int64 and bool((res.queries >= 0).all())
+        # the callable saw the attack's rows plus the evaluator's clean and final checks
+        assert int(res.queries.sum()) == qm.queries == qm._fn.rows - 2 * len(x)
+        assert res.meta["queries_total"] == qm.queries
+        assert bool(threat.contains(x, res.x_adv).all())
+        assert torch.equal(res.success, model.predict(res.x_adv) != y)
+
+    prop()
+
+
+def check_refuses_too_little_output(spec: str) -> None:
+    """A QueryModel revealing less than the attack needs is refused with a clear InputError;
+    one revealing more is accepted."""
+    m = _make(spec)
+    model, x, y = _problem()
+    threat = ThreatModel(m.tags.norms[0], 0.1)
+    levels = ("label", "probs", "logits")
+    need = levels.index(m.tags.output)
+    for out in levels[:need]:
+        with pytest.raises(InputError, match="reveal"):
+            m(_query_model(model, out), x, y, threat=threat)
+    for out in levels[need:]:
+        res = m(_query_model(model, out, budget=50), x, y, threat=threat)
+        assert int(res.queries.sum()) <= 50
+
+
 # ---------------------------------------------------------------- explainers
 def check_shapes(spec: str) -> None:
     model, x, y = _problem()
@@ -208,6 +279,8 @@ COMMON: tuple[Check, ...] = (check_params_roundtrip, check_unknown_param_rejecte
                              check_state_restored, check_same_seed_same_result,
                              check_rejects_bad_input)
 ATTACK: tuple[Check, ...] = (check_threat_invariants, check_results_recomputed, check_targeted)
+#: Added for attacks with ``tags.white_box=False``.
+BLACK_BOX: tuple[Check, ...] = (check_query_budget, check_refuses_too_little_output)
 EXPLAINER: tuple[Check, ...] = (check_shapes, check_batched_equals_single, check_linear_oracle,
                                 check_randomization_changes_map)
 
@@ -219,7 +292,11 @@ KIND_CHECKS: dict[str, tuple[Check, ...]] = {"attack": COMMON + ATTACK, "explain
 
 
 def checks_for(spec: str) -> tuple[Check, ...]:
-    return KIND_CHECKS.get(registry.get(spec).kind, PARAMS)
+    info = registry.get(spec)
+    checks = KIND_CHECKS.get(info.kind, PARAMS)
+    if info.kind == "attack" and not info.cls.tags.white_box:
+        checks = checks + BLACK_BOX
+    return checks
 
 
 def parametrize_with_checks(specs: list[str]):

@@ -1,0 +1,556 @@
+"""Score-based attacks on zeroth-order gradient estimates: FD-FGSM, ZO-signSGD / ZO-AdaMM /
+ZO-SVRG (``attack:zo``), NES and AutoZOOM."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from scrutiny.attacks.base import Attack, BlackBox, margin_loss_terms
+from scrutiny.attacks.blackbox.estimators import (
+    DISTRIBUTIONS,
+    OPTIMIZERS,
+    fd_gradient,
+    make_optimizer,
+    random_gradient,
+    sample_directions,
+)
+from scrutiny.attacks.lp import steepest_direction
+from scrutiny.errors import InputError
+from scrutiny.progress import progress_bar
+from scrutiny.registry import register
+from scrutiny.types import Tags, ThreatModel
+from scrutiny.validation import check_positive
+
+LOSSES = ("cw", "ce")
+
+
+def score_loss(logp: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+               loss: str = "cw", kappa: float = 0.0) -> torch.Tensor:
+    """Per-sample loss on log-probabilities that a score-based attack minimises.
+
+    ``"cw"``: Chen et al.'s (ZOO) hinge on log-probabilities, untargeted
+    ``max(log p_y - max_{j != y} log p_j, -kappa)``, targeted
+    ``max(max_{j != t} log p_j - log p_t, -kappa)``; ``<= 0`` once the sample
+    is fooled. ``"ce"``: ``log p_y`` (untargeted) or ``-log p_t`` (targeted).
+    """
+    if loss == "cw":
+        return (-margin_loss_terms(logp, y, target, "margin")).clamp_min(-kappa)
+    if loss == "ce":
+        if target is None:
+            return logp.gather(1, y[:, None])[:, 0]
+        return -logp.gather(1, target[:, None])[:, 0]
+    raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
+
+
+def _fooled(logp: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    pred = logp.argmax(dim=1)
+    return pred == target if target is not None else pred != y
+
+
+def _check_loss(loss: str) -> None:
+    if loss not in LOSSES:
+        raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
+
+
+def _check_batch(batch_size: int | None) -> None:
+    if batch_size is not None:
+        check_positive("batch_size", batch_size, integer=True)
+
+
+# ---------------------------------------------------------------- FD-FGSM
+@register("attack", "fd_fgsm", paper="Chen, Zhang, Sharma, Yi, Hsieh. ZOO: zeroth order "
+          "optimization based black-box attacks to deep neural networks without training "
+          "substitute models. AISec 2017", test_params={})
+class FDFGSM(Attack):
+    """FGSM with the gradient estimated by coordinate-wise symmetric finite differences.
+
+    ``g_i = (L(x + h e_i) - L(x - h e_i)) / 2h`` for every coordinate ``i``
+    (Chen et al. 2017; ``2 d`` queries per sample, stacked into large
+    forward passes), then one step ``x - eps * sign(g)`` (linf) or
+    ``x - eps * g / ||g||_2`` (l2) that lowers the loss ``L`` (``log p_y``,
+    i.e. raises the cross-entropy; targeted ``-log p_t``). Uses only scores.
+
+    Parameters
+    ----------
+    h : float
+        Finite-difference step (ZOO uses 1e-4).
+    loss : {"ce", "cw"}
+        The loss differentiated (see :func:`score_loss`).
+    batch_size : int, optional
+        Largest number of inputs per query call.
+
+    Notes
+    -----
+    Samples the global budget cannot pay for (``2 d`` queries each) are left
+    unchanged, with no query spent on them.
+
+    References
+    ----------
+    .. [1] Chen, Zhang, Sharma, Yi, Hsieh. "ZOO: zeroth order optimization
+       based black-box attacks to deep neural networks without training
+       substitute models". AISec 2017.
+    .. [2] Goodfellow, Shlens, Szegedy. "Explaining and harnessing
+       adversarial examples". ICLR 2015.
+
+    Examples
+    --------
+    >>> from scrutiny.models import QueryModel, pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
+    >>> res = FDFGSM()(QueryModel(model, output="probs"), data.x[:32], data.y[:32],
+    ...                threat=ThreatModel("linf", 0.2))
+    >>> res.robust_accuracy() < res.clean_accuracy(), int(res.queries[0])
+    (True, 128)
+    """
+
+    tags = Tags(white_box=False, output="probs", norms=("linf", "l2"), targeted=True)
+
+    def __init__(self, *, h: float = 1e-4, loss: str = "ce", batch_size: int | None = None) -> None:
+        check_positive("h", h)
+        _check_loss(loss)
+        _check_batch(batch_size)
+        self.h = h
+        self.loss = loss
+        self.batch_size = batch_size
+
+    def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+             target: torch.Tensor | None) -> torch.Tensor:
+        cost = 2 * x[0].numel()
+        n = len(x) if box.remaining is None else min(len(x), box.remaining // cost)
+        out = x.clone()
+        if n <= 0:
+            return out
+        idx = torch.arange(n, device=x.device)
+
+        def f(pts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            t = None if target is None else target[rows]
+            return score_loss(box.log_probs(pts, rows), y[rows], t, self.loss)
+
+        g = fd_gradient(f, x[idx], h=self.h, rows=idx, batch_size=self.batch_size)
+        out[idx] = x[idx] - threat.eps * steepest_direction(g, threat.norm)
+        return out
+
+
+# ---------------------------------------------------------------- shared loop
+class _ZOAttack(Attack):
+    """Projected zeroth-order descent of a score loss, batched over samples and directions.
+
+    Subclasses set the estimator and the update; every iteration costs each
+    live sample the estimator's queries plus one query at the new point
+    (success check, and ``f(x)`` of the next forward-difference estimate).
+    A sample stops at its first success or when its next iteration would go
+    past ``max_queries``.
+    """
+
+    tags = Tags(white_box=False, output="probs", norms=("linf", "l2"), targeted=True,
+                stochastic=True)
+
+    # set by subclasses
+    dist: str = "sphere"
+    antithetic: bool = False
+
+    def _settings(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _decoder(self, x: torch.Tensor):
+        """(shape of the variable per sample, decoder variable -> perturbation)."""
+        return tuple(x.shape[1:]), (lambda v: v)
+
+    def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+             target: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        s = self._settings()
+        n = len(x)
+        vshape, decode = self._decoder(x)
+        v = torch.zeros(n, *vshape, device=x.device, dtype=x.dtype)
+        opt = make_optimizer(s["optimizer"], s["lr"])
+        q, mu = s["q"], s["mu"]
+        penalty = s.get("penalty", 0.0)
+        svrg = s["optimizer"] == "svrg"
+        q_snap = s.get("q_snapshot") or 10 * q
+        per_est = 2 * q if self.antithetic else q
+        idx_all = torch.arange(n, device=x.device)
+
+        def point(vv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return threat.project(x[rows], x[rows] + decode(vv))
+
+        def values(vv: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            p = point(vv, rows)
+            logp = box.log_probs(p, rows)
+            t = None if target is None else target[rows]
+            val = score_loss(logp, y[rows], t, self.loss, s.get("kappa", 0.0))
+            if penalty:
+                val = penalty * val + (p - x[rows]).flatten(1).pow(2).sum(1)
+            return val, logp
+
+        def f(vv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return values(vv, rows)[0]
+
+        fx = torch.full((n,), float("inf"), device=x.device)
+        best_val = torch.full((n,), float("inf"), device=x.device)
+        done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        snap = torch.zeros_like(v)
+        g_snap = torch.zeros_like(v)
+        f_snap = torch.zeros(n, device=x.device)
+        start = idx_all if box.remaining is None else idx_all[:max(box.remaining, 0)]
+        start = start[box.counts[start] < self.max_queries]
+        if len(start):
+            val, logp = values(v[start], start)
+            fx[start] = val
+            best_val[start] = val
+            done[start] = _fooled(logp, y[start], None if target is None else target[start])
+        started = torch.zeros(n, dtype=torch.bool, device=x.device)
+        started[start] = True
+        it = 0
+        with progress_bar(self.steps, self.name or "zo", enabled=self.progress) as bar:
+            for it in range(self.steps):
+                snap_now = svrg and it % s.get("epoch_length", 10) == 0
+                cost = (2 * q + 1 + (q_snap if snap_now else 0)) if svrg else per_est + 1
+                live = idx_all[started & ~done & (box.counts + cost <= self.max_queries)]
+                if box.remaining is not None:
+                    live = live[: max(box.remaining // cost, 0)]
+                if not len(live):
+                    break
+                if svrg:
+                    if snap_now:
+                        snap[live] = v[live]
+                        f_snap[live] = fx[live]
+                        g_snap[live], _ = random_gradient(
+                            f, v[live], q=q_snap, mu=mu, dist=self.dist, fx=fx[live], rows=live,
+                            batch_size=self.batch_size)
+                    u = sample_directions(v[live], q, self.dist)
+                    g_x, _ = random_gradient(f, v[live], mu=mu, dist=self.dist, fx=fx[live],
+                                             directions=u, rows=live, batch_size=self.batch_size)
+                    g_s, _ = random_gradient(f, snap[live], mu=mu, dist=self.dist,
+                                             fx=f_snap[live], directions=u, rows=live,
+                                             batch_size=self.batch_size)
+                    g = g_x - g_s + g_snap[live]
+                else:
+                    g, _ = random_gradient(f, v[live], q=q, mu=mu, dist=self.dist,
+                                           antithetic=self.antithetic, fx=fx[live], rows=live,
+                                           batch_size=self.batch_size)
+                v_new = self._update(opt, v[live], g, live, v, threat)
+                if not math.isinf(threat.eps) and s.get("project_variable", True):
+                    v_new = point(v_new, live) - x[live]
+                v[live] = v_new
+                val, logp = values(v_new, live)
+                fx[live] = val
+                t = None if target is None else target[live]
+                hit = _fooled(logp, y[live], t)
+                better = hit | (val < best_val[live])
+                j = live[better]
+                if len(j):
+                    box.best[j] = point(v_new[better], j)
+                    best_val[j] = val[better]
+                done[live] = hit
+                bar.advance(f"{int((~done).sum())} left")
+        return box.best.clone(), {"iterations": it + 1}
+
+    def _update(self, opt, v, g, live, v_full, threat):
+        return opt.step(v, g, live, v_full)
+
+
+def _check_common(steps: int, q: int, mu: float, lr: float, max_queries: int) -> None:
+    check_positive("steps", steps, integer=True)
+    check_positive("q", q, integer=True)
+    check_positive("mu", mu)
+    check_positive("lr", lr)
+    check_positive("max_queries", max_queries, integer=True)
+
+
+@register("attack", "zo", paper="Liu, Chen, Chen, Hong. signSGD via zeroth-order oracle. ICLR "
+          "2019; Chen et al. ZO-AdaMM: zeroth-order adaptive momentum method for black-box "
+          "optimization. NeurIPS 2019; Liu, Kailkhura, Chen, Ting, Chang, Amini. Zeroth-order "
+          "stochastic variance reduction for nonconvex optimization. NeurIPS 2018",
+          test_params={"steps": 3, "q": 2})
+class ZO(_ZOAttack):
+    """Projected zeroth-order optimisation of a score loss: ZO-signSGD, ZO-AdaMM or ZO-SVRG.
+
+    Each step estimates the gradient of the loss (:func:`score_loss`, the
+    C&W hinge on log-probabilities by default) from ``q`` random directions
+    on the unit sphere (forward differences, ``scale = d``), updates the
+    perturbation with the chosen optimiser and projects it into the threat
+    set:
+
+    * ``"signsgd"``: ``x - lr * sign(g)`` (Liu et al. ICLR 2019);
+    * ``"adam"``: ZO-AdaMM, AMSGrad moments (Chen et al. NeurIPS 2019);
+    * ``"svrg"``: ZO-SVRG (Liu et al. NeurIPS 2018), a fine estimate with
+      ``q_snapshot`` directions every ``epoch_length`` steps and the control
+      variate ``g(x; u) - g(x~; u) + g~`` in between;
+    * ``"sgd"``: plain ZO-SGD.
+
+    Parameters
+    ----------
+    optimizer : {"signsgd", "adam", "svrg", "sgd"}
+    steps : int
+        Iterations.
+    lr : float
+        Step size (input units; for signSGD the per-coordinate move).
+    q : int
+        Random directions per estimate.
+    mu : float
+        Smoothing radius of the estimate.
+    epoch_length, q_snapshot : int
+        ZO-SVRG's epoch and snapshot directions (default ``10 q``).
+    max_queries : int
+        Per-sample query limit.
+    loss : {"cw", "ce"}
+    batch_size : int, optional
+        Largest number of inputs per query call.
+    progress : bool
+        Show a progress bar.
+
+    Notes
+    -----
+    The papers' attack experiments minimise the penalised C&W objective
+    ``c * loss + ||delta||_2^2`` (and ZO-SVRG a universal perturbation over
+    several images); here the perturbation stays in the threat set by
+    projection and each sample stops at its first success. For ZO-SVRG the
+    finite sum whose variance is reduced is the average over random
+    directions. ZO-AdaMM's projection is Euclidean (exact for linf).
+
+    References
+    ----------
+    .. [1] Liu, Chen, Chen, Hong. "signSGD via zeroth-order oracle". ICLR 2019.
+    .. [2] Chen, Liu, Xu, Li, Lin, Hong, Cox. "ZO-AdaMM: zeroth-order adaptive
+       momentum method for black-box optimization". NeurIPS 2019.
+    .. [3] Liu, Kailkhura, Chen, Ting, Chang, Amini. "Zeroth-order stochastic
+       variance reduction for nonconvex optimization". NeurIPS 2018.
+
+    Examples
+    --------
+    >>> from scrutiny.models import QueryModel, pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
+    >>> attack = ZO(optimizer="signsgd", steps=30, q=10, lr=0.02)
+    >>> res = attack(QueryModel(model, output="probs"), data.x[:32], data.y[:32],
+    ...              threat=ThreatModel("linf", 0.2))
+    >>> res.robust_accuracy() < res.clean_accuracy()
+    True
+    """
+
+    def __init__(self, *, optimizer: str = "adam", steps: int = 100, lr: float = 0.01,
+                 q: int = 10, mu: float = 0.005, epoch_length: int = 10,
+                 q_snapshot: int | None = None, max_queries: int = 10000, loss: str = "cw",
+                 batch_size: int | None = None, progress: bool = False) -> None:
+        if optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+        _check_common(steps, q, mu, lr, max_queries)
+        check_positive("epoch_length", epoch_length, integer=True)
+        if q_snapshot is not None:
+            check_positive("q_snapshot", q_snapshot, integer=True)
+        _check_loss(loss)
+        _check_batch(batch_size)
+        self.optimizer = optimizer
+        self.steps = steps
+        self.lr = lr
+        self.q = q
+        self.mu = mu
+        self.epoch_length = epoch_length
+        self.q_snapshot = q_snapshot
+        self.max_queries = max_queries
+        self.loss = loss
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def _settings(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer, "lr": self.lr, "q": self.q, "mu": self.mu,
+                "epoch_length": self.epoch_length, "q_snapshot": self.q_snapshot}
+
+
+@register("attack", "nes", paper="Ilyas, Engstrom, Athalye, Lin. Black-box adversarial attacks "
+          "with limited queries and information. ICML 2018", test_params={"steps": 3, "samples": 4})
+class NES(_ZOAttack):
+    """NES gradient estimation with antithetic Gaussian sampling and PGD steps (query-limited).
+
+    ``g = 1 / (n sigma) * sum_j (L(x + sigma u_j) - L(x - sigma u_j)) / 2 * u_j``
+    with ``n / 2`` antithetic pairs of Gaussian directions ``u_j`` (``n``
+    queries), then a projected step against the loss: ``x - lr * sign(g)``
+    (linf) or ``x - lr * g / ||g||_2`` (l2), with optional momentum on ``g``
+    as in the paper's query-limited attack. The loss is the cross-entropy
+    (``log p_y`` lowered; targeted, ``-log p_t``). Each iteration costs
+    ``samples + 1`` queries per sample; a sample stops at its first success
+    or at ``max_queries``.
+
+    Parameters
+    ----------
+    steps : int
+        Iterations.
+    samples : int
+        Queries per gradient estimate ``n`` (even: ``n / 2`` antithetic pairs);
+        the paper uses 50.
+    sigma : float
+        Search variance (paper: 0.001 on images in [0, 1]).
+    lr : float
+        Step size in input units (paper: 0.01).
+    momentum : float
+        Momentum on the estimate, in [0, 1); 0 disables it.
+    max_queries : int
+        Per-sample query limit (the paper's budget is 100000).
+    loss : {"ce", "cw"}
+    batch_size : int, optional
+        Largest number of inputs per query call.
+    progress : bool
+        Show a progress bar.
+
+    References
+    ----------
+    .. [1] Ilyas, Engstrom, Athalye, Lin. "Black-box adversarial attacks with
+       limited queries and information". ICML 2018.
+
+    Examples
+    --------
+    >>> from scrutiny.models import QueryModel, pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
+    >>> qm = QueryModel(model, output="probs", budget=32 * 500)
+    >>> res = NES(steps=40, samples=10, lr=0.02)(qm, data.x[:32], data.y[:32],
+    ...                                          threat=ThreatModel("linf", 0.2))
+    >>> res.robust_accuracy() < res.clean_accuracy(), qm.queries <= 32 * 500
+    (True, True)
+    """
+
+    dist = "gaussian"
+    antithetic = True
+
+    def __init__(self, *, steps: int = 1000, samples: int = 50, sigma: float = 0.001,
+                 lr: float = 0.01, momentum: float = 0.0, max_queries: int = 100000,
+                 loss: str = "ce", batch_size: int | None = None, progress: bool = False) -> None:
+        _check_common(steps, samples, sigma, lr, max_queries)
+        if samples % 2:
+            raise InputError(f"samples must be even (antithetic pairs), got {samples!r}")
+        if not 0 <= momentum < 1:
+            raise InputError(f"momentum must be in [0, 1), got {momentum!r}")
+        _check_loss(loss)
+        _check_batch(batch_size)
+        self.steps = steps
+        self.samples = samples
+        self.sigma = sigma
+        self.lr = lr
+        self.momentum = momentum
+        self.max_queries = max_queries
+        self.loss = loss
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def _settings(self) -> dict[str, Any]:
+        return {"optimizer": "sgd", "lr": self.lr, "q": self.samples // 2, "mu": self.sigma}
+
+    def _update(self, opt, v, g, live, v_full, threat):
+        if self.momentum:
+            m = opt._buf("momentum", v_full)
+            m[live] = self.momentum * m[live] + (1 - self.momentum) * g
+            g = m[live]
+        return v - self.lr * steepest_direction(g, threat.norm)
+
+
+@register("attack", "autozoom", paper="Tu, Ting, Chen, Liu, Zhang, Yi, Hsieh, Cheng. AutoZOOM: "
+          "autoencoder-based zeroth order optimization method for attacking black-box neural "
+          "networks. AAAI 2019", test_params={"steps": 3})
+class AutoZOOM(_ZOAttack):
+    """AutoZOOM: random-direction estimates averaged over q, in a reduced attack space.
+
+    The perturbation is ``delta = D(z)`` with ``z`` of side ``reduced`` and
+    ``D`` bilinear upsampling to the image size (AutoZOOM-BiLIN; ``reduced=None``
+    attacks the full space). Each step estimates the gradient of the penalised
+    objective ``||delta||_2^2 + c * loss`` (the C&W hinge on log-probabilities)
+    with respect to ``z`` by the random-direction estimator
+    ``g = b / q * sum_j (f(z + beta u_j) - f(z)) / beta * u_j`` (``u_j``
+    uniform on the unit sphere, ``b`` = dimension of ``z``, unbiased up to
+    ``O(beta)``), then takes an Adam step and projects the point into the
+    threat set. Each sample stops at its first success (AutoZOOM's first
+    stage, whose query count the paper reports); each iteration costs ``q + 1``
+    queries per sample.
+
+    Parameters
+    ----------
+    steps : int
+        Iterations.
+    q : int
+        Random directions per estimate (AutoZOOM: 1 until the first success).
+    beta : float
+        Smoothing radius of the estimate.
+    lr : float
+        Adam step size.
+    c : float
+        Weight of the attack loss against the distortion.
+    reduced : int, optional
+        Side of the reduced attack space (images only); None: no reduction.
+    max_queries : int
+        Per-sample query limit.
+    batch_size : int, optional
+        Largest number of inputs per query call.
+    progress : bool
+        Show a progress bar.
+
+    Notes
+    -----
+    Shortfalls: the autoencoder decoder (AutoZOOM-AE) is not provided, only
+    the bilinear one; the second stage (raising q to reduce the distortion
+    after the first success) is not run because the threat model fixes eps;
+    ``c`` is fixed (no search).
+
+    References
+    ----------
+    .. [1] Tu et al. "AutoZOOM: autoencoder-based zeroth order optimization
+       method for attacking black-box neural networks". AAAI 2019.
+
+    Examples
+    --------
+    >>> from scrutiny.models import QueryModel, pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
+    >>> res = AutoZOOM(steps=100, reduced=4)(QueryModel(model, output="probs"), data.x[:32],
+    ...                                       data.y[:32], threat=ThreatModel("l2", 2.0))
+    >>> res.robust_accuracy() < res.clean_accuracy()
+    True
+    """
+
+    tags = Tags(white_box=False, output="probs", norms=("l2", "linf"), targeted=True,
+                stochastic=True)
+
+    def __init__(self, *, steps: int = 1000, q: int = 1, beta: float = 0.005, lr: float = 0.05,
+                 c: float = 10.0, reduced: int | None = None, max_queries: int = 10000,
+                 batch_size: int | None = None, progress: bool = False) -> None:
+        _check_common(steps, q, beta, lr, max_queries)
+        check_positive("c", c)
+        if reduced is not None:
+            check_positive("reduced", reduced, integer=True)
+        _check_batch(batch_size)
+        self.steps = steps
+        self.q = q
+        self.beta = beta
+        self.lr = lr
+        self.c = c
+        self.reduced = reduced
+        self.max_queries = max_queries
+        self.batch_size = batch_size
+        self.progress = progress
+
+    loss = "cw"
+
+    def _settings(self) -> dict[str, Any]:
+        return {"optimizer": "adam", "lr": self.lr, "q": self.q, "mu": self.beta,
+                "penalty": self.c, "project_variable": self.reduced is None}
+
+    def _decoder(self, x: torch.Tensor):
+        if self.reduced is None:
+            return tuple(x.shape[1:]), (lambda v: v)
+        if x.dim() != 4:
+            raise InputError(f"reduced= needs images (N, C, H, W), got shape {tuple(x.shape)}")
+        c, h, w = x.shape[1:]
+        r = self.reduced
+        if r > min(h, w):
+            raise InputError(f"reduced={r} is larger than the image ({h}x{w})")
+        return (c, r, r), (lambda v: F.interpolate(v, size=(h, w), mode="bilinear",
+                                                   align_corners=False))
+
+
+__all__ = ["DISTRIBUTIONS", "FDFGSM", "NES", "ZO", "AutoZOOM", "score_loss"]

@@ -1,0 +1,87 @@
+"""Square Attack (Andriushchenko et al. 2020): never outside eps, few queries, per-sample counts."""
+
+import pytest
+import torch
+
+from scrutiny.attacks import APGD, WorstCase
+from scrutiny.attacks.blackbox import Square
+from scrutiny.attacks.blackbox.square import meta_pattern, p_schedule
+from scrutiny.errors import InputError
+from scrutiny.models import QueryModel
+from scrutiny.types import ThreatModel
+
+
+def test_p_schedule_halves_at_the_papers_iterations_rescaled_to_the_budget():
+    assert p_schedule(0.8, 10, 10000) == 0.8
+    assert p_schedule(0.8, 11, 10000) == 0.4
+    assert p_schedule(0.8, 8001, 10000) == pytest.approx(0.8 / 512)
+    assert p_schedule(0.8, 1, 100) == 0.2  # iteration 1 of 100 counts as 100 of 10000
+    assert p_schedule(0.8, 99, 100) == pytest.approx(0.8 / 512)
+
+
+def test_initialisations_are_the_papers():
+    x = torch.full((3, 2, 8, 8), 0.5)
+    sq = Square()
+    d = sq._init_linf(x, 0.1)
+    assert d.shape == (3, 2, 1, 8)  # one value per channel and column: vertical stripes
+    assert torch.allclose(d.abs(), torch.full_like(d, 0.1)) and (d > 0).any() and (d < 0).any()
+    d2 = sq._init_l2(x, 1.5)
+    assert torch.allclose(d2.flatten(1).norm(dim=1), torch.full((3,), 1.5))
+    pat = meta_pattern(5)
+    assert pat.norm() == pytest.approx(1.0) and pat.sum().abs() < 0.5  # two opposite bumps
+
+
+@pytest.mark.parametrize("norm, eps, min_success", [("linf", 0.1, 0.6), ("l2", 1.0, 0.85)])
+def test_success_with_few_queries_on_the_digits_cnn(digits_model, digits_test, norm, eps,
+                                                    min_success):
+    x, y = digits_test.x[:64], digits_test.y[:64]
+    tm = ThreatModel(norm, eps)
+    qm = QueryModel(digits_model, output="probs")
+    res = Square(n_queries=200)(qm, x, y, threat=tm)
+    assert tm.contains(x, res.x_adv).all()
+    assert res.success_rate() >= min_success
+    q = res.queries.float()
+    assert q[res.success & res.clean_correct].median() <= 40  # measured ~20
+    assert int(res.queries.max()) <= 200 and int(res.queries.sum()) == qm.queries
+    # only not-yet-fooled samples are queried: failures spend the whole budget, successes
+    # stop at their first success (those fooled by the initial stripes after one query)
+    assert (res.queries[~res.success] == 200).all()
+    assert (res.queries[res.success] < 200).all() and (res.queries == 1).any()
+
+
+def test_targeted_and_a_global_budget(digits_model, digits_test):
+    x, y = digits_test.x[:32], digits_test.y[:32]
+    t = (y + 1) % 10
+    res = Square(n_queries=200)(QueryModel(digits_model), x, y, threat=ThreatModel("linf", 0.3),
+                                target=t)
+    assert res.success_rate() > 0.7 and torch.equal(res.success, res.logits.argmax(1) == t)
+    qm = QueryModel(digits_model, output="probs", budget=300)
+    res = Square(n_queries=200)(qm, x, y, threat=ThreatModel("linf", 0.1))
+    assert qm.queries <= 300 and int(res.queries.sum()) == qm.queries
+
+
+def test_square_is_the_last_stage_of_the_worst_case_ensemble(digits_model, digits_test):
+    x, y = digits_test.x[:64], digits_test.y[:64]
+    tm = ThreatModel("linf", 0.1)
+    apgd = APGD(steps=5, random_start=False)
+    ens = WorstCase(attacks=(apgd, ("square", {"n_queries": 100})))(digits_model, x, y, threat=tm)
+    alone = apgd(digits_model, x, y, threat=tm)
+    assert (ens.adv_correct <= alone.adv_correct).all()
+    stages = ens.meta["stages"]
+    assert stages[0]["queries"] == 0 and stages[1]["name"] == "square(n_queries=100)"
+    survivors = int(alone.adv_correct.sum())
+    assert 0 < stages[1]["queries"] <= 100 * survivors  # only the still-robust samples queried
+    assert tm.contains(x, ens.x_adv).all()
+
+
+def test_clear_errors(digits_model, digits_test):
+    with pytest.raises(InputError, match="p_init"):
+        Square(p_init=0)
+    with pytest.raises(InputError, match="n_queries"):
+        Square(n_queries=0)
+    with pytest.raises(InputError, match="images"):
+        Square()(digits_model.module, digits_test.x[:2].flatten(1), digits_test.y[:2],
+                 threat=ThreatModel("linf", 0.1))
+    with pytest.raises(InputError, match="reveal"):
+        Square()(QueryModel(digits_model, output="label"), digits_test.x[:2], digits_test.y[:2],
+                 threat=ThreatModel("linf", 0.1))
