@@ -70,3 +70,16 @@ def test_declared_quantizer_is_flagged_and_broken_by_the_adaptive_attack(digits_
     assert res.meta["adaptive"] == "BPDA"
     clean = float((defended.predict(x) == y).float().mean())
     assert clean > 0.8 and res.robust_accuracy() < 0.4
+
+
+def test_black_box_flag_read_off_the_ensemble_stages():
+    from scrutiny.audit.checks import black_box_from_stages
+
+    stages = [{"name": "apgd", "robust_accuracy": 0.5}, {"name": "apgd_t", "robust_accuracy": 0.4},
+              {"name": "square", "robust_accuracy": 0.1}]
+    flag = black_box_from_stages(stages, attacked=100, n=200, final_robust=0.05)
+    assert flag.flagged and flag.details["black_box_extra_broken"] == 30
+    quiet = black_box_from_stages(stages[:2] + [{"name": "square", "robust_accuracy": 0.4}],
+                                  attacked=100, n=200, final_robust=0.2)
+    assert not quiet.flagged
+    assert black_box_from_stages(stages[:2], attacked=100, n=200, final_robust=0.2) is None

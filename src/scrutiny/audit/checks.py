@@ -153,6 +153,33 @@ def check_black_box(model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat:
                 {"black_box_extra_broken": extra, "white_box": wb, "combined": bb})
 
 
+def black_box_from_stages(stages: list[dict[str, Any]], attacked: int, n: int,
+                          final_robust: float, attack: str = "square") -> Flag | None:
+    """The "black-box beats white-box" check read off a worst-case ensemble's stages.
+
+    When the ensemble's last stages include the black-box ``attack`` after its
+    white-box stages, the samples it broke are exactly those the white-box
+    stages left robust; no second run is needed. ``stages`` hold each stage's
+    robust accuracy over the ``attacked`` samples; ``final_robust`` is the
+    robust accuracy over all ``n`` samples after every stage.
+    """
+    names = [st["name"] for st in stages]
+    if attack not in names or names.index(attack) == 0:
+        return None
+    i = names.index(attack)
+    before, after = stages[i - 1]["robust_accuracy"], stages[i]["robust_accuracy"]
+    extra = round((before - after) * attacked)
+    flagged = extra / n > max(0.02, 1.0 / n)
+    msg = (f"{attack} (black-box, last stage of the worst-case ensemble) broke {extra} of the "
+           f"{round(before * attacked)} samples the white-box stages left robust")
+    if flagged:
+        msg += (": gradients mislead the white-box attacks (gradient masking); trust the lower "
+                "number and run an adaptive attack.")
+    return Flag("black-box beats white-box", flagged, msg,
+                {"black_box_extra_broken": extra, "white_box": final_robust + extra / n,
+                 "combined": final_robust})
+
+
 def check_certified(certified_accuracy: float, robust_accuracy: float, eps: float) -> Flag:
     """Certified accuracy above empirical robust accuracy is impossible: a bug somewhere."""
     flagged = certified_accuracy > robust_accuracy + 1e-9

@@ -10,7 +10,12 @@ import torch
 
 from scrutiny import registry
 from scrutiny.audit import figures
-from scrutiny.audit.checks import Flag, check_certified, gradient_masking_checks
+from scrutiny.audit.checks import (
+    Flag,
+    black_box_from_stages,
+    check_certified,
+    gradient_masking_checks,
+)
 from scrutiny.audit.matrix import game_matrix
 from scrutiny.data import ArrayDataset
 from scrutiny.errors import InputError
@@ -410,11 +415,18 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
             bar.advance(f"certify ({cfg.certifier})")
         flags: list[Flag] = []
         if cfg.checks:
+            stages = strong["stages"] if strong else []
+            from_stages = black_box_from_stages(
+                stages, strong["samples_attacked"] if strong else 0, len(x),
+                float(ref_adv["robust"].float().mean()), cfg.black_box or "") \
+                if cfg.black_box else None
             flags = gradient_masking_checks(
                 model, x, y, ThreatModel(cfg.norm, cfg.reference_eps, model.bounds),
                 curves=curves, white_box_robust=ref_adv["robust"].clone(),
-                black_box=cfg.black_box, black_box_params=cfg.params.get(cfg.black_box or "", {}),
-                seed=cfg.seed)
+                black_box=None if from_stages else cfg.black_box,
+                black_box_params=cfg.params.get(cfg.black_box or "", {}), seed=cfg.seed)
+            if from_stages:
+                flags.append(from_stages)
             if certification:
                 ref = certification["rows"][-1]
                 flags.append(check_certified(ref["certified_accuracy"], ref["robust_accuracy"],
