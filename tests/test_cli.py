@@ -40,12 +40,15 @@ def test_audit_writes_report(tmp_path, capsys):
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "Robust accuracy" in html
     figs = json.loads((tmp_path / "figures.json").read_text())
-    assert {"robustness_curve", "adversarial_examples", "explanations", "gallery"} <= set(figs)
+    assert {"robustness_curve", "adversarial_examples", "explanations", "gallery",
+            "query_curves"} <= set(figs)
     assert "Can the explanations be trusted?" in html and "gradient-masking check" in html
     result = json.loads((tmp_path / "result.json").read_text())
     assert set(result["trust"]["saliency"]) == {"deletion", "insertion", "model_randomization"}
     assert result["matrix"]["defenses"] == ["none", "bit_depth", "feature_squeezing"]
     assert "Attacks against defenses" in html and "What can be proven" in html
+    sq = result["queries"]["square"]
+    assert 0 < sq["success_rate"] <= 1 and sq["curve"][-1][1] == sq["success_rate"]
     rows = result["certification"]["rows"]
     assert [r["eps"] for r in rows] == [0.1] and rows[0]["certified_accuracy"] <= rows[0][
         "robust_accuracy"]

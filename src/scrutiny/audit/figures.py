@@ -28,14 +28,19 @@ def _image(x: torch.Tensor) -> np.ndarray:
 
 
 def robustness_curve(curves: dict[str, list[tuple[float, float]]], norm: str,
-                     title: str = "Robust accuracy") -> tuple[bytes, dict[str, Any]]:
-    """Robust accuracy against eps, one line per attack."""
+                     title: str = "Robust accuracy", *, xlabel: str | None = None,
+                     ylabel: str = "robust accuracy", logx: bool = False
+                     ) -> tuple[bytes, dict[str, Any]]:
+    """Robust accuracy against eps, one line per attack (or any such curve: the
+    success rate against queries with ``xlabel="queries", logx=True``)."""
     fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
     for name, pts in curves.items():
         e, a = zip(*pts, strict=True)
         ax.plot(e, a, marker="o", label=name)
-    ax.set_xlabel(f"eps ({norm})")
-    ax.set_ylabel("robust accuracy")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel or f"eps ({norm})")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()

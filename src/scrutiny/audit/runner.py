@@ -68,6 +68,11 @@ class AuditConfig:
         defense at ``reference_eps`` (adaptive attacks where a defense declares
         non-differentiable or randomized preprocessing; detectors as detection
         rates), fitted on test rows that are not attacked.
+    query_attacks : tuple of str
+        Black-box attacks run on every sample at ``reference_eps`` through a
+        query-only view of the model; the report plots their success rate
+        against the number of queries (default budget 1000 per sample unless
+        ``params`` say otherwise).
     certifier : str, optional
         Certifier (``ibp``, ``crown``; ``smoothing`` for l2) run on the first
         ``cert_samples`` samples at the smallest nonzero eps and at
@@ -96,6 +101,7 @@ class AuditConfig:
     metrics: tuple[str, ...] = ("deletion", "insertion", "model_randomization")
     trust_samples: int = 32
     defenses: tuple[str, ...] = ("bit_depth", "median_filter", "feature_squeezing")
+    query_attacks: tuple[str, ...] = ("square",)
     certifier: str | None = "crown"
     cert_samples: int = 32
     checks: bool = True
@@ -121,6 +127,7 @@ class AuditConfig:
         self.explainers = tuple(registry.get(e, "explainer").name for e in self.explainers)
         self.metrics = tuple(registry.get(m, "metric").name for m in self.metrics)
         self.defenses = tuple(registry.get(d, "defense").name for d in self.defenses)
+        self.query_attacks = tuple(registry.get(a, "attack").name for a in self.query_attacks)
         if self.certifier:
             self.certifier = registry.get(self.certifier, "certifier").name
         if self.cert_samples < 1:
@@ -128,6 +135,7 @@ class AuditConfig:
         if self.trust_samples < 1:
             raise InputError("trust_samples must be >= 1")
         known = (set(self.attacks) | set(self.explainers) | set(self.metrics) | set(self.defenses)
+                 | set(self.query_attacks)
                  | {self.headline_attack, self.black_box, self.certifier})
         for k in self.params:
             if k not in known:
@@ -162,6 +170,7 @@ class AuditResult:
     matrix: dict[str, Any] | None
     comparison: dict[str, Any] | None
     certification: dict[str, Any] | None
+    queries: dict[str, dict[str, Any]]
     config: AuditConfig
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -228,6 +237,28 @@ def _trust(model, data, idx, x, y, explainers, explanations, metrics, background
         trust[name] = scores
         bar.advance(f"trust {name}")
     return trust
+
+
+def _query_curve(model: TorchModel, x, y, name: str, cfg: AuditConfig) -> dict[str, Any]:
+    """Success rate of a black-box attack within 1, 10, 100, ... queries per sample."""
+    params = {"n_queries": 1000, **cfg.params.get(name, {})}
+    attack = registry.create(f"attack:{name}", **{k: v for k, v in params.items()
+                                                  if k in registry.get(name, "attack").params()})
+    ts = time.perf_counter()
+    res = attack(model, x, y, threat=ThreatModel(cfg.norm, cfg.reference_eps, model.bounds),
+                 seed=cfg.seed)
+    q = res.queries.double() if res.queries is not None else torch.zeros(len(x))
+    ok = res.clean_correct
+    hit = res.success & ok
+    top = max(1, int(q.max()))
+    budgets = [b for b in (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000) if b < top] + [top]
+    denom = max(1, int(ok.sum()))
+    curve = [(float(b), float((hit & (q <= b)).sum()) / denom) for b in budgets]
+    qs = q[hit]
+    return {"curve": curve, "success_rate": float(hit.sum()) / denom,
+            "mean_queries": float(qs.mean()) if len(qs) else None,
+            "median_queries": float(qs.median()) if len(qs) else None,
+            "total_queries": int(q.sum()), "seconds": time.perf_counter() - ts}
 
 
 def _certify(model: TorchModel, x, y, cfg: AuditConfig, robust_by_eps, notes
@@ -348,6 +379,7 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
     metrics = {m: _create("metric", m, cfg) for m in cfg.metrics}
     total = (len(attacks) * len(cfg.eps) + len(explainers) * (1 + bool(metrics))
              + (headline_attack is not None) + cfg.checks + bool(cfg.certifier)
+             + len(cfg.query_attacks)
              + len(attacks) * (len(cfg.defenses) + 1) * bool(cfg.defenses))
     robust_by_eps: dict[float, torch.Tensor] = {}
     with progress_bar(total, "audit", enabled=progress) as bar:
@@ -409,6 +441,20 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                                  threat=ThreatModel(cfg.norm, cfg.reference_eps, model.bounds),
                                  fit_data=fit, params=cfg.params, seed=cfg.seed,
                                  progress=bar.advance).to_dict()
+        queries: dict[str, dict[str, Any]] = {}
+        for name in cfg.query_attacks:
+            queries[name] = _query_curve(model, x, y, name, cfg)
+            bar.advance(f"{name} (queries)")
+        query_fig = None
+        if queries:
+            query_fig = (Figure(
+                "query_curves", "Black-box success against queries",
+                f"Share of the correctly classified samples each black-box attack fooled within "
+                f"a given number of queries per sample ({cfg.norm} eps={cfg.reference_eps:g}); "
+                "it sees only the model's outputs.",
+                *figures.robustness_curve({k: v["curve"] for k, v in queries.items()}, cfg.norm,
+                                          "success rate against queries", xlabel="queries per "
+                                          "sample", ylabel="success rate", logx=True)))
         certification = None
         if cfg.certifier:
             certification = _certify(model, x, y, cfg, robust_by_eps, notes)
@@ -436,6 +482,8 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                        f"Robust accuracy of each attack and of the per-sample worst case "
                        f"({cfg.norm}), on {len(x)} test samples.",
                        *figures.robustness_curve(curves, cfg.norm))]
+        if query_fig is not None:
+            figs.append(query_fig)
 
         # examples: correctly classified samples the worst case broke, then others
         x_adv = ref_adv["x_adv"]
@@ -519,6 +567,7 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
     return AuditResult(model=model.name, dataset=data.name, n_samples=len(x),
                        clean_accuracy=clean_acc, robustness=robustness, headline=headline,
                        explanations=explanations, methods=methods, trust=trust, matrix=matrix,
-                       comparison=comparison, certification=certification, config=cfg,
+                       comparison=comparison, certification=certification, queries=queries,
+                       config=cfg,
                        figures=figs,
                        notes=notes, flags=flags, seconds=time.perf_counter() - t0)
