@@ -10,6 +10,7 @@ torchvision imports.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -43,3 +44,11 @@ def _install_stand_in() -> None:
 
 
 _install_stand_in()
+
+
+def optional(name: str):
+    """Import a peer module, or None when it is missing or does not import."""
+    try:
+        return importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - a peer that is missing or broken
+        return None

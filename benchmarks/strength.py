@@ -28,7 +28,6 @@ Cases
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402,F401  (torchvision stand-in for peers that import it)
+from peers import optional  # noqa: E402  (also installs the torchvision stand-in)
 from run import CpuShare, machine_info, version  # noqa: E402
 
 from scrutiny.attacks import APGD, PGD, CarliniWagnerL2, WorstCase  # noqa: E402
@@ -49,13 +48,6 @@ from scrutiny.models import pretrained  # noqa: E402
 from scrutiny.types import ThreatModel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def optional(name: str):
-    try:
-        return importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - a peer that is missing or does not import
-        return None
 
 
 ta = optional("torchattacks")

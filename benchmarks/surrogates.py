@@ -31,7 +31,6 @@ the run is printed with the table (compare times only within one run).
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import sys
 import time
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402,F401  (torchvision stand-in for peers that import it)
+from peers import optional  # noqa: E402  (also installs the torchvision stand-in)
 from run import CpuShare, machine_info, version  # noqa: E402
 
 from scrutiny.data import load_breast_cancer, load_digits  # noqa: E402
@@ -50,13 +49,6 @@ from scrutiny.explain.surrogate._features import segment_images  # noqa: E402
 from scrutiny.models import pretrained  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def optional(name: str):
-    try:
-        return importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - a peer that is missing or does not import
-        return None
 
 
 lime_tabular = optional("lime.lime_tabular")
