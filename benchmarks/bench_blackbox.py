@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from scrutiny.attacks.blackbox import ZOO, Square
+from scrutiny.attacks.blackbox import ZOO, HopSkipJump, Square
 from scrutiny.data import load_digits
 from scrutiny.models import QueryModel, pretrained
 from scrutiny.types import ThreatModel
@@ -129,12 +129,50 @@ def bench_zoo(model, x, y, iters):
     return rows
 
 
+def bench_hsj(model, x, y, art_iters):
+    """HopSkipJump l2, label only: ART first, then scrutiny with the queries ART used."""
+    rows, per = [], None
+
+    def median_l2(xa, out):
+        with torch.no_grad():
+            ok = (model(x).argmax(1) == y) & (model(xa).argmax(1) != y)
+        d = (xa - x).flatten(1).norm(dim=1)[ok]
+        out["attack"] += f" (median l2 {float(d.median()):.3f})" if len(d) else " (no success)"
+        return out
+
+    try:
+        import art
+        from art.attacks.evasion import HopSkipJump as ArtHSJ
+        from art.estimators.classification import PyTorchClassifier
+        counted = Counting(model).eval()
+        clf = PyTorchClassifier(counted, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                nb_classes=10, clip_values=(0.0, 1.0))
+        atk = ArtHSJ(clf, norm=2, max_iter=art_iters, max_eval=1000, init_eval=100,
+                     batch_size=len(x), verbose=False)
+        t = time.perf_counter()
+        xa = torch.as_tensor(atk.generate(x.numpy(), y=y.numpy())).float()
+        per = counted.rows / len(x)
+        rows.append(median_l2(xa, _row(f"ART {art.__version__}", "hop_skip_jump l2", model, x, y,
+                                       xa, counted.rows, time.perf_counter() - t)))
+    except ImportError:
+        pass
+    budget = int(per or 2000) * len(x)
+    qm = QueryModel(model, output="label", budget=budget)
+    t = time.perf_counter()
+    res = HopSkipJump()(qm, x, y, threat=ThreatModel("l2", float("inf")))
+    rows.append(median_l2(res.x_adv, _row("scrutiny", "hop_skip_jump l2", model, x, y, res.x_adv,
+                                          qm.queries, time.perf_counter() - t, res.queries)))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--zoo-iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hsj-n", type=int, default=20, help="samples for HopSkipJump")
+    ap.add_argument("--hsj-iters", type=int, default=10, help="ART HopSkipJump max_iter")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = pretrained("digits-cnn", progress=False)
@@ -143,9 +181,11 @@ def main() -> None:
     rows = bench_square(model, x, y, "linf", 0.1, args.queries)
     rows += bench_square(model, x, y, "l2", 1.0, args.queries)
     rows += bench_zoo(model, x[:min(args.n, 32)], y[:min(args.n, 32)], args.zoo_iters)
+    rows += bench_hsj(model, x[:args.hsj_n], y[:args.hsj_n], args.hsj_iters)
     print(f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f}; n={args.n} "
-          f"(ZOO: {min(args.n, 32)}), {args.queries} queries per sample for Square.\n")
+          f"(ZOO: {min(args.n, 32)}; HopSkipJump: {args.hsj_n}, scrutiny given the queries ART "
+          f"used), {args.queries} queries per sample for Square.\n")
     print("| library | attack | robust acc | success on correct | queries/sample (all rows) "
           "| mean / median queries of successes | time (s) |")
     print("|---|---|---|---|---|---|---|")

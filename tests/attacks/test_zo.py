@@ -147,3 +147,22 @@ def test_clear_errors(digits_model, digits_test):
                              threat=ThreatModel("l2", 1.0))
     with pytest.raises(InputError, match="supports norms"):
         ZOO()(digits_model, digits_test.x[:2], digits_test.y[:2], threat=ThreatModel("linf", 0.1))
+
+
+def test_autozoom_autoencoder_decoder(digits_model, digits_test):
+    """AutoZOOM-AE: the attack searches the 16-dim latent code of a trained decoder."""
+    from scrutiny.attacks.blackbox.zo import train_autoencoder
+    from scrutiny.data import load_digits
+
+    ae = train_autoencoder(load_digits().x[:512], epochs=5)
+    assert ae.decoder.latent_shape == (4, 2, 2) and ae.reconstruction_error < 0.1
+    x, y = digits_test.x[:32], digits_test.y[:32]
+    qm = QueryModel(digits_model, output="probs")
+    res = AutoZOOM(steps=100)(qm, x, y, threat=ThreatModel("l2", 2.0), decoder=ae.decoder)
+    assert res.robust_accuracy() < res.clean_accuracy() - 0.5
+    assert int(res.queries.sum()) == qm.queries  # every query charged to a sample
+    with pytest.raises(InputError, match="not both"):
+        AutoZOOM(steps=2, reduced=4)(qm, x, y, threat=ThreatModel("l2", 2.0), decoder=ae.decoder)
+    with pytest.raises(InputError, match="decoder maps to"):
+        AutoZOOM(steps=2)(qm, x[:, :, :4, :4].contiguous(), y, threat=ThreatModel("l2", 2.0),
+                          decoder=ae.decoder)

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from scrutiny.attacks.base import Attack, BlackBox, margin_loss_terms
@@ -157,15 +158,18 @@ class _ZOAttack(Attack):
     def _settings(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _decoder(self, x: torch.Tensor):
+    def _decoder(self, x: torch.Tensor, decoder: nn.Module | None = None):
         """(shape of the variable per sample, decoder variable -> perturbation)."""
         return tuple(x.shape[1:]), (lambda v: v)
 
     def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
-             target: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+             target: torch.Tensor | None, decoder: nn.Module | None = None
+             ) -> tuple[torch.Tensor, dict]:
         s = self._settings()
         n = len(x)
-        vshape, decode = self._decoder(x)
+        vshape, decode = self._decoder(x, decoder)
+        if tuple(vshape) != tuple(x.shape[1:]):  # a reduced space: project the decoded point
+            s["project_variable"] = False
         v = torch.zeros(n, *vshape, device=x.device, dtype=x.dtype)
         opt = make_optimizer(s["optimizer"], s["lr"])
         q, mu = s["q"], s["mu"]
@@ -458,9 +462,13 @@ class AutoZOOM(_ZOAttack):
 
     The perturbation is ``delta = D(z)`` with ``z`` of side ``reduced`` and
     ``D`` bilinear upsampling to the image size (AutoZOOM-BiLIN; ``reduced=None``
-    attacks the full space). Each step estimates the gradient of the penalised
-    objective ``||delta||_2^2 + c * loss`` (the C&W hinge on log-probabilities)
-    with respect to ``z`` by the random-direction estimator
+    attacks the full space), or ``D`` the decoder of an autoencoder trained on
+    unlabelled images of the task (AutoZOOM-AE): pass it at call time,
+    ``attack(qm, x, y, threat=..., decoder=ae.decoder)``, e.g. from
+    :func:`train_autoencoder`; ``z`` then has the shape of its latent code.
+    Each step estimates the gradient of the penalised objective
+    ``||delta||_2^2 + c * loss`` (the C&W hinge on log-probabilities) with
+    respect to ``z`` by the random-direction estimator
     ``g = b / q * sum_j (f(z + beta u_j) - f(z)) / beta * u_j`` (``u_j``
     uniform on the unit sphere, ``b`` = dimension of ``z``, unbiased up to
     ``O(beta)``), then takes an Adam step and projects the point into the
@@ -491,8 +499,7 @@ class AutoZOOM(_ZOAttack):
 
     Notes
     -----
-    Shortfalls: the autoencoder decoder (AutoZOOM-AE) is not provided, only
-    the bilinear one; the second stage (raising q to reduce the distortion
+    Shortfalls: the second stage (raising q to reduce the distortion
     after the first success) is not run because the threat model fixes eps;
     ``c`` is fixed (no search).
 
@@ -515,6 +522,7 @@ class AutoZOOM(_ZOAttack):
 
     tags = Tags(white_box=False, output="probs", norms=("l2", "linf"), targeted=True,
                 stochastic=True)
+    call_data = ("decoder",)
 
     def __init__(self, *, steps: int = 1000, q: int = 1, beta: float = 0.005, lr: float = 0.05,
                  c: float = 10.0, reduced: int | None = None, max_queries: int = 10000,
@@ -540,7 +548,27 @@ class AutoZOOM(_ZOAttack):
         return {"optimizer": "adam", "lr": self.lr, "q": self.q, "mu": self.beta,
                 "penalty": self.c, "project_variable": self.reduced is None}
 
-    def _decoder(self, x: torch.Tensor):
+    def _decoder(self, x: torch.Tensor, decoder: nn.Module | None = None):
+        if decoder is not None:
+            if self.reduced is not None:
+                raise InputError("give either reduced= (bilinear) or decoder= (autoencoder), "
+                                 "not both")
+            latent = getattr(decoder, "latent_shape", None)
+            if not isinstance(decoder, nn.Module) or latent is None:
+                raise InputError("decoder must be an nn.Module with a latent_shape attribute, "
+                                 "e.g. train_autoencoder(...).decoder")
+            decoder = decoder.to(x.device).eval()
+            with torch.no_grad():
+                out = decoder(torch.zeros(1, *latent, device=x.device, dtype=x.dtype))
+            if tuple(out.shape[1:]) != tuple(x.shape[1:]):
+                raise InputError(f"the decoder maps to {tuple(out.shape[1:])}, the inputs are "
+                                 f"{tuple(x.shape[1:])}")
+
+            def decode(v: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return decoder(v)
+
+            return tuple(latent), decode
         if self.reduced is None:
             return tuple(x.shape[1:]), (lambda v: v)
         if x.dim() != 4:
@@ -553,4 +581,66 @@ class AutoZOOM(_ZOAttack):
                                                    align_corners=False))
 
 
-__all__ = ["DISTRIBUTIONS", "FDFGSM", "NES", "ZO", "AutoZOOM", "score_loss"]
+class _Decoder(nn.Sequential):
+    latent_shape: tuple[int, ...]
+
+
+@torch.no_grad()
+def _fit(ae: nn.Module, x: torch.Tensor, epochs: int, lr: float, batch_size: int) -> float:
+    opt = torch.optim.Adam(ae.parameters(), lr=lr)
+    loss = torch.tensor(0.0)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x)).split(batch_size):
+            with torch.enable_grad():
+                loss = F.mse_loss(ae(x[idx]), x[idx])
+                opt.zero_grad()
+                loss.backward()
+            opt.step()
+    return float(loss)
+
+
+def train_autoencoder(x: torch.Tensor, *, latent_channels: int = 4, epochs: int = 30,
+                      lr: float = 3e-3, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """A small convolutional autoencoder for AutoZOOM-AE, trained on unlabelled images.
+
+    Encoder: two stride-2 convolutions (each halves height and width); decoder:
+    two transposed convolutions back to the image size, so the attack space
+    has ``latent_channels * H/4 * W/4`` dimensions (H, W divisible by 4).
+    Trained by mean squared reconstruction error with Adam, seeded (torch's
+    RNG forked, the caller's untouched). Returns an ``nn.Sequential(encoder,
+    decoder)`` in eval mode whose ``decoder`` carries ``latent_shape``.
+
+    References
+    ----------
+    .. [1] Tu et al. "AutoZOOM: autoencoder-based zeroth order optimization
+       method for attacking black-box neural networks". AAAI 2019.
+
+    Examples
+    --------
+    >>> from scrutiny.data import load_digits
+    >>> ae = train_autoencoder(load_digits().x[:256], epochs=2)
+    >>> ae.decoder.latent_shape
+    (4, 2, 2)
+    """
+    from scrutiny.base import seeded
+
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[2] % 4 or x.shape[3] % 4:
+        raise InputError("train_autoencoder needs images (N, C, H, W) with H and W divisible by 4")
+    check_positive("latent_channels", latent_channels, integer=True)
+    check_positive("epochs", epochs, integer=True)
+    c, h, w = x.shape[1:]
+    with seeded(seed, x.device):
+        encoder = nn.Sequential(nn.Conv2d(c, 16, 3, stride=2, padding=1), nn.ReLU(),
+                                nn.Conv2d(16, latent_channels, 3, stride=2, padding=1))
+        decoder = _Decoder(nn.ConvTranspose2d(latent_channels, 16, 4, stride=2, padding=1),
+                           nn.ReLU(), nn.ConvTranspose2d(16, c, 4, stride=2, padding=1))
+        decoder.latent_shape = (latent_channels, h // 4, w // 4)
+        ae = nn.Sequential()
+        ae.add_module("encoder", encoder)
+        ae.add_module("decoder", decoder)
+        ae.to(x.device)
+        ae.reconstruction_error = _fit(ae, x.detach(), epochs, lr, batch_size)
+    return ae.eval()
+
+
+__all__ = ["DISTRIBUTIONS", "FDFGSM", "NES", "ZO", "AutoZOOM", "score_loss", "train_autoencoder"]
