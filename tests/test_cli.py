@@ -64,6 +64,12 @@ def test_trust(capsys):
     assert "aggregate" in capsys.readouterr().out
 
 
+def test_reprogram(capsys):
+    assert main(["reprogram", "-p", "steps=5", "-p", "labels_per_class=1", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "test accuracy" in text and "majority-class rate" in text
+
+
 def test_certify(capsys):
     assert main(["certify", "ibp", "--n", "8", "--eps", "0.001,0.2", "-q"]) == 0
     text = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The ``scrutiny`` command line: audit, attack, explain, trust, certify, train, list.
+"""The ``scrutiny`` command line: audit, attack, explain, trust, certify, reprogram, train, list.
 
 Errors on bad input print one line (``error: ...``) and exit with status 2.
 """
@@ -348,6 +348,36 @@ def certify(method: Annotated[str, typer.Argument(help="Registered certifier: ib
                   title=f"{cert!r} on {m.name} / {ds.name} ({n} samples)")
     for r, a in acc.items():
         table.add_row(f"{r:g}", f"{100 * a:.1f}%")
+    table.add_row("seconds", f"{time.perf_counter() - t0:.2f}")
+    out.print(table)
+
+
+@app.command()
+def reprogram(task: Annotated[str, typer.Option(help="Data of the new task (breast_cancer, "
+                                                "digits, synthetic or a path).")] =
+              "breast_cancer",
+              model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+              mean: MeanOpt = None, std: StdOpt = None,
+              param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+              quiet: QuietOpt = False) -> None:
+    """Reprogram a frozen black box (probabilities only) to a new task; print its accuracy."""
+    from scrutiny.attacks.blackbox.reprogram import BlackBoxReprogramming
+    from scrutiny.data import load
+    from scrutiny.models import QueryModel
+
+    bar = BlackBoxReprogramming(**{"progress": not quiet, **parse_params(param)})
+    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    train_t, test_t = load(task, split="train"), load(task, split="test")
+    box = QueryModel(m, output="probs")
+    t0 = time.perf_counter()
+    program = bar.fit(box, train_t.x, train_t.y, input_shape=tuple(ds.x.shape[1:]), seed=seed)
+    fit_queries = box.queries
+    acc = bar.score(box, test_t.x, test_t.y, program)
+    chance = float(torch.bincount(test_t.y).max()) / len(test_t.y)
+    table = Table("metric", "value", title=f"{m.name} reprogrammed to {train_t.name}")
+    table.add_row("test accuracy", f"{100 * acc:.1f}%")
+    table.add_row("majority-class rate", f"{100 * chance:.1f}%")
+    table.add_row("queries to fit", str(fit_queries))
     table.add_row("seconds", f"{time.perf_counter() - t0:.2f}")
     out.print(table)
 
