@@ -46,7 +46,7 @@ class Counting(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.rows += len(x)
-        return self.model(x)
+        return self.model(x.float())  # ART's HopSkipJump passes float64
 
 
 def _row(lib, attack, model, x, y, x_adv, rows, seconds, per_sample=None):
