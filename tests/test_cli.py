@@ -56,6 +56,17 @@ def test_audit_writes_report(tmp_path, capsys):
     assert "worst case" in text and "gradient-masking checks:" in text
 
 
+def test_audit_on_tabular_binary_data(tmp_path, capsys):
+    """Two classes (DLR stages fall back to CE) and a table (image-only methods skipped)."""
+    assert main(["audit", "--data", "breast_cancer", "--n", "32", "--eps", "0,0.1",
+                 "--certifier", "ibp", "--out", str(tmp_path), "-q"]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    names = [s["name"] for s in result["headline"]["strong_attack"]["stages"]]
+    assert "apgd_t (ce: 2 classes)" in names and "square (skipped: needs images)" in names
+    assert any("square needs images" in n for n in result["notes"])
+    assert "worst case" in capsys.readouterr().out
+
+
 def test_trust(capsys):
     assert main(["trust", "deletion", "--explainer", "saliency", "--n", "8", "-q"]) == 0
     assert "aggregate" in capsys.readouterr().out

@@ -185,7 +185,14 @@ class WorstCase(Attack):
         # one seed per stage, drawn from the (seeded) RNG, so resuming changes nothing
         stage_seeds = torch.randint(0, 2**31 - 1, (len(members),)).tolist()
         with torch.no_grad():
-            broken = model(x).argmax(1) != y  # clean errors are never attacked
+            logits = model(x)
+        broken = logits.argmax(1) != y  # clean errors are never attacked
+        if logits.shape[1] < 3:  # the DLR loss needs 3 classes: such stages use CE instead
+            for i, m in enumerate(members):
+                if getattr(m, "loss", None) == "dlr":
+                    members[i] = type(m)(**{**m.get_params(), "loss": "ce"})
+                    names[i] += " (ce: 2 classes)"
+        skip = {i for i, m in enumerate(members) if m.tags.image_only and x.dim() != 4}
         x_adv = x.clone()
         start, log = 0, []
         header = None
@@ -201,7 +208,9 @@ class WorstCase(Attack):
             t0 = time.perf_counter()
             idx = (~broken).nonzero()[:, 0]
             queries = 0
-            if len(idx):
+            if i in skip:  # e.g. Square on tabular data
+                names[i] += " (skipped: needs images)"
+            elif len(idx):
                 res = members[i](model, x[idx], y[idx], threat=threat, seed=stage_seeds[i])
                 hit = res.success.to(x.device)
                 x_adv[idx[hit]] = res.x_adv.to(x.device, x.dtype)[hit]

@@ -133,7 +133,8 @@ def check_black_box(model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat:
     Returns None when the black-box attack is not registered.
     """
     spec = f"attack:{attack}"
-    if spec not in registry.list_methods("attack"):
+    if spec not in registry.list_methods("attack") or (
+            registry.get(spec).cls.tags.image_only and x.dim() != 4):
         return None
     todo = white_box_robust.nonzero()[:, 0]
     extra = 0

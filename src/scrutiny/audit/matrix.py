@@ -19,6 +19,7 @@ import torch
 
 from scrutiny import registry
 from scrutiny.data import ArrayDataset
+from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import ThreatModel
 
@@ -38,6 +39,9 @@ class GameMatrix:
     detectors : dict of str to float
         False-positive rate of each detector row on the clean inputs.
     threat : ThreatModel
+    skipped : dict of str to str
+        Defenses that do not apply to these inputs (e.g. image filters on a
+        table), with the reason; they have no row.
     """
 
     attacks: list[str]
@@ -46,11 +50,12 @@ class GameMatrix:
     cells: dict[str, dict[str, float]]
     detectors: dict[str, float] = field(default_factory=dict)
     threat: ThreatModel | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
         return {"attacks": self.attacks, "defenses": self.defenses, "clean": self.clean,
-                "cells": self.cells, "detectors": self.detectors,
+                "cells": self.cells, "detectors": self.detectors, "skipped": self.skipped,
                 "norm": None if self.threat is None else self.threat.norm,
                 "eps": None if self.threat is None else self.threat.eps}
 
@@ -103,15 +108,23 @@ def game_matrix(model, x: torch.Tensor, y: torch.Tensor, *, attacks: tuple[str, 
     cells: dict[str, dict[str, float]] = {}
     detectors: dict[str, float] = {}
     undefended: dict[str, Any] = {}
-    for name, defense in rows.items():
+    skipped: dict[str, str] = {}
+    for name, defense in list(rows.items()):
         is_detector = defense is not None and hasattr(defense, "detect")
-        if is_detector:  # calibrated on clean inputs only
-            defense.fit(base, fit_data[0] if isinstance(fit_data, tuple) else fit_data)
-        elif defense is not None:
-            defense.fit(base, fit_data)
-        m = base if defense is None or is_detector else defense.wrap(base)
-        with torch.no_grad(), m.evaluating():
-            clean[name] = float((m.predict(x) == y).float().mean())
+        try:
+            if is_detector:  # calibrated on clean inputs only
+                defense.fit(base, fit_data[0] if isinstance(fit_data, tuple) else fit_data)
+            elif defense is not None:
+                defense.fit(base, fit_data)
+            m = base if defense is None or is_detector else defense.wrap(base)
+            with torch.no_grad(), m.evaluating():
+                clean[name] = float((m.predict(x) == y).float().mean())
+        except InputError as e:  # e.g. an image filter on tabular data
+            if defense is None:
+                raise
+            skipped[name] = str(e)
+            del rows[name]
+            continue
         if is_detector:
             detectors[name] = float(defense.detect(x).float().mean())
         cells[name] = {}
@@ -129,4 +142,4 @@ def game_matrix(model, x: torch.Tensor, y: torch.Tensor, *, attacks: tuple[str, 
             if progress is not None:
                 progress(f"{name} x {a}")
     return GameMatrix(attacks=list(atk), defenses=list(rows), clean=clean, cells=cells,
-                      detectors=detectors, threat=threat)
+                      detectors=detectors, threat=threat, skipped=skipped)

@@ -441,9 +441,14 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                                  threat=ThreatModel(cfg.norm, cfg.reference_eps, model.bounds),
                                  fit_data=fit, params=cfg.params, seed=cfg.seed,
                                  progress=bar.advance).to_dict()
+        if matrix is not None:
+            notes += [f"defense {d} was skipped: {why}" for d, why in matrix["skipped"].items()]
         queries: dict[str, dict[str, Any]] = {}
         for name in cfg.query_attacks:
-            queries[name] = _query_curve(model, x, y, name, cfg)
+            if registry.get(name, "attack").cls.tags.image_only and not data.is_image:
+                notes.append(f"{name} needs images and was skipped on tabular data")
+            else:
+                queries[name] = _query_curve(model, x, y, name, cfg)
             bar.advance(f"{name} (queries)")
         query_fig = None
         if queries:
