@@ -103,6 +103,20 @@ def _objective(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | Non
     return margin_loss_terms(logits, y, target, "ce")
 
 
+def _retire(state: dict[str, torch.Tensor], idx: torch.Tensor, succ: torch.Tensor,
+            out: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """Early stop: write the broken samples' points to ``out``, mark them ``done``, drop
+    their rows from every per-sample tensor of ``state``; return the remaining indices."""
+    if succ.any():
+        out[idx[succ]] = state["x"][succ]
+        done[idx[succ]] = True
+        keep = ~succ
+        idx = idx[keep]
+        for k in state:
+            state[k] = state[k][keep]
+    return idx
+
+
 @register("attack", "apgd", paper=PAPER, test_params={"steps": 5})
 class APGD(Attack):
     """Auto-PGD: PGD with momentum and a step size adapted from the loss's progress.
@@ -272,17 +286,7 @@ class APGD(Attack):
              "count": torch.zeros(n, device=dev), "up": torch.zeros(n, device=dev), "best_f_ckpt": f.clone(),
              "halved_ckpt": torch.zeros(n, dtype=torch.bool, device=dev)}
 
-        def drop(succ: torch.Tensor) -> None:
-            nonlocal idx
-            if succ.any():
-                out[idx[succ]] = s["x"][succ]
-                done[idx[succ]] = True
-                keep = ~succ
-                idx = idx[keep]
-                for k in s:
-                    s[k] = s[k][keep]
-
-        drop(succ)
+        idx = _retire(s, idx, succ, out, done)
         last_ckpt = 0
         for i in range(self.steps):
             if not len(idx):
@@ -300,7 +304,7 @@ class APGD(Attack):
             s["x_best"] = torch.where(bv, z, s["x_best"])
             s["g_best"] = torch.where(bv, g_new, s["g_best"])
             s["up"] = up
-            drop(succ)
+            idx = _retire(s, idx, succ, out, done)
             if i in checkpoints[1:] and len(idx):
                 # condition 1 counts the steps w_{j-1} <= k < w_j, i.e. those before this one
                 cond1 = s["count"] < self.rho * (i - last_ckpt)
@@ -350,17 +354,7 @@ class APGD(Attack):
              "frac": torch.full((n,), 0.2, device=dev, dtype=x0.dtype),
              "sp_old": torch.full((n,), float(nd), device=dev, dtype=x0.dtype)}
 
-        def drop(succ: torch.Tensor) -> None:
-            nonlocal idx
-            if succ.any():
-                out[idx[succ]] = s["x"][succ]
-                done[idx[succ]] = True
-                keep = ~succ
-                idx = idx[keep]
-                for k in s:
-                    s[k] = s[k][keep]
-
-        drop(succ)
+        idx = _retire(s, idx, succ, out, done)
         for i in range(self.steps):
             if not len(idx):
                 break
@@ -373,7 +367,7 @@ class APGD(Attack):
             s["best_f"] = torch.where(better, f_new, s["best_f"])
             s["x_best"] = torch.where(bv, z, s["x_best"])
             s["g_best"] = torch.where(bv, g_new, s["g_best"])
-            drop(succ)
+            idx = _retire(s, idx, succ, out, done)
             if (i + 1) % every == 0 and len(idx):
                 sp = l0(s["x_best"] - s["x0"])
                 sparser = sp / s["sp_old"] < 0.95
