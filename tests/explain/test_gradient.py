@@ -19,7 +19,7 @@ from scrutiny.explain import (
     smoothgrad,
     vanilla_gradient,
 )
-from scrutiny.explain.gradient.integrated import initial_nodes
+from scrutiny.explain.gradient.integrated import kink_weights
 from scrutiny.models import TorchModel
 from scrutiny.testing import tiny_images, tiny_linear
 
@@ -156,7 +156,7 @@ def test_adaptive_ig_is_more_complete_and_as_accurate_as_a_fixed_rule(digits_mod
     e = IntegratedGradients()(digits_model, x)
     span = (e.outputs - e.meta["baseline_output"]).abs()
     nodes = e.meta["nodes"]
-    assert initial_nodes(128) <= nodes.min() and nodes.max() <= 128
+    assert 56 <= nodes.min() and nodes.max() <= 128  # min_steps=56 on every sample
     gl = IntegratedGradients(rule="gausslegendre", steps=int(nodes.float().mean()) + 1)(
         digits_model, x)
     err, gl_err = (e.delta.abs() / span).mean(), (gl.delta.abs() / span).mean()
@@ -181,3 +181,69 @@ def test_adaptive_ig_with_zero_tolerance_spends_the_whole_budget(digits_model, d
     assert (e.meta["nodes"] == 40).all()
     with pytest.raises(InputError, match="steps >= 2"):
         IntegratedGradients(steps=1)
+
+
+def _one_hidden_layer(seed, inputs=6, hidden=5):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, 2)).double()
+    return net
+
+
+def _exact_ig(net, x, target):
+    """IG of a one-hidden-layer ReLU net in closed form (zero baseline).
+
+    Hidden unit j is on where ``z_j(a) = c_j + a w_j . x > 0``; its gradient
+    ``v_j w_j`` is integrated over that part of [0, 1] exactly.
+    """
+    w, c = net[0].weight, net[0].bias
+    v = net[2].weight[target]  # (n, hidden)
+    z0, dz = c.expand(len(x), -1), x @ w.T
+    cross = -z0 / dz
+    frac = torch.where(dz > 0, (1 - cross.clamp(0, 1)), cross.clamp(0, 1))
+    frac = torch.where(dz == 0, (z0 > 0).double(), frac)
+    return x * ((v * frac) @ w)
+
+
+def test_kink_weights_integrate_one_switch_exactly():
+    # f(a) = 2a on [0, c], then slope -1: g jumps from 2 to -1 at c
+    h, c = torch.tensor([0.5], dtype=torch.float64), 0.3
+    df = torch.tensor([2 * c - (0.5 - c)], dtype=torch.float64)
+    wa, wb = kink_weights(h, df, torch.tensor([2.0], dtype=torch.float64),
+                          torch.tensor([-1.0], dtype=torch.float64))
+    assert torch.allclose(wa, torch.tensor([c], dtype=torch.float64))
+    assert torch.allclose(wb, torch.tensor([0.5 - c], dtype=torch.float64))
+    # a switch that f cannot place inside (two switches): trapezoid weights
+    wa, wb = kink_weights(h, torch.tensor([5.0], dtype=torch.float64),
+                          torch.tensor([2.0], dtype=torch.float64),
+                          torch.tensor([-1.0], dtype=torch.float64))
+    assert torch.allclose(wa, h / 2) and torch.allclose(wb, h / 2)
+
+
+def test_adaptive_ig_is_exact_on_a_piecewise_linear_path_with_few_switches():
+    """Refined until no interval holds two switches, the rule is the exact integral."""
+    net = _one_hidden_layer(3)
+    torch.manual_seed(4)
+    x = torch.rand(8, 6, dtype=torch.float64) * 2 - 0.5
+    model = TorchModel(net, num_classes=2, bounds=(-1.0, 2.0))
+    target = torch.tensor([0, 1] * 4)
+    exact = _exact_ig(net, x, target)
+    e = IntegratedGradients(steps=64, rtol=1e-10, min_steps=2)(model, x, target)
+    assert torch.allclose(e.attributions, exact, atol=1e-9, rtol=1e-7)
+    assert int(e.meta["nodes"].max()) < 64  # stopped on completeness, not on the budget
+    # the trapezoid rule on as many uniform nodes is far off: the exactness is the kink weights'
+    trap = IntegratedGradients(steps=int(e.meta["nodes"].max()), rule="riemann_trapezoid")
+    err = (trap(model, x, target).attributions - exact).abs().max()
+    assert err > 1e-4
+
+
+def test_adaptive_ig_without_completeness_goal_gives_a_better_map(digits_model, digits_test):
+    """rtol=0 places every node by the gradient's change: closer to the integral per node."""
+    x = digits_test.x[:12]
+    ref = IntegratedGradients(rule="riemann_middle", steps=1024)(digits_model, x).attributions
+
+    def dist(a):
+        return float(((a - ref).flatten(1).abs().sum(1) / ref.flatten(1).abs().sum(1)).mean())
+
+    free = IntegratedGradients(rtol=0.0, steps=48)(digits_model, x).attributions
+    gl = IntegratedGradients(rule="gausslegendre", steps=48)(digits_model, x).attributions
+    assert dist(free) < dist(gl)

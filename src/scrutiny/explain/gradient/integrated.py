@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -43,23 +41,19 @@ def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, torch.full((steps,), 1 / steps, dtype=torch.float64)
 
 
-def initial_nodes(steps: int) -> int:
-    """Size of the adaptive rule's starting mesh for a budget of ``steps`` nodes."""
-    return max(2, min(32, steps // 4))
-
-
 def _path_points(model, b, diff, target, i, alpha, batch_size):
     """Target output and input gradient at ``b[i] + alpha * diff[i]``, in chunks.
 
-    A chunk is padded (repeating its first point) to a power of two, so the
-    varying round sizes of the adaptive rule reuse a few batch shapes (CPU
-    convolution backends set up each new shape once, which costs more than
-    the padding).
+    A chunk is padded (repeating its first point) to a multiple of an eighth
+    of ``batch_size``, so the varying round sizes of the adaptive rule reuse
+    a few batch shapes (CPU convolution backends set up each new shape once,
+    which costs more than the padding).
     """
     fs, gs = [], []
+    grain = max(1, batch_size // 8)
     for sl in torch.arange(len(i), device=b.device).split(batch_size):
         k = len(sl)
-        pad = min(batch_size, 1 << (k - 1).bit_length()) - k
+        pad = min(batch_size, -(-k // grain) * grain) - k
         sl = torch.cat([sl, sl[:1].expand(pad)])
         ii = i[sl]
         a = alpha[sl].to(b.dtype).view(-1, *([1] * (b.dim() - 1)))
@@ -69,27 +63,57 @@ def _path_points(model, b, diff, target, i, alpha, batch_size):
     return torch.cat(fs), torch.cat(gs)
 
 
+def initial_nodes(steps: int) -> int:
+    """Size of the adaptive rule's starting mesh for a budget of ``steps`` nodes."""
+    return max(2, min(16, steps // 4))
+
+
+def kink_weights(h: torch.Tensor, df: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``(w_a, w_b)`` of an interval's end gradients, exact for one switch inside.
+
+    On a piecewise-linear network the path function ``f(a)`` is piecewise
+    linear, so its gradient is piecewise constant. If it switches once, at
+    ``c``, inside ``[a, b]`` (width ``h``), the integral is ``g_a (c - a) +
+    g_b (b - c)`` and ``df = f(b) - f(a) = s_a (c - a) + s_b (b - c)`` gives
+    ``c`` (``s`` is the path derivative ``g . (x - b)``). Intervals whose
+    ``c`` would fall outside ``[a, b]`` (several switches), or whose slopes do
+    not determine it, keep the trapezoid weights ``h / 2``.
+    """
+    ds = sb - sa
+    determined = ds.abs() > 1e-6 * (sa.abs() + sb.abs()) + torch.finfo(h.dtype).tiny
+    wb = (df - h * sa) / torch.where(determined, ds, 1)
+    inside = determined & (wb >= -1e-6 * h) & (wb <= h * (1 + 1e-6))
+    wb = torch.where(inside, wb.clamp(min=0).minimum(h), h / 2)
+    return h - wb, wb
+
+
 def adaptive_path_integral(model, b: torch.Tensor, diff: torch.Tensor, target: torch.Tensor,
-                           steps: int, rtol: float, batch_size: int
+                           steps: int, rtol: float, batch_size: int, min_steps: int = 0
                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``integral_0^1 grad f(b + a diff) da`` by adaptive composite trapezoid.
+    """``integral_0^1 grad f(b + a diff) da`` on an adaptive per-sample mesh.
 
     Per sample: start from a uniform mesh of :func:`initial_nodes` nodes
     (including ``a = 0`` and ``a = 1``); each node's forward/backward gives
     ``f(a)``, the gradient ``g(a)`` and the path derivative ``s(a) = g . diff``.
-    On an interval ``[a_k, a_{k+1}]`` of width ``h_k``:
+    Each interval ``[a_k, a_{k+1}]`` (width ``h_k``) integrates ``g`` with the
+    weights of :func:`kink_weights` (exact when the gradient switches at most
+    once inside it, the trapezoid rule otherwise); ``r_k = f(a_{k+1}) - f(a_k)
+    - w_a s_k - w_b s_{k+1}`` is then the interval's exact completeness error,
+    non-zero only where the one-switch model cannot explain ``f``.
 
-    * ``r_k = f(a_{k+1}) - f(a_k) - h_k (s_k + s_{k+1}) / 2`` is the exact
-      trapezoid error of the completeness sum, so ``sum_k r_k`` is the
-      completeness error of the final attributions;
-    * ``e_k = h_k ||(g_{k+1} - g_k) * diff||_1`` bounds (twice) the L1 error of
-      the interval's attribution vector when the piecewise-constant gradient
-      of a ReLU network switches once inside it.
-
-    While ``|sum_k r_k| > rtol |f(x) - f(b)|`` (the completeness check the
-    paper recommends) and fewer than ``steps`` nodes are used, the intervals
-    with the largest ``e_k`` are bisected (a quarter of the starting mesh per
-    round; all samples' new nodes go in chunks of ``batch_size``). Returns the
+    Rounds bisect a quarter of the starting mesh's size of intervals per
+    sample, until a sample has at least ``min_steps`` nodes and ``|sum_k r_k|
+    <= rtol |f(x) - f(b)|`` (the completeness check the paper recommends), or
+    its budget of ``steps`` nodes is spent (``rtol = 0``: always the budget,
+    with no completeness goal). While a sample's completeness
+    check fails, its intervals with the largest ``|r_k|`` are bisected;
+    otherwise those with the largest ``h_k ||(g_{k+1} - g_k) * diff||_1``,
+    the L1 change of the attribution across the interval. All samples' new
+    nodes go in chunks of ``batch_size``; every decision is per sample, so a
+    sample's result does not depend on the rest of the batch. Nodes and
+    intervals are stored in the order they are made (no re-sorting); only
+    the two intervals a bisection creates are recomputed. Returns the
     integral (shape of ``b``) and the nodes used per sample.
     """
     n = len(b)
@@ -98,44 +122,58 @@ def adaptive_path_integral(model, b: torch.Tensor, diff: torch.Tensor, target: t
     m0 = initial_nodes(steps)
     q = max(1, m0 // 4)
     dev, dt = b.device, b.dtype
-    alpha = torch.full((n, steps), math.inf, device=dev, dtype=torch.float64)
+    # nodes, in the order they were made
+    alpha = torch.zeros((n, steps), device=dev, dtype=torch.float64)
     f = torch.zeros((n, steps), device=dev, dtype=dt)
     s = torch.zeros_like(f)
     g = torch.zeros((n, steps, dim), device=dev, dtype=dt)
+    # intervals: end nodes (indices into the node arrays), weights, residual, refinement score
+    left = torch.zeros((n, steps - 1), device=dev, dtype=torch.long)
+    right = torch.zeros_like(left)
+    wa, wb, r, jump = (torch.zeros((n, steps - 1), device=dev, dtype=dt) for _ in range(4))
     count = torch.full((n,), m0, device=dev, dtype=torch.long)
     ii = torch.arange(n, device=dev).repeat_interleave(m0)
     pos = torch.arange(m0, device=dev).repeat(n)
     new = torch.linspace(0, 1, m0, device=dev, dtype=torch.float64)[pos]
+    ki = torch.arange(n, device=dev).repeat_interleave(m0 - 1)  # intervals to (re)compute
+    kk = torch.arange(m0 - 1, device=dev).repeat(n)
+    left[ki, kk], right[ki, kk] = kk, kk + 1
     cols = torch.arange(steps - 1, device=dev)
+    rank = torch.arange(q, device=dev)[None]
+    target_nodes = max(2, min(min_steps, steps))
     while True:
         fv, gv = _path_points(model, b, diff, target, ii, new, batch_size)
         alpha[ii, pos], f[ii, pos], g[ii, pos] = new, fv, gv
         s[ii, pos] = (gv * dflat[ii]).sum(1)
-        order = alpha.argsort(dim=1)
-        alpha, f, s = alpha.gather(1, order), f.gather(1, order), s.gather(1, order)
-        g = g.gather(1, order[..., None].expand(-1, -1, dim))
+        la, ra = left[ki, kk], right[ki, kk]
+        h = (alpha[ki, ra] - alpha[ki, la]).to(dt)
+        df = f[ki, ra] - f[ki, la]
+        sa, sb = s[ki, la], s[ki, ra]
+        wa[ki, kk], wb[ki, kk] = w = kink_weights(h, df, sa, sb)
+        r[ki, kk] = df - w[0] * sa - w[1] * sb
+        jump[ki, kk] = ((g[ki, ra] - g[ki, la]) * dflat[ki]).abs().sum(1) * h
         valid = cols[None] < (count - 1)[:, None]
-        h = torch.where(valid, alpha[:, 1:] - alpha[:, :-1], 0).to(dt)
-        r = torch.where(valid, f[:, 1:] - f[:, :-1] - h * (s[:, 1:] + s[:, :-1]) / 2, 0)
-        span = (f.gather(1, (count - 1)[:, None])[:, 0] - f[:, 0]).abs()
-        active = (r.sum(1).abs() > rtol * span) & (count < steps)
+        span = (f[:, m0 - 1] - f[:, 0]).abs()  # the starting mesh: a = 0 first, a = 1 last
+        failing = (r.sum(1).abs() > rtol * span) & (rtol > 0)  # rtol=0: no completeness goal
+        active = (failing | (count < target_nodes) | (rtol == 0)) & (count < steps)
         if not active.any():
             break
-        # L1 error bound of the interval's attribution when one gradient switch lies in it
-        jump = ((g[:, 1:] - g[:, :-1]) * dflat[:, None]).abs().sum(2) * h
-        score = torch.where(valid, jump, -1)
+        score = torch.where(valid, torch.where(failing[:, None], r.abs(), jump), -1)
         top = score.topk(q, dim=1).indices
-        rank = torch.arange(q, device=dev)[None]
         take = active[:, None] & (rank < (steps - count)[:, None]) & (rank < (count - 1)[:, None])
         ii, j = take.nonzero(as_tuple=True)
         k = top[ii, j]
-        new = (alpha[ii, k] + alpha[ii, k + 1]) / 2
-        pos = count[ii] + j
+        pos = count[ii] + j  # the new node
+        knew = count[ii] - 1 + j  # the interval it splits off
+        new = (alpha[ii, left[ii, k]] + alpha[ii, right[ii, k]]) / 2
+        left[ii, knew], right[ii, knew] = pos, right[ii, k]
+        right[ii, k] = pos
+        ki, kk = torch.cat([ii, ii]), torch.cat([k, knew])
         count = count + take.sum(1)
-    w = torch.zeros((n, steps), device=dev, dtype=dt)
-    w[:, :-1] += h / 2
-    w[:, 1:] += h / 2
-    return torch.einsum("ns,nsd->nd", w, g).reshape(b.shape), count
+    node_w = torch.zeros((n, steps), device=dev, dtype=dt)
+    node_w.scatter_add_(1, left, torch.where(valid, wa, 0))
+    node_w.scatter_add_(1, right, torch.where(valid, wb, 0))
+    return torch.einsum("ns,nsd->nd", node_w, g).reshape(b.shape), count
 
 
 @register("explainer", "integrated_gradients", paper="Sundararajan, Taly, Yan. Axiomatic "
@@ -151,16 +189,25 @@ class IntegratedGradients(Explainer):
 
     On ReLU networks the integrand is piecewise constant with thousands of
     small switches along the path, so every fixed rule converges only as
-    ``1 / steps`` (higher-order rules do not help). The default
-    ``rule="adaptive"`` (see :func:`adaptive_path_integral`) is the composite
-    trapezoid rule on a per-sample mesh refined where the gradient switches,
-    stopped once the exact completeness residual is below ``rtol |f(x) -
-    f(b)|`` or ``steps`` nodes are used: it is still the paper's integral
-    (nothing is rescaled), with the paper's own completeness check automated.
-    Its ``delta`` meets ``rtol`` on most samples at a few dozen nodes, but the
-    attribution vector is only about as accurate as a fixed rule with as
-    many nodes (completeness measures the sum only). The fixed rules run
-    exactly ``steps`` nodes per sample.
+    ``1 / steps`` (higher-order rules help little). The default
+    ``rule="adaptive"`` (see :func:`adaptive_path_integral`) uses what each
+    forward pass gives for free, the output ``f`` at the node: on each
+    interval of a per-sample mesh it weights the two end gradients so that
+    the interval's attribution sum equals ``f(b) - f(a)``, which is the exact
+    integral when the gradient switches once inside the interval (the
+    exact-line view of piecewise-linear networks, Sotoudeh & Thakur [2]), and
+    keeps the trapezoid weights where ``f`` shows more than one switch. It
+    refines those intervals until the completeness check of the paper,
+    ``|delta| <= rtol |f(x) - f(b)|``, holds (and every sample has
+    ``min_steps`` nodes, placed where the gradient changes most), or the
+    budget of ``steps`` nodes is spent. Nothing is rescaled. Because the
+    weights enforce completeness interval by interval, ``delta`` is small by
+    construction and no longer measures the error of the attribution
+    vector: on the digits CNN the default's per-feature error (against a
+    4,097-node reference) is about that of 50-60 fixed nodes, see
+    docs/benchmarks.md. On networks with smooth activations the weights are
+    an approximation like any rule's. The fixed rules run exactly ``steps``
+    nodes per sample.
 
     Parameters
     ----------
@@ -170,7 +217,12 @@ class IntegratedGradients(Explainer):
 "riemann_trapezoid"}
     rtol : float
         Adaptive rule only: stop refining a sample once ``|delta| <= rtol *
-        |f(x) - f(b)|``; 0 spends the whole budget.
+        |f(x) - f(b)|``. 0 sets no completeness goal: the whole budget goes
+        where the gradient changes most, which gives the most accurate map
+        per node (the completeness goal spends nodes on the sum instead).
+    min_steps : int
+        Adaptive rule only: nodes every sample gets (capped at ``steps``),
+        for the accuracy of the attribution vector, whatever its ``delta``.
     baseline : {"zero", "blur", "uniform"}, float or Tensor
         Reference input ``b``.
     blur_sigma : float
@@ -182,6 +234,8 @@ class IntegratedGradients(Explainer):
     ----------
     .. [1] Sundararajan, Taly, Yan. "Axiomatic attribution for deep networks".
        ICML 2017.
+    .. [2] Sotoudeh, Thakur. "Computing linear restrictions of neural
+       networks". NeurIPS 2019.
 
     Examples
     --------
@@ -195,10 +249,11 @@ class IntegratedGradients(Explainer):
     """
 
     def __init__(self, *, steps: int = 128, rule: str = "adaptive", rtol: float = 1e-3,
-                 baseline: str | float | torch.Tensor = "zero", blur_sigma: float = 2.0,
+                 min_steps: int = 56, baseline: str | float | torch.Tensor = "zero", blur_sigma: float = 2.0,
                  batch_size: int = 512) -> None:
         check_positive("steps", steps, integer=True)
         check_positive("rtol", rtol, allow_zero=True)
+        check_positive("min_steps", min_steps, integer=True)
         check_batch_size(batch_size)
         quadrature(rule, steps)  # validates rule and steps
         if isinstance(baseline, str):
@@ -206,6 +261,7 @@ class IntegratedGradients(Explainer):
         self.steps = steps
         self.rule = rule
         self.rtol = rtol
+        self.min_steps = min_steps
         self.baseline = baseline
         self.blur_sigma = blur_sigma
         self.batch_size = batch_size
@@ -227,7 +283,8 @@ class IntegratedGradients(Explainer):
             block = max(1, 2**25 // (self.steps * max(1, diff[0].numel())))
             parts = [adaptive_path_integral(model, b[i:i + block], diff[i:i + block],
                                             target[i:i + block], self.steps, self.rtol,
-                                            self.batch_size) for i in range(0, n, block)]
+                                            self.batch_size, self.min_steps)
+                     for i in range(0, n, block)]
             total = torch.cat([p[0] for p in parts])
             extra["nodes"] = torch.cat([p[1] for p in parts]).cpu()
         else:
