@@ -140,7 +140,7 @@ def adaptive_path_integral(model, b: torch.Tensor, diff: torch.Tensor, target: t
     left[ki, kk], right[ki, kk] = kk, kk + 1
     cols = torch.arange(steps - 1, device=dev)
     rank = torch.arange(q, device=dev)[None]
-    target_nodes = max(2, min(min_steps, steps))
+    target_nodes = steps if rtol == 0 else max(2, min(min_steps, steps))  # rtol=0: the budget
     while True:
         fv, gv = _path_points(model, b, diff, target, ii, new, batch_size)
         alpha[ii, pos], f[ii, pos], g[ii, pos] = new, fv, gv
@@ -155,7 +155,7 @@ def adaptive_path_integral(model, b: torch.Tensor, diff: torch.Tensor, target: t
         valid = cols[None] < (count - 1)[:, None]
         span = (f[:, m0 - 1] - f[:, 0]).abs()  # the starting mesh: a = 0 first, a = 1 last
         failing = (r.sum(1).abs() > rtol * span) & (rtol > 0)  # rtol=0: no completeness goal
-        active = (failing | (count < target_nodes) | (rtol == 0)) & (count < steps)
+        active = (failing | (count < target_nodes)) & (count < steps)
         if not active.any():
             break
         score = torch.where(valid, torch.where(failing[:, None], r.abs(), jump), -1)
