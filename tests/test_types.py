@@ -5,7 +5,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import minimize
 
 from scrutiny.errors import InputError
 from scrutiny.types import ThreatModel, project_l1_box
@@ -39,24 +38,61 @@ def test_points_inside_are_unchanged(norm, eps, seed):
     assert torch.allclose(tm.project(x0, x), x, atol=1e-6)
 
 
-def test_l1_projection_is_exact_against_a_solver():
-    """The l1-ball-and-box projection solves min ||d - v||^2 (checked by SLSQP)."""
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        v = rng.normal(size=8) * 0.8
-        x0 = rng.uniform(0, 1, size=8)
-        eps = 1.0
-        lo, hi = -x0, 1 - x0
-        cons = [{"type": "ineq", "fun": lambda d, eps=eps: eps - np.abs(d).sum()}]
-        ref = minimize(lambda d, v=v: ((d - v) ** 2).sum(), np.zeros(8), method="SLSQP",
-                       bounds=list(zip(lo, hi, strict=True)), constraints=cons,
-                       options={"ftol": 1e-12, "maxiter": 500}).x
-        got = project_l1_box(torch.tensor(v[None]), torch.tensor([eps]), torch.tensor(lo[None]),
-                             torch.tensor(hi[None]))[0].numpy()
-        assert np.abs(got).sum() <= eps + 1e-9 and (got >= lo - 1e-12).all() and (got <= hi + 1e-12).all()
-        # as good as the solver's optimum (SLSQP is only accurate to ~1e-4 on |d|)
-        assert ((got - v) ** 2).sum() <= ((ref - v) ** 2).sum() + 1e-9
-        assert np.allclose(got, ref, atol=1e-3)
+def _kkt_multiplier_interval(d, v, lo, hi, tol):
+    """The multipliers ``lam >= 0`` for which ``d_i = clip(soft(v_i, lam), lo_i, hi_i)`` holds
+    at every coordinate (stationarity of min ||d - v||^2 + 2 lam ||d||_1 over the box),
+    as an interval ``(low, high)``; empty when ``low > high``."""
+    low, high = 0.0, np.inf
+    for di, vi, l, h in zip(d, v, lo, hi, strict=True):
+        if abs(di) <= tol:  # soft-thresholded to zero: |v_i| <= lam
+            low = max(low, abs(vi))
+        elif di >= h - tol:  # at the upper box limit: v_i - lam >= hi_i
+            assert vi > 0
+            high = min(high, vi - h)
+        elif di <= l + tol:  # at the lower box limit: v_i + lam <= lo_i
+            assert vi < 0
+            high = min(high, l - vi)
+        else:  # free coordinate: d_i = v_i - sign(v_i) lam exactly
+            assert np.sign(di) == np.sign(vi)
+            lam = abs(vi) - abs(di)
+            low, high = max(low, lam), min(high, lam)
+    return low, high
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31), eps=st.floats(0.05, 4), scale=st.floats(0.1, 2))
+def test_l1_projection_satisfies_the_kkt_conditions(seed, eps, scale):
+    """The l1-ball-and-box projection is the exact solution of min ||d - v||^2: feasible, and
+    one multiplier lam >= 0 makes every coordinate stationary, with lam = 0 unless the l1
+    budget is spent (complementary slackness). The problem is convex, so these conditions
+    are necessary and sufficient."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=16) * scale
+    x0 = rng.uniform(0, 1, size=16)
+    lo, hi = -x0, 1 - x0
+    d = project_l1_box(torch.tensor(v[None]), torch.tensor([eps], dtype=torch.float64),
+                       torch.tensor(lo[None]),
+                       torch.tensor(hi[None]))[0].numpy()
+    tol = 1e-9 * max(1.0, np.abs(v).max())
+    assert np.abs(d).sum() <= eps + tol and (d >= lo).all() and (d <= hi).all()
+    low, high = _kkt_multiplier_interval(d, v, lo, hi, tol)
+    assert low <= high + 1e-7, (low, high)  # some multiplier makes all coordinates stationary
+    if low > 1e-7:  # the ball constraint is active: its budget is spent
+        assert abs(np.abs(d).sum() - eps) <= 1e-7
+    else:  # lam = 0: d is the plain box clip of v
+        assert np.allclose(d, np.clip(v, lo, hi), atol=1e-7)
+
+
+def test_kkt_check_rejects_a_feasible_point_that_is_not_the_projection():
+    """The check above can fail: rescaling the box clip onto the l1 sphere is feasible but
+    not stationary (no single multiplier fits every coordinate)."""
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=16)
+    lo, hi = np.full(16, -0.5), np.full(16, 0.5)
+    c = np.clip(v, lo, hi)
+    d = c * 1.0 / np.abs(c).sum()
+    low, high = _kkt_multiplier_interval(d, v, lo, hi, 1e-12)
+    assert low > high + 1e-3
 
 
 def test_mask_keeps_outside_pixels():

@@ -12,11 +12,13 @@ from scrutiny.types import ThreatModel
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])
 def test_apgd_is_at_most_pgd_with_the_same_budget(digits_model, digits_test, norm, eps):
-    x, y = digits_test.x[:250], digits_test.y[:250]
+    x, y = digits_test.x, digits_test.y
     tm = ThreatModel(norm, eps)
     pgd = PGD(steps=20)(digits_model, x, y, threat=tm)
     apgd = APGD(steps=20)(digits_model, x, y, threat=tm)
     assert 0.1 < pgd.robust_accuracy() < 0.9  # a budget where the comparison means something
+    # all 450 test digits: APGD ahead by 8 / 13 samples (linf / l2) on the shipped CNN and by
+    # at least 3 / 7 on CNNs retrained with seeds 1-4
     assert apgd.robust_accuracy() <= pgd.robust_accuracy()
     assert tm.contains(x, apgd.x_adv).all()
 

@@ -15,6 +15,7 @@ def test_l1_apgd_is_at_most_pgd_l1_with_the_same_budget(digits_model, digits_tes
     pgd = PGD(steps=20)(digits_model, x, y, threat=tm)
     apgd = APGD(steps=20)(digits_model, x, y, threat=tm)
     assert 0.1 < pgd.robust_accuracy() < 0.9  # a budget where the comparison means something
+    # ahead by 12 of 150 samples on the shipped CNN, at least 6 on CNNs retrained (seeds 1-4)
     assert apgd.robust_accuracy() <= pgd.robust_accuracy()
     assert tm.contains(x, apgd.x_adv).all()
     assert (apgd.norms <= 1.5 * (1 + 1e-5)).all()

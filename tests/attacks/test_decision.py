@@ -40,15 +40,9 @@ def _label_only(model, budget=None):
 @pytest.fixture(scope="module")
 def mlp(digits_test):
     """A small digits MLP (cheap queries), trained for a few seeded epochs (~89% accuracy)."""
-    from scrutiny.base import seeded
-    from scrutiny.data import load_digits
-    from scrutiny.models import MLP, TorchModel
-    from scrutiny.models.training import train
+    from tests.fixture_models import fixture_model
 
-    with seeded(0):
-        net = MLP(in_features=64, num_classes=10, hidden=(32,))
-    train(net, load_digits(), epochs=5, progress=False)
-    model = TorchModel(net)
+    model = fixture_model("decision-mlp")
     assert (model.predict(digits_test.x) == digits_test.y).float().mean() > 0.8
     return model
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scrutiny.attacks import APGD, WorstCase
+from scrutiny.attacks import APGD, PGD, WorstCase
 from scrutiny.attacks.blackbox import Square
 from scrutiny.attacks.blackbox.square import meta_pattern, p_schedule
 from scrutiny.errors import InputError
@@ -31,22 +31,26 @@ def test_initialisations_are_the_papers():
     assert pat.norm() == pytest.approx(1.0) and pat.sum().abs() < 0.5  # two opposite bumps
 
 
-@pytest.mark.parametrize("norm, eps, min_success", [("linf", 0.1, 0.6), ("l2", 1.0, 0.85)])
-def test_success_with_few_queries_on_the_digits_cnn(digits_model, digits_test, norm, eps,
-                                                    min_success):
-    x, y = digits_test.x[:64], digits_test.y[:64]
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
+def test_success_with_few_queries_on_the_digits_cnn(digits_model, digits_test, norm, eps):
+    x, y = digits_test.x[:128], digits_test.y[:128]
     tm = ThreatModel(norm, eps)
     qm = QueryModel(digits_model, output="probs")
     res = Square(n_queries=200)(qm, x, y, threat=tm)
     assert tm.contains(x, res.x_adv).all()
-    assert res.success_rate() >= min_success
+    # with 200 queries, nearly what white-box PGD-40 finds: measured 0.97 / 0.96 (linf / l2)
+    # of PGD's success rate on the shipped CNN, at least 0.94 / 0.91 on CNNs retrained with
+    # seeds 1-4
+    pgd = PGD(steps=40)(digits_model, x, y, threat=tm)
+    assert res.success_rate() >= 0.85 * pgd.success_rate()
     q = res.queries.float()
-    assert q[res.success & res.clean_correct].median() <= 40  # measured ~20
+    assert q[res.success & res.clean_correct].median() <= 40  # measured 9 to 31 on those CNNs
     assert int(res.queries.max()) <= 200 and int(res.queries.sum()) == qm.queries
     # only not-yet-fooled samples are queried: failures spend the whole budget, successes
-    # stop at their first success (those fooled by the initial stripes after one query)
+    # stop at their first success (those fooled by the initial stripes after one query; one
+    # fooled by the last query has spent the whole budget too)
     assert (res.queries[~res.success] == 200).all()
-    assert (res.queries[res.success] < 200).all() and (res.queries == 1).any()
+    assert (res.queries == 1).any()
 
 
 def test_targeted_and_a_global_budget(digits_model, digits_test):

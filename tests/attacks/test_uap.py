@@ -42,10 +42,13 @@ def test_one_perturbation_fools_held_out_images(digits_model, digits_train, digi
     fooled = (digits_model.predict(UAP.apply(digits_test.x, v)) != clean).float().mean()
     noise = _random_like(v, "l2", 2.0)
     by_noise = (digits_model.predict(UAP.apply(digits_test.x, noise)) != clean).float().mean()
-    # measured: 0.68 of the 450 held-out images against 0.09 for random noise (0.82 with
-    # 300 training images and all 10 candidate classes)
-    assert fooled > 0.55 and fooled > by_noise + 0.4
-    assert res.meta["fooling_rate"] >= 0.8 or res.meta["passes"] == 2
+    # measured on the 450 held-out images: 0.68 against 0.09 for random noise on the shipped
+    # CNN; 0.76 / 0.08, 0.64 / 0.06, 0.46 / 0.11 and 0.39 / 0.08 on CNNs retrained with seeds
+    # 1-4 (0.82 / 0.09 on the shipped one with 300 training images and all 10 candidates)
+    assert fooled > 0.3 and fooled > 3 * by_noise and fooled > by_noise + 0.25
+    # the reported fooling rate is the one of the returned perturbation on the training images
+    on_train = (digits_model.predict(UAP.apply(x[:150], v)) != digits_model.predict(x[:150]))
+    assert res.meta["fooling_rate"] == pytest.approx(float(on_train.float().mean()), abs=1e-6)
 
 
 def test_targeted_uap_sends_held_out_images_to_the_target(digits_model, digits_train, digits_test):

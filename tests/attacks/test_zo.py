@@ -56,8 +56,15 @@ def test_fd_fgsm_on_the_digits_cnn_agrees_with_fgsm(digits_model, digits_test):
     tm = ThreatModel("linf", 0.1)
     bb = FDFGSM()(QueryModel(digits_model, output="probs"), x, y, threat=tm)
     wb = FGSM()(digits_model, x, y, threat=tm)
-    same = ((bb.x_adv - wb.x_adv).abs() < 1e-6).float().mean()  # float32 noise: measured 0.935
-    assert same > 0.9 and abs(bb.robust_accuracy() - wb.robust_accuracy()) <= 0.05
+    # the same step wherever a float32 finite difference can resolve the gradient of log p_y:
+    # where |g| > 1e-3, measured 99.87% to 100% of about 3,000 pixels (the shipped CNN and CNNs
+    # retrained with seeds 1-4); below, confident samples' gradients drown in rounding
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.log_softmax(digits_model(xr), 1).gather(1, y[:, None]).sum(), xr)
+    same = (bb.x_adv - wb.x_adv).abs() < 1e-6
+    resolved = g.abs() > 1e-3
+    assert resolved.sum() > 1000 and same[resolved].float().mean() > 0.99
+    assert abs(bb.robust_accuracy() - wb.robust_accuracy()) <= 0.05  # measured equal on all five
 
 
 def test_random_direction_estimator_error_shrinks_as_q_grows():
@@ -100,11 +107,13 @@ def test_zo_attacks_succeed_and_count_queries(digits_model, digits_test, optimiz
 
 
 def test_nes_is_query_limited(digits_model, digits_test):
-    x, y = digits_test.x[:32], digits_test.y[:32]
+    x, y = digits_test.x[:128], digits_test.y[:128]
     qm = QueryModel(digits_model, output="probs")
     res = NES(steps=30, samples=10, lr=0.02, max_queries=200)(qm, x, y,
                                                               threat=ThreatModel("linf", 0.2))
-    assert res.success_rate() > 0.7  # measured 0.88
+    # PGD fools 99-100% here; NES with 200 queries measured 0.78 on the shipped CNN and 0.66,
+    # 0.70, 0.72, 0.77 on CNNs retrained with seeds 1-4
+    assert res.success_rate() > 0.55
     assert int(res.queries.max()) <= 200 and int(res.queries.sum()) == qm.queries
     # iterations cost samples + 1 = 11 queries after the first one
     assert ((res.queries - 1) % 11 == 0).all()

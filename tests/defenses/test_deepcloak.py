@@ -61,8 +61,11 @@ def test_masking_restores_accuracy_on_adversarials_of_the_fitted_attack(cloak, d
     def acc(m, xx):
         return float((m.predict(xx) == y).float().mean())
 
-    assert acc(wrapped, adv) > acc(digits_model, adv) + 0.05
-    assert acc(wrapped, x) > acc(digits_model, x) - 0.02
+    # measured on 450 test digits, shipped CNN and CNNs retrained with seeds 1-4: adversarial
+    # accuracy up by 0.11, 0.16, 0.06, 0.14, 0.14; clean accuracy down by 0.004, 0.009, 0.007,
+    # 0.020, 0.042
+    assert acc(wrapped, adv) > acc(digits_model, adv) + 0.03
+    assert acc(wrapped, x) > acc(digits_model, x) - 0.06
 
 
 def test_clear_errors(digits_model, digits_test):

@@ -22,8 +22,6 @@ from scrutiny.defenses import (
     is_randomized,
 )
 from scrutiny.errors import InputError
-from scrutiny.models import MLP, TorchModel
-from scrutiny.models.training import train
 from scrutiny.testing.models import tiny_cnn, tiny_images
 from scrutiny.types import ThreatModel
 
@@ -104,19 +102,9 @@ def test_random_resize_pad_geometry():
 @pytest.fixture(scope="module")
 def randomized_mlp(digits_test):
     """An MLP trained under the random resize-pad (resized back to 8x8), so the defense is usable."""
-    from scrutiny.data import load_digits
+    from tests.fixture_models import fixture_model
 
-    defense = RandomResizePad(scale=(1.0, 1.5), resize_back=True)
-    tf = defense.transform()
-
-    def augmented(module, xb, yb):
-        out = module(tf(xb))
-        return F.cross_entropy(out, yb), out
-
-    with seeded(0):
-        net = TorchModel(MLP(64, hidden=(128,)))
-    train(net, load_digits(split="train"), epochs=8, lr=1e-2, objective=augmented, progress=False)
-    return defense.wrap(net)
+    return RandomResizePad(scale=(1.0, 1.5), resize_back=True).wrap(fixture_model("resize-pad-mlp"))
 
 
 def test_eot_beats_plain_pgd_on_random_resize_pad(randomized_mlp, digits_test):

@@ -1,6 +1,8 @@
 """Extremal perturbations: masks of the requested area that cover the class object
 (Fong, Patrick, Vedaldi, ICCV 2019)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -19,17 +21,19 @@ def synthetic():
 
 
 def test_mask_area_equals_requested_area(digits_model, digits_test):
-    x = digits_test.x[:4]
-    e = ExtremalPerturbation(areas=(0.1, 0.3), iterations=200)(digits_model, x)
+    # float64: after 200 steps, float32 rounding of another batch size grows to 1e-4..1e-3
+    model, x = copy.deepcopy(digits_model).double(), digits_test.x[:4].double()
+    e = ExtremalPerturbation(areas=(0.1, 0.3), iterations=200)(model, x)
     assert e.meta["masks"].shape == (4, 2, 8, 8)
-    err = (e.meta["mask_area"] - torch.tensor([0.1, 0.3])).abs()
-    # one pixel of an 8x8 image is 0.016 of the area; 0.03 is asserted on 32x32 images below
+    err = (e.meta["mask_area"] - torch.tensor([0.1, 0.3], dtype=torch.float64)).abs()
+    # one pixel of an 8x8 image is 0.016 of the area; 0.03 is asserted on 32x32 images below.
+    # Measured on the shipped CNN and CNNs retrained with seeds 1-4: max 0.040, mean <= 0.014.
     assert (err < 0.05).all(), e.meta["mask_area"]
     assert err.mean() < 0.02
     assert torch.equal(e.attributions, e.meta["masks"][:, 0])
     # the areas were optimised as one batch: the same result one area at a time
-    single = ExtremalPerturbation(areas=(0.3,), iterations=200)(digits_model, x[2:3])
-    assert torch.allclose(single.attributions, e.meta["masks"][2:3, 1], atol=1e-4)
+    single = ExtremalPerturbation(areas=(0.3,), iterations=200)(model, x[2:3])
+    assert torch.allclose(single.attributions, e.meta["masks"][2:3, 1], atol=1e-9)
 
 
 def test_mask_covers_the_class_object(synthetic):

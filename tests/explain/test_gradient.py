@@ -56,7 +56,11 @@ def test_ig_completeness_on_the_trained_cnn(digits_model, digits_test):
     x = digits_test.x[:16]
     e = IntegratedGradients(steps=1024, rule="riemann_trapezoid")(digits_model, x)
     span = (e.outputs - e.meta["baseline_output"]).abs()
-    assert (e.delta.abs() / span).mean() < 1e-3
+    # summed over samples: measured 1.1e-4 to 2.7e-4 on the shipped CNN and CNNs retrained with
+    # seeds 1-4; the mean of per-sample ratios, which samples with a small f(x) - f(b) dominate,
+    # 1.4e-4 to 1.1e-3
+    assert e.delta.abs().sum() / span.sum() < 1e-3
+    assert (e.delta.abs() / span).mean() < 3e-3
     # the error shrinks with the number of steps
     coarse = IntegratedGradients(steps=16, rule="riemann_trapezoid")(digits_model, x)
     assert coarse.delta.abs().mean() > e.delta.abs().mean()
@@ -246,4 +250,7 @@ def test_adaptive_ig_without_completeness_goal_gives_a_better_map(digits_model, 
 
     free = IntegratedGradients(rtol=0.0, steps=48)(digits_model, x).attributions
     gl = IntegratedGradients(rule="gausslegendre", steps=48)(digits_model, x).attributions
+    # measured dist(free) / dist(gl): 0.85 on the shipped CNN; 0.84, 0.95, 0.92, 0.93 on CNNs
+    # retrained with seeds 1-4 (weights trained on another CPU once gave 1.01: hence shipped
+    # weights, and no margin claimed beyond "closer")
     assert dist(free) < dist(gl)

@@ -8,40 +8,14 @@ from scrutiny.errors import InputError
 from scrutiny.explain import MCDropout, mc_dropout
 from scrutiny.explain.uncertainty import dropout_modules
 from scrutiny.testing.models import dropout_mlp
-
-
-def _train(model, data, steps=100):
-    """Full-batch Adam on the digits train split (about a second on one core)."""
-    x, y = data.x, data.y
-    model.train()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a small MLP: one thread is fastest on a shared machine
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(0)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            for _ in range(steps):
-                opt.zero_grad()
-                out = model(x)
-                loss = nn.functional.cross_entropy(out[:, :10], y)
-                if out.shape[1] == 20:  # Kendall & Gal: logits corrupted by N(0, exp(logvar))
-                    eps = torch.randn(out[:, :10].shape, generator=g)
-                    noisy = out[:, :10] + torch.exp(0.5 * out[:, 10:]) * eps
-                    loss = nn.functional.cross_entropy(noisy, y)
-                loss.backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    return model
+from tests.fixture_models import fixture_model
 
 
 @pytest.fixture(scope="module")
 def trained():
     from scrutiny.data import load_digits
 
-    model = _train(dropout_mlp(0, p=0.5), load_digits(split="train"))
+    model = fixture_model("dropout-mlp")
     assert (model.predict(load_digits(split="test").x) == load_digits(split="test").y
             ).float().mean() > 0.9
     return model
@@ -91,9 +65,7 @@ def test_only_dropout_layers_switched_and_restored(trained, digits_test):
 
 
 def test_aleatoric_from_a_heteroscedastic_head(digits_test):
-    from scrutiny.data import load_digits
-
-    model = _train(dropout_mlp(1, p=0.2, heteroscedastic=True), load_digits(split="train"))
+    model = fixture_model("dropout-mlp-heteroscedastic")
     x = digits_test.x[:32]
     e = MCDropout(passes=8, heteroscedastic=True)(model, x)
     with torch.no_grad():

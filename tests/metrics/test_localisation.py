@@ -19,13 +19,16 @@ def synthetic():
     return pretrained("synthetic-cnn", progress=False), make_synthetic(split="test")
 
 
-def test_gradient_maps_point_at_the_class_object(synthetic):
+def test_integrated_gradients_point_at_the_class_object(synthetic):
     model, data = synthetic
-    x, y, masks = data.x[:32], data.y[:32], data.masks[:32]
-    res = PointingGame()(model, x, y, explainer="saliency", masks=masks)
+    x, y, masks = data.x[:64], data.y[:64], data.masks[:64]
+    res = PointingGame()(model, x, y, explainer="integrated_gradients", masks=masks)
     assert res.tolerance == pytest.approx(15 * 32 / 224)
-    assert res.aggregate >= 0.9  # measured 0.94 (64 samples: 0.94; Grad-CAM: 0.70)
-    assert res.mean_class_accuracy >= 0.85 and set(res.class_accuracy) == {0, 1, 2, 3}
+    # measured 0.98 on the shipped CNN, 0.97, 0.97, 0.95, 0.89 on CNNs retrained with seeds
+    # 1-4 (the last reaches 93% accuracy, the others 100%). Saliency maps depend more on the
+    # weights: 0.94, 0.95, 0.89, 0.88, 0.17.
+    assert res.aggregate >= 0.85
+    assert res.mean_class_accuracy >= 0.8 and set(res.class_accuracy) == {0, 1, 2, 3}
     assert res.chance < 0.2  # an 8x8 square grown by 2 pixels in 32x32
     # a random map scores about chance
     rand = torch.rand(64, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -11,8 +11,6 @@ from scrutiny.data import ArrayDataset
 from scrutiny.errors import InputError
 from scrutiny.explain.base import Explainer
 from scrutiny.metrics import DataRandomization, ModelRandomization, model_randomization, similarity
-from scrutiny.models import MLP
-from scrutiny.models.training import train
 
 
 class Sobel(Explainer):
@@ -29,15 +27,16 @@ class Sobel(Explainer):
         return (gx.square() + gy.square()).sqrt()[:, 0], {}
 
 
-@pytest.mark.parametrize("explainer", ["gradient", "grad_cam"])
-def test_maps_decorrelate_under_cascading_randomization(digits_model, digits_test, explainer):
-    x = digits_test.x[:16]
+# after the last step, on 64 digits: gradient 0.09 on the shipped CNN, at most 0.12 on CNNs
+# retrained with seeds 1-4; Grad-CAM (a coarse 4x4 map upsampled) 0.05 and from -0.22 to 0.25
+@pytest.mark.parametrize("explainer, below", [("gradient", 0.3), ("grad_cam", 0.4)])
+def test_maps_decorrelate_under_cascading_randomization(digits_model, digits_test, explainer, below):
+    x = digits_test.x[:64]
     res = ModelRandomization()(digits_model, x, explainer=explainer)
     assert res.steps == ["classifier", "features.5", "features.2", "features.0"]  # top first
-    assert res.per_step["spearman_abs"].shape == (4, 16)
-    assert res.maps.shape == (4, 16, 8, 8) and res.original_maps.shape == (16, 8, 8)
-    # measured: gradient 0.12, Grad-CAM 0.06 after the last step
-    assert res.aggregate < 0.3 and not res.flag
+    assert res.per_step["spearman_abs"].shape == (4, 64)
+    assert res.maps.shape == (4, 64, 8, 8) and res.original_maps.shape == (64, 8, 8)
+    assert res.aggregate < below and not res.flag
     assert torch.allclose(res.scores, res.per_step["spearman_abs"][-1], equal_nan=True)
     assert res.curve("ssim")[-1] < 0.3
 
@@ -87,14 +86,10 @@ def digits_mlp(digits_test):
     """A small MLP on digits (93% test accuracy in a fraction of a second), so that its
     random-label twin trains fast."""
     from scrutiny.data import load_digits
-    from scrutiny.models import TorchModel
+    from tests.fixture_models import fixture_model
 
     train_data = load_digits()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = MLP(64, 10, hidden=(64,))
-    train(net, train_data, epochs=8, lr=1e-2, batch_size=256, progress=False)
-    model = TorchModel(net)
+    model = fixture_model("randomization-mlp")
     assert (model.predict(digits_test.x) == digits_test.y).float().mean() > 0.9
     sub = ArrayDataset(x=train_data.x[:256], y=train_data.y[:256], classes=train_data.classes,
                        name="digits-256")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import os
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from scrutiny.base import seeded
@@ -73,6 +77,38 @@ class MLP(nn.Module):
 #: trained by an older version are not reused.
 ZOO_VERSION = 2
 
+#: Weights trained once and shipped with the package: every machine loads the same numbers.
+SHIPPED = Path(__file__).parent / "shipped"
+
+#: Environment variable: when set to an integer, zoo models (and the test suite's fixture
+#: models) ignore the shipped weights and are trained here with this seed instead.
+RETRAIN_SEED_ENV = "SCRUTINY_RETRAIN_SEED"
+
+
+def machine_fingerprint() -> str:
+    """What makes weights trained here differ from another machine's for the same recipe.
+
+    The torch version and the vector instruction set torch dispatches to on this CPU
+    (AVX2 and AVX-512 kernels sum in different orders, so training drifts apart).
+
+    Examples
+    --------
+    >>> machine_fingerprint().startswith("torch-")
+    True
+    """
+    return f"torch-{torch.__version__.split('+')[0]}/{torch.backends.cpu.get_cpu_capability()}"
+
+
+def retrain_seed() -> int | None:
+    """The seed of ``$SCRUTINY_RETRAIN_SEED``, or None when it is not set."""
+    value = os.environ.get(RETRAIN_SEED_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as e:
+        raise InputError(f"{RETRAIN_SEED_ENV} must be an integer seed, got {value!r}") from e
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -90,12 +126,13 @@ class Recipe:
     #: (its ``method``, ``eps``, ``steps``...); empty for standard training.
     adversarial: tuple[tuple[str, Any], ...] = ()
 
+    def describe(self) -> str:
+        """The recipe as canonical JSON (with the zoo version): what shipped weights record."""
+        return json.dumps({**asdict(self), "zoo_version": ZOO_VERSION}, sort_keys=True)
+
     def key(self) -> str:
-        fields = asdict(self)
-        if not self.adversarial:  # standard recipes keep the keys they had before the field
-            del fields["adversarial"]
-        blob = (json.dumps(fields, sort_keys=True) + torch.__version__.split("+")[0]
-                + f"/zoo-{ZOO_VERSION}")
+        """Cache key of weights trained on this machine: the recipe and the machine's fingerprint."""
+        blob = self.describe() + machine_fingerprint()
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -126,16 +163,27 @@ def build(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
     raise InputError(f"unknown arch {arch!r}; accepted: cnn, mlp")
 
 
-def pretrained(name: str = "digits-cnn", *, retrain: bool = False, progress: bool = True,
-               device: str | torch.device | None = None) -> TorchModel:
-    """A zoo model, trained on first use (seconds on a CPU) and cached as safetensors.
+def pretrained(name: str = "digits-cnn", *, retrain: bool = False, seed: int | None = None,
+               progress: bool = True, device: str | torch.device | None = None) -> TorchModel:
+    """A zoo model: the weights shipped with scrutiny, or trained here and cached.
+
+    Shipped weights are the same on every machine. A model is trained here (seconds
+    to a minute on a CPU; cached as safetensors under :func:`cache_dir`, keyed by
+    the recipe and :func:`machine_fingerprint`) when ``retrain`` is set, when
+    another ``seed`` is asked for (argument or ``$SCRUTINY_RETRAIN_SEED``), or when
+    no shipped weights match the current recipe.
 
     Parameters
     ----------
     name : str
         One of :data:`RECIPES`.
     retrain : bool
-        Ignore the cache and train again.
+        Ignore shipped and cached weights and train again.
+    seed : int, optional
+        Train with this seed (initial weights and data order) instead of the
+        recipe's; default ``$SCRUTINY_RETRAIN_SEED`` when set, else the recipe's.
+    device : str or torch.device, optional
+        Where the returned model lives.
 
     Examples
     --------
@@ -149,11 +197,18 @@ def pretrained(name: str = "digits-cnn", *, retrain: bool = False, progress: boo
     if name not in RECIPES:
         raise InputError(f"unknown zoo model {name!r}; available: {', '.join(RECIPES)}")
     r = RECIPES[name]
+    if seed is None:
+        seed = retrain_seed()
+    if seed is not None:
+        r = replace(r, seed=int(seed))
     data = load(r.dataset, split="train")
     with seeded(r.seed):  # the initial weights are part of the recipe
         net = build(r.arch, tuple(data.input_shape), data.num_classes)
+    shipped = SHIPPED / f"{name}.safetensors"
     path = cache_dir() / f"{name}-{r.key()}.safetensors"
-    if path.is_file() and not retrain:
+    if not retrain and r == RECIPES[name] and _shipped_matches(shipped, r):
+        load_weights(net, shipped)
+    elif path.is_file() and not retrain:
         load_weights(net, path)
     else:
         objective = None
@@ -163,6 +218,33 @@ def pretrained(name: str = "digits-cnn", *, retrain: bool = False, progress: boo
             objective = AdversarialTraining(**dict(r.adversarial)).objective()
         train(net, data, epochs=r.epochs, lr=r.lr, batch_size=r.batch_size,
               weight_decay=r.weight_decay, seed=r.seed, progress=progress, objective=objective)
-        save_weights(net, path, metadata={"recipe": json.dumps(asdict(r)), "name": name})
+        save_weights(net, path, metadata={"recipe": r.describe(), "name": name,
+                                          "trained_on": machine_fingerprint()})
     model = TorchModel(net, num_classes=data.num_classes, name=name)
     return model.to(device) if device is not None else model
+
+
+def _shipped_matches(path: Path, recipe: Recipe) -> bool:
+    """Whether ``path`` holds shipped weights of exactly ``recipe`` (warns when they are stale)."""
+    if not path.is_file():
+        return False
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("recipe") == recipe.describe():
+        return True
+    warnings.warn(f"the shipped weights {path.name} were trained by another recipe or zoo "
+                  "version; training here instead (regenerate them with `make weights`)",
+                  stacklevel=3)
+    return False
+
+
+def ship(names: list[str] | None = None, *, directory: Path = SHIPPED, progress: bool = True) -> None:
+    """Train zoo models with their recipes and write them as the shipped weights.
+
+    Run by ``make weights`` when a recipe, an architecture or the training code changes.
+    """
+    for name in names or list(RECIPES):
+        model = pretrained(name, retrain=True, seed=RECIPES[name].seed, progress=progress)
+        save_weights(model.module, directory / f"{name}.safetensors",
+                     metadata={"recipe": RECIPES[name].describe(), "name": name,
+                               "trained_on": machine_fingerprint()})
