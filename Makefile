@@ -26,10 +26,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -p no:randomly
 
-# random order, two torch threads; pytest-randomly prints its seed (rerun an order with
-# `SCRUTINY_TEST_THREADS=2 .venv/bin/python -m pytest --randomly-seed=N`)
+# random order (pytest-randomly), two torch threads; the seed is printed first: rerun an
+# order with `make test-random SEED=N`
 test-random: $(STAMP)
-	SCRUTINY_TEST_THREADS=2 $(BIN)/python -m pytest
+	@seed=$${SEED:-$$(date +%s)}; echo "random order: --randomly-seed=$$seed"; \
+	    SCRUTINY_TEST_THREADS=2 $(BIN)/python -m pytest --randomly-seed=$$seed
 
 # the newest releases pyproject.toml's ranges allow (torch stays $(TORCH)), in a venv of its own
 test-latest:

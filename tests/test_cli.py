@@ -127,3 +127,18 @@ def test_docs_method_table_matches_the_registry():
 
     doc = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
     assert methods_markdown() in doc, "regenerate docs/methods.md with 'scrutiny list --markdown'"
+
+
+def test_untrained_warning_only_for_a_randomly_initialised_factory(capsys):
+    args = ["attack", "fgsm", "--n", "4", "-q", "--model"]
+    assert main([*args, "tests.models.factories:digits_mlp"]) == 0
+    assert "untrained" in capsys.readouterr().err
+    assert main([*args, "tests.models.factories:seeded_digits_mlp"]) == 0
+    assert "untrained" not in capsys.readouterr().err
+
+
+def test_a_factory_that_raises_is_one_error_line(capsys):
+    assert main(["attack", "fgsm", "--n", "4", "-q", "--model",
+                 "tests.models.factories:broken_factory"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "cannot find my checkpoint" in err and len(err.splitlines()) == 1

@@ -137,3 +137,25 @@ def test_robust_accuracy_at_smaller_eps():
                        threat=ThreatModel("l2", float("inf")))
     assert res.robust_accuracy_at(0.2) == 0.5  # sample 0 broken, sample 3 wrong already
     assert res.robust_accuracy_at(1.0) == res.robust_accuracy() == 0.25
+
+
+def test_robust_needs_the_clean_input_classified_correctly():
+    from scrutiny.types import AttackResult
+
+    t = torch.tensor
+    # sample 2 is a clean error that the perturbation happened to fix
+    res = AttackResult(x_adv=torch.zeros(3, 1), success=t([True, False, False]),
+                       norms=torch.zeros(3), logits=torch.zeros(3, 2),
+                       clean_correct=t([True, True, False]), adv_correct=t([False, True, True]),
+                       y=t([0, 0, 0]))
+    assert res.robust.tolist() == [False, True, False]
+    assert res.robust_accuracy() == pytest.approx(1 / 3)
+    assert res.robust_accuracy() <= res.clean_accuracy()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_threat_model_on_an_empty_batch(norm):
+    tm = ThreatModel(norm, 0.1)
+    x0 = torch.zeros(0, 1, 4, 4)
+    assert tm.distance(x0, x0).shape == (0,) and tm.contains(x0, x0).shape == (0,)
+    assert tm.project(x0, x0 + 1).shape == (0, 1, 4, 4)

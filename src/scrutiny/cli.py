@@ -100,8 +100,9 @@ def resolve(model: str | None, weights: Path | None, data: str | None, mean: str
         net = load_factory(model)
         if weights is not None:
             load_weights(net, weights)
-        else:
-            err.print(f"[yellow]warning:[/] {model} has no --weights: it is untrained")
+        elif _randomly_initialised(model, net):
+            err.print(f"[yellow]warning:[/] {model} has no --weights and its factory gives "
+                      "different weights at each call: it looks untrained")
         m = TorchModel(net, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), name=model)
     else:
         raise InputError(f"--model must be a zoo model ({', '.join(RECIPES)}) or "
@@ -145,6 +146,39 @@ def list_cmd(kind: Annotated[str | None, typer.Argument(
     out.print(table)
 
 
+def _randomly_initialised(spec: str, net: torch.nn.Module) -> bool:
+    """Whether a second call of the factory gives other weights (a random initialisation,
+    not weights the factory loads or seeds itself)."""
+    from scrutiny.models import load_factory
+
+    other = load_factory(spec).state_dict()
+    return any(k not in other or other[k].shape != v.shape or not torch.equal(other[k], v)
+               for k, v in net.state_dict().items())
+
+
+def _section_names() -> list[str]:
+    from scrutiny.audit.sections import run_order
+
+    return run_order()
+
+
+def _check_out_dir(path: Path) -> None:
+    """An output folder that can be written, checked before the work that fills it."""
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise InputError(f"--out {path}: {p} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {path} cannot be created: {e}") from e
+    probe = path / ".scrutiny-write-test"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"--out {path} is not writable: {e}") from e
+
+
 @app.command()
 def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
           mean: MeanOpt = None, std: StdOpt = None,
@@ -165,11 +199,21 @@ def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = No
           "bit_depth,median_filter,feature_squeezing",
           certifier: Annotated[str, typer.Option(help="ibp, crown, smoothing (l2), or '' for "
                                                  "none.")] = "crown",
+          sections: Annotated[str | None, typer.Option(
+              help="Comma-separated report sections to run (and what they need); default all: "
+              + ", ".join(_section_names()) + ".")] = None,
+          skip: Annotated[str, typer.Option(help="Comma-separated sections not to run.")] = "",
+          fresh: Annotated[bool, typer.Option(
+              help="Recompute every section instead of resuming the finished ones saved in "
+              "OUT/.audit-state.")] = False,
           quiet: QuietOpt = False) -> None:
     """Attack and explain a model; write one HTML report (default: embedded digits CNN).
 
-    --param takes METHOD.NAME=VALUE, e.g. -p pgd.steps=100.
+    --param takes METHOD.NAME=VALUE, e.g. -p pgd.steps=100. Finished sections are saved
+    under OUT/.audit-state: a rerun after a crash or Ctrl-C resumes after them.
     """
+    import shutil
+
     from scrutiny.audit import AuditConfig, run_audit, write_report
 
     params: dict[str, dict[str, Any]] = {}
@@ -182,13 +226,22 @@ def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = No
                       explainers=tuple(e for e in explainers.split(",") if e), norm=norm,
                       eps=_floats(eps, "--eps"), n_samples=n, params=params, seed=seed,
                       defenses=tuple(d for d in defenses.split(",") if d),
-                      certifier=certifier or None)
+                      certifier=certifier or None,
+                      sections=tuple(x for x in sections.split(",") if x) if sections else None,
+                      skip=tuple(x for x in skip.split(",") if x))
+    from scrutiny.audit.sections import resolve as resolve_sections
+
+    resolve_sections(cfg.sections, cfg.skip)  # unknown or needed sections: refused now
+    _check_out_dir(out_dir)  # before any work, not after it
+    state = out_dir / ".audit-state"
+    if fresh and state.is_dir():
+        shutil.rmtree(state)
     m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
     robust = None
     if robust_model is not None:
         robust, _ = resolve(robust_model, None, data or None, mean, std, device,
                             progress=not quiet)
-    res = run_audit(m, ds, cfg, robust_model=robust, progress=not quiet)
+    res = run_audit(m, ds, cfg, robust_model=robust, progress=not quiet, state_dir=state)
     path = write_report(res, out_dir)
     table = Table(f"attack \\ eps ({cfg.norm})", *[f"{e:g}" for e in cfg.eps],
                   title=f"{res.model} on {res.dataset}: robust accuracy ({res.n_samples} samples)")

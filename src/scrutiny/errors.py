@@ -9,6 +9,10 @@ class InputError(ScrutinyError, ValueError):
     """An argument is wrong: the message says what and what is accepted."""
 
 
+class ModelOutputError(InputError):
+    """The model's output cannot be used: NaN or infinite logits, or not ``(N, K)``."""
+
+
 class NotDifferentiableError(ScrutinyError, TypeError):
     """A white-box method was given a model without gradients."""
 

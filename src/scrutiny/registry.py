@@ -108,10 +108,12 @@ def create(spec: str, *, kind: str | None = None, **params: Any):
 
     Examples
     --------
+    >>> create("attack:fgsm", loss="margin")
+    FGSM(loss='margin')
     >>> create("attack:fgsm", stepz=3)
     Traceback (most recent call last):
     ...
-    scrutiny.errors.InputError: attack:fgsm does not accept 'stepz'; accepted: none
+    scrutiny.errors.InputError: attack:fgsm does not accept 'stepz'; accepted: loss
     """
     info = get(spec, kind)
     accepted = info.params()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from scrutiny.errors import InputError
+from scrutiny.geometry import project_wasserstein_ball, wasserstein_distance
 
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 #: Every norm a ThreatModel accepts: the Lp norms and the (local) Wasserstein distance
@@ -55,7 +57,8 @@ class Tags:
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    """``(N, prod(rest))``; explicit sizes, so an empty batch reshapes too."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 def lp_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
@@ -193,11 +196,9 @@ class ThreatModel:
 
         For ``"wasserstein"``: the exact local Wasserstein distance by linear
         programming (``inf`` if the mass changed), see
-        :func:`scrutiny.attacks.whitebox.wasserstein.wasserstein_distance`.
+        :func:`scrutiny.geometry.wasserstein_distance`.
         """
         if self.norm == "wasserstein":
-            from scrutiny.attacks.whitebox.wasserstein import wasserstein_distance
-
             d = wasserstein_distance(x0, x, kernel_size=self.wasserstein_kernel,
                                      p=self.wasserstein_p)
             return d.to(device=x.device)
@@ -224,12 +225,12 @@ class ThreatModel:
         shrink the perturbation, so the result stays in the set. For
         ``"wasserstein"``, points inside are kept and the others are projected
         approximately by projected Sinkhorn and rounded to an exactly feasible
-        point (:func:`scrutiny.attacks.whitebox.wasserstein.projected_sinkhorn`).
+        point (:func:`scrutiny.geometry.projected_sinkhorn`).
         """
         if self.norm == "wasserstein":
-            from scrutiny.attacks.whitebox.wasserstein import project_wasserstein
-
-            return project_wasserstein(x0, x, self)
+            return project_wasserstein_ball(x0, x, self.eps, self.bounds,
+                                            kernel_size=self.wasserstein_kernel,
+                                            p=self.wasserstein_p, inside=self.contains(x0, x))
         lo, hi = self.bounds
         delta = x - x0
         m = self.mask_for(x)
@@ -265,9 +266,18 @@ class AttackResult:
     clean_correct : Tensor
         bool (N,): the clean input was classified correctly.
     adv_correct : Tensor
-        bool (N,): ``x_adv`` is still classified as ``y``.
+        bool (N,): ``x_adv`` is still classified as ``y``. Not robustness on its
+        own: a clean error that the perturbation happens to fix has
+        ``adv_correct`` True; use :attr:`robust`.
     queries : Tensor, optional
         (N,) model queries spent per sample (black-box attacks).
+
+    Notes
+    -----
+    Robustness follows AutoAttack's convention: a sample is robust only if
+    its clean input is classified correctly *and* the attack failed on it
+    (:attr:`robust` is ``clean_correct & adv_correct``), so
+    :meth:`robust_accuracy` never exceeds :meth:`clean_accuracy`.
     """
 
     x_adv: torch.Tensor
@@ -282,9 +292,18 @@ class AttackResult:
     threat: ThreatModel | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def robust(self) -> torch.Tensor:
+        """bool (N,): robust samples, classified correctly clean and under attack.
+
+        ``clean_correct & adv_correct``: a clean error is never robust, even
+        if ``x_adv`` happens to be classified as ``y``.
+        """
+        return self.clean_correct & self.adv_correct
+
     def robust_accuracy(self) -> float:
-        """Fraction of samples still classified correctly under attack."""
-        return float(self.adv_correct.float().mean()) if len(self.y) else float("nan")
+        """Fraction of robust samples (:attr:`robust`); at most :meth:`clean_accuracy`."""
+        return float(self.robust.float().mean()) if len(self.y) else float("nan")
 
     def clean_accuracy(self) -> float:
         """Fraction of clean samples classified correctly."""

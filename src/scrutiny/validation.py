@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scrutiny.errors import InputError
+from scrutiny.errors import InputError, ModelOutputError
 
 
 def check_x(x: object, bounds: tuple[float, float] | None = None, *, image: bool = False) -> torch.Tensor:
@@ -42,6 +42,28 @@ def check_labels(y: object, n: int, num_classes: int, what: str = "y") -> torch.
         raise InputError(f"{what} has values in [{int(y.min())}, {int(y.max())}]; the model has "
                          f"{num_classes} classes (0..{num_classes - 1})")
     return y.long()
+
+
+def check_outputs(logits: object, n: int) -> torch.Tensor:
+    """The model's outputs on ``n`` inputs: a finite ``(n, K)`` tensor.
+
+    Raises
+    ------
+    ModelOutputError
+        The model returned something else, or NaN or infinite values (which
+        would otherwise be read as predictions and give a meaningless accuracy).
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != n:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ModelOutputError(f"the model must return logits of shape ({n}, K) for {n} inputs, "
+                               f"got {shape}")
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise ModelOutputError(f"the model returned NaN or infinite outputs for {int(bad.sum())} "
+                               f"of {n} inputs (first: sample {first}); check its weights, its "
+                               "normalisation and the input range")
+    return logits
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False, integer: bool = False) -> None:

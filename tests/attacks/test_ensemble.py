@@ -8,6 +8,7 @@ import torch
 from scrutiny.attacks import APGD, APGDT, FMN, PGD, Attack, WorstCase
 from scrutiny.attacks.ensemble import stage_name
 from scrutiny.errors import InputError
+from scrutiny.testing.models import tiny_cnn, tiny_images
 from scrutiny.types import ThreatModel
 
 
@@ -20,7 +21,7 @@ def test_worst_case_is_at_most_each_member_per_sample(digits_model, digits_test)
     ens = WorstCase(attacks=members)(digits_model, x, y, threat=tm)
     for m in members:
         alone = m(digits_model, x, y, threat=tm)
-        assert (ens.adv_correct <= alone.adv_correct).all(), stage_name(m)
+        assert (ens.robust <= alone.robust).all(), stage_name(m)
         assert ens.robust_accuracy() <= alone.robust_accuracy()
     stages = ens.meta["stages"]
     assert [s["name"] for s in stages] == [stage_name(m) for m in members]
@@ -76,7 +77,7 @@ def test_resume_skips_finished_stages_and_matches_an_uninterrupted_run(
     fresh = WorstCase(attacks=(Counting(steps=5), Counting(steps=8)))(digits_model, x, y,
                                                                       threat=tm, seed=4)
     assert torch.equal(resumed.x_adv, fresh.x_adv)
-    assert torch.equal(resumed.adv_correct, fresh.adv_correct)
+    assert torch.equal(resumed.robust, fresh.robust)
     # a finished run is read back without attacking again
     again = ens(digits_model, x, y, threat=tm, seed=4)
     assert second.calls == 2 and torch.equal(again.x_adv, fresh.x_adv)
@@ -84,3 +85,40 @@ def test_resume_skips_finished_stages_and_matches_an_uninterrupted_run(
     with pytest.warns(UserWarning, match="other inputs"):
         ens(digits_model, x[:50], y[:50], threat=tm, seed=4)
     assert first.calls == 2
+    # a damaged state file is ignored with a warning, as documented, and every stage runs
+    with open(path + ".json", "w") as f:
+        f.write('{"done": 1, "trunc')
+    with pytest.warns(UserWarning, match="cannot be read"):
+        again = ens(digits_model, x, y, threat=tm, seed=4)
+    assert first.calls == 3 and torch.equal(again.x_adv, fresh.x_adv)
+
+
+def test_worst_case_robust_is_at_most_each_members_with_clean_errors():
+    """Per sample, robust under the ensemble implies robust under every member, also on a
+    batch with clean errors (robust = clean-correct and not broken)."""
+    model, x = tiny_cnn(0), tiny_images(16, seed=2)
+    pred = model.predict(x)
+    y = torch.where(torch.arange(16) % 3 == 0, (pred + 1) % 3, pred)  # 6 clean errors
+    tm = ThreatModel("linf", 0.05)
+    members = (APGD(steps=5, random_start=False), FMN(steps=10), PGD(steps=5, random_start=False))
+    ens = WorstCase(attacks=members)(model, x, y, threat=tm)
+    assert not (ens.robust & ~ens.clean_correct).any()
+    for m in members:
+        alone = m(model, x, y, threat=tm)
+        assert (ens.robust <= alone.robust).all(), stage_name(m)
+        assert ens.robust_accuracy() <= alone.robust_accuracy() <= alone.clean_accuracy()
+    assert ens.robust_accuracy() == ens.meta["stages"][-1]["robust_accuracy"]
+
+
+def test_worst_case_on_an_empty_batch(tmp_path):
+    """The audit attacks only the samples the curve's attacks left robust: possibly none."""
+    model, x = tiny_cnn(0), tiny_images(4)
+    y = model.predict(x)
+    todo = torch.zeros(4, dtype=torch.bool).nonzero()[:, 0]  # every sample broken already
+    tm = ThreatModel("linf", 0.1)
+    for ens in (WorstCase(attacks=(("apgd", {"steps": 3}), ("square", {"n_queries": 5}))),
+                WorstCase(attacks=("pgd",), state_path=str(tmp_path / "state.safetensors"))):
+        res = ens(model, x[todo], y[todo], threat=tm)
+        assert res.x_adv.shape == (0, 1, 6, 6) and res.robust.shape == (0,)
+        assert res.norms.shape == (0,) and res.logits.shape == (0, 3)
+        assert res.to_dict()["n"] == 0

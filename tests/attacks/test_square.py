@@ -70,10 +70,10 @@ def test_square_is_the_last_stage_of_the_worst_case_ensemble(digits_model, digit
     apgd = APGD(steps=5, random_start=False)
     ens = WorstCase(attacks=(apgd, ("square", {"n_queries": 100})))(digits_model, x, y, threat=tm)
     alone = apgd(digits_model, x, y, threat=tm)
-    assert (ens.adv_correct <= alone.adv_correct).all()
+    assert (ens.robust <= alone.robust).all()
     stages = ens.meta["stages"]
     assert stages[0]["queries"] == 0 and stages[1]["name"] == "square(n_queries=100)"
-    survivors = int(alone.adv_correct.sum())
+    survivors = int(alone.robust.sum())
     assert 0 < stages[1]["queries"] <= 100 * survivors  # only the still-robust samples queried
     assert tm.contains(x, ens.x_adv).all()
 

@@ -151,3 +151,18 @@ def test_another_seed_trains_here_and_caches_by_machine(monkeypatch, tmp_path, d
         pretrained("breast-cancer-mlp", progress=False)
 
 
+
+
+def test_zoo_training_reaches_accuracy_and_is_deterministic_on_one_machine(monkeypatch, tmp_path):
+    """What training must show (not bit-identical weights across CPUs): the recipe reaches
+    its accuracy, and retraining on this machine gives the very same weights."""
+    from scrutiny.data import load
+    from scrutiny.models import pretrained
+
+    monkeypatch.setenv("SCRUTINY_CACHE", str(tmp_path))
+    a = pretrained("breast-cancer-mlp", retrain=True, seed=5, progress=False)
+    b = pretrained("breast-cancer-mlp", retrain=True, seed=5, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(),
+                                                  strict=True))
+    test = load("breast_cancer", split="test")
+    assert (a.predict(test.x) == test.y).float().mean() > 0.9

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch.nn import functional as F
 
 from scrutiny.base import Method, grad_wrt, seeded
 from scrutiny.errors import InputError, QueryBudgetExceeded
+from scrutiny.losses import margin_loss_terms  # also re-exported: attacks import it from here
+from scrutiny.models.adaptive import adaptive, is_non_differentiable, is_randomized
 from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import AttackResult, Tags, ThreatModel
-from scrutiny.validation import check_labels, check_x
+from scrutiny.validation import check_labels, check_outputs, check_x
 
 
 class Attack(Method):
@@ -83,7 +84,7 @@ class Attack(Method):
         x0 = x.detach().to(dev).clone()
         with model.evaluating(), seeded(seed, dev):
             with torch.no_grad():
-                clean_logits = model(x0)
+                clean_logits = check_outputs(model(x0), len(x0))
             y, target = self._check_labels(y, target, len(x0), clean_logits.shape[1], dev)
             extra: dict = {}
             attacked, how = adaptive_model(model) if adaptive else (model, None)
@@ -141,6 +142,7 @@ class Attack(Method):
         x0 = x.detach().to(dev).clone()
         with seeded(seed, dev):
             clean_logits, _ = qm._evaluate(x0)  # the evaluator's look: uncounted
+            check_outputs(clean_logits, len(x0))
             y, target = self._check_labels(y, target, len(x0), clean_logits.shape[1], dev)
             box = BlackBox(qm, x0, batch_size=getattr(self, "batch_size", None))
             extra: dict = {}
@@ -282,46 +284,18 @@ class BlackBox:
 def adaptive_model(model: TorchModel) -> tuple[TorchModel, str | None]:
     """The model a white-box attack differentiates: BPDA/EOT when a defense declares it.
 
-    A defense front end (:class:`scrutiny.defenses.base.Transform`) that declares
+    A defense front end (:class:`scrutiny.models.adaptive.Transform`) that declares
     itself ``non_differentiable`` gets a straight-through backward pass (BPDA);
     one that declares itself ``randomized`` gets EOT (outputs averaged over
     draws in one batched forward), as Athalye et al. (ICML 2018) prescribe. A
     model without such front ends is returned as is. Returns the model and
     ``"BPDA"``, ``"EOT"``, ``"BPDA+EOT"`` or None.
     """
-    from scrutiny.defenses.adaptive import adaptive, is_non_differentiable, is_randomized
-
     bpda, eot = is_non_differentiable(model), is_randomized(model)
     if not (bpda or eot) or getattr(model, "is_adaptive", False):
         return model, None
     how = "+".join(n for n, on in (("BPDA", bpda), ("EOT", eot)) if on)
     return adaptive(model), how
-
-
-def margin_loss_terms(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
-                      loss: str = "ce") -> torch.Tensor:
-    """Per-sample objective an attack maximises.
-
-    Untargeted: ``L(x, y)``. Targeted, in the loss-difference form of the
-    course slides: ``L(x, y) - L(x, t)`` (push away from ``y``, towards ``t``).
-    Since ``L(x, y) - L(x, t) = z_t - z_y`` for cross-entropy, the targeted CE
-    form only needs ``t`` to beat ``y`` and may stop at a third class (as the
-    slides note). ``loss="margin"`` is Carlini & Wagner's f6, unclipped:
-    untargeted ``max_{j != y} z_j - z_y``, targeted ``z_t - max_{j != t} z_j``,
-    which reaches the target more often.
-    """
-    if loss == "ce":
-        out = F.cross_entropy(logits, y, reduction="none")
-        if target is not None:
-            out = out - F.cross_entropy(logits, target, reduction="none")
-        return out
-    if loss == "margin":
-        if target is not None:
-            zt = logits.gather(1, target[:, None])[:, 0]
-            return zt - logits.scatter(1, target[:, None], float("-inf")).amax(dim=1)
-        zy = logits.gather(1, y[:, None])[:, 0]
-        return logits.scatter(1, y[:, None], float("-inf")).amax(dim=1) - zy
-    raise InputError(f"unknown loss {loss!r}; accepted: ce, margin")
 
 
 def input_gradient(model: TorchModel, x: torch.Tensor, y: torch.Tensor,

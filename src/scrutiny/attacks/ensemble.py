@@ -156,16 +156,21 @@ class WorstCase(Attack):
         path = str(self.state_path)
         if not (os.path.exists(path) and os.path.exists(path + ".json")):
             return None
-        with open(path + ".json") as f:
-            meta = json.load(f)
-        if {k: meta.get(k) for k in header} != header:
-            warnings.warn(f"the state in {path} is for other inputs, stages or threat; "
+        try:
+            with open(path + ".json") as f:
+                meta = json.load(f)
+            if {k: meta.get(k) for k in header} != header:
+                warnings.warn(f"the state in {path} is for other inputs, stages or threat; "
+                              "starting from the first stage", stacklevel=4)
+                return None
+            tensors = load_file(path)
+            if len(tensors["broken"]) != n:
+                return None
+            return int(meta["done"]), tensors, list(meta["log"])
+        except Exception as e:  # a damaged state file (truncated, edited): not a reason to fail
+            warnings.warn(f"the state in {path} cannot be read ({type(e).__name__}: {e}); "
                           "starting from the first stage", stacklevel=4)
             return None
-        tensors = load_file(path)
-        if len(tensors["broken"]) != n:
-            return None
-        return int(meta["done"]), tensors, list(meta["log"])
 
     def _save(self, header: dict[str, Any], done: int, broken: torch.Tensor,
               x_adv: torch.Tensor, log: list[dict[str, Any]]) -> None:

@@ -129,8 +129,9 @@ def check_black_box(model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat:
                     params: dict[str, Any] | None = None, seed: int = 0) -> Flag | None:
     """A black-box attack must not beat the white-box ones (it sees strictly less).
 
-    ``white_box_robust`` is the per-sample worst case of the white-box attacks.
-    Returns None when the black-box attack is not registered.
+    ``white_box_robust`` is the per-sample worst case of the white-box attacks
+    (:attr:`~scrutiny.types.AttackResult.robust` of each, so clean errors are
+    False). Returns None when the black-box attack is not registered.
     """
     spec = f"attack:{attack}"
     if spec not in registry.list_methods("attack") or (
@@ -141,7 +142,7 @@ def check_black_box(model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat:
     if len(todo):  # only the samples every white-box attack left robust
         res = registry.create(spec, **(params or {}))(model, x[todo], y[todo], threat=threat,
                                                       seed=seed)
-        extra = int((~res.adv_correct).sum())
+        extra = int((~res.robust).sum())
     wb = float(white_box_robust.float().mean())
     bb = wb - extra / len(x)
     flagged = extra / len(x) > max(0.02, 1.0 / len(x))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import torch
+from markupsafe import Markup
 
 from scrutiny.audit.runner import AuditResult
 
@@ -17,16 +20,50 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("scrutiny.audit", "templat
                           autoescape=jinja2.select_autoescape(["html"]))
 
 
-def render_html(result: AuditResult) -> str:
-    """The report as one HTML string (figures inlined as base64 PNG)."""
-    from scrutiny import __version__
+def _pct(value: Any) -> str:
+    """A share as a percentage with one decimal; undefined (None, NaN) as a dash."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "\u2013"
+    return f"{100 * value:.1f}%"
 
-    figs = [{"name": f.name, "title": f.title, "caption": f.caption,
-             "src": "data:image/png;base64," + base64.b64encode(f.png).decode()}
-            for f in result.figures]
+
+def _num(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; undefined (None, NaN) as "undefined"."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "undefined"
+    return f"{value:.{digits}f}"
+
+
+_ENV.filters["pct"] = _pct
+_ENV.filters["num"] = _num
+
+
+def render_html(result: AuditResult) -> str:
+    """The report as one HTML string (figures inlined as base64 PNG).
+
+    Each section that ran renders its piece ``templates/sections/<name>.html``
+    (with ``s``, its :class:`~scrutiny.audit.context.SectionResult`, ``r``, the
+    whole result, and ``figure(name)``) under its group's heading, in report order.
+    """
+    from scrutiny import __version__
+    from scrutiny.audit.sections import SECTIONS
+
+    by_name = {f.name: f for f in result.figures}
+
+    def figure(name: str) -> Markup:
+        f = by_name.get(name)
+        if f is None:
+            return Markup("")
+        src = "data:image/png;base64," + base64.b64encode(f.png).decode()
+        return Markup('<figure><img src="{}" alt="{}"><figcaption><b>{}.</b> {}</figcaption>'
+                      "</figure>").format(src, f.title, f.title, f.caption)
+
+    groups: dict[str, list] = {"top": [], "fooled": [], "trusted": [], "why": []}
+    for name in sorted(result.sections, key=lambda n: SECTIONS[n].display):
+        groups[SECTIONS[name].group].append(result.sections[name])
     eps = list(result.config.eps)
     return _ENV.get_template("report.html").render(
-        r=result, figures=figs, eps=eps, version=__version__,
+        r=result, groups=groups, figure=figure, eps=eps, version=__version__,
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}")
 
@@ -34,14 +71,39 @@ def render_html(result: AuditResult) -> str:
 def write_report(result: AuditResult, out_dir: str | Path) -> Path:
     """Write ``report.html``, ``figures.json`` and ``result.json`` into ``out_dir``.
 
-    Returns the path of the HTML file.
+    Each file is written to a temporary name and renamed into place, so a reader
+    never sees a half-written file. Returns the path of the HTML file.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    html = out / "report.html"
-    html.write_text(render_html(result), encoding="utf-8")
-    (out / "figures.json").write_text(json.dumps(
-        {f.name: {"title": f.title, "caption": f.caption, "data": f.data} for f in result.figures},
-        indent=1))
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
+
+    def write(name: str, text: str) -> Path:
+        path = out / name
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    html = write("report.html", render_html(result))
+    write("figures.json", json.dumps(strict_json(
+        {f.name: {"title": f.title, "caption": f.caption, "data": f.data} for f in result.figures}),
+        indent=1, allow_nan=False))
+    write("result.json", json.dumps(strict_json(result.to_dict()), indent=1, allow_nan=False))
     return html
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float as None (null), tuples as lists and other
+    objects as strings, so strict JSON parsers read the file (a NaN is an undefined
+    value: a metric on constant maps, an accuracy over no samples)."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, int | str):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return strict_json(obj.item())
+    return str(obj)

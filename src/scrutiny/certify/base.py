@@ -198,8 +198,7 @@ class BoundCertifier(Certifier):
         x0 = x.detach().to(dev, dtype)
         eps = eps.to(dev, dtype)
         with model.evaluating(), torch.no_grad(), _full_precision():
-            logits = model(x0[:1]) if len(x0) else None
-            k = model.num_classes if logits is None else logits.shape[1]
+            k = model(x0[:1]).shape[1]  # one forward tells K (an empty batch's too)
             y = model.predict(x0) if y is None else check_labels(y, len(x0), k).to(dev)
             net = Network(model, x0[:64]) if len(x0) else None
             outs = []
@@ -213,7 +212,7 @@ class BoundCertifier(Certifier):
                     low = self._lower(net, torch.cat([spec, -spec], dim=1), box, norm, xc, ec)
                     outs.append(low)
                     bar.advance()
-        low = torch.cat(outs) if outs else x0.new_zeros(0, 4 * (k or 0))
+        low = torch.cat(outs) if outs else x0.new_zeros(0, 4 * k)
         k = low.shape[1] // 4
         # the margin against y itself is exactly 0
         lower, upper = low[:, :2 * k], -low[:, 2 * k:]

@@ -72,13 +72,16 @@ class CROWN(BoundCertifier):
     >>> from scrutiny.models import pretrained
     >>> from scrutiny.data import load_digits
     >>> from scrutiny.certify import IBP
+    >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
-    >>> x = data.x[:8]
-    >>> crown, ibp = CROWN().bounds(model, x, 0.005), IBP().bounds(model, x, 0.005)
-    >>> bool((crown.margin_lower >= ibp.margin_lower - 1e-6).all())
+    >>> x, y, tm = data.x[:4], data.y[:4], ThreatModel("linf", 0.01)
+    >>> crown, ibp = CROWN().certify(model, x, y, tm), IBP().certify(model, x, y, tm)
+    >>> bool((crown.margin_lower >= ibp.margin_lower - 1e-6).all())  # never looser than IBP
     True
-    >>> res = CROWN().certified_radius(model, x, data.y[:8])
-    >>> bool((res.radius >= 0).all())
+    >>> crown.certified_accuracy(), ibp.certified_accuracy()  # and far tighter on this CNN
+    (1.0, 0.0)
+    >>> res = CROWN(radius_steps=3).certified_radius(model, x[:1], y[:1], max_eps=0.08)
+    >>> bool(res.radius[0] >= 0.03)  # measured: 0.03 (12 steps: 0.034; IBP's radius: 0.004)
     True
     """
 

@@ -138,7 +138,7 @@ class RandomizedSmoothing(Certifier):
         model = as_model(model)
         check_x(x, model.bounds)
         x0 = x.detach().to(model.device)
-        if model.num_classes is None and len(x0):
+        if model.num_classes is None:  # one forward tells K (an empty batch's too)
             with model.evaluating(), torch.no_grad():
                 model(x0[:1])
         return model, x0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
 from scrutiny.base import Method
 from scrutiny.errors import InputError
+from scrutiny.models.adaptive import StraightThrough, Transform  # noqa: F401  (re-exported)
 from scrutiny.models.wrapper import TorchModel, as_model
 
 
@@ -33,42 +34,6 @@ class Defense(Method):
     def _check_fitted(self, attr: str) -> None:
         if getattr(self, attr, None) is None:
             raise InputError(f"{type(self).__name__} is not fitted; call fit(model, data) first")
-
-
-class Transform(nn.Module):
-    """An input transform put in front of a model; it declares how it breaks gradients.
-
-    Attributes
-    ----------
-    non_differentiable : bool
-        The forward pass has zero or useless gradients (quantisation, median):
-        adaptive attacks replace its backward pass by the identity (BPDA).
-    randomized : bool
-        Each forward draws a random transformation: adaptive attacks average
-        over draws (EOT).
-    """
-
-    non_differentiable: ClassVar[bool] = False
-    randomized: ClassVar[bool] = False
-
-    def __init__(self, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
-        super().__init__()
-        self.bounds = bounds
-
-
-class StraightThrough(nn.Module):
-    """BPDA with the identity: forward ``g(x)``, backward as if ``g(x) = x``.
-
-    ``x + (g(x) - x).detach()`` has the value of ``g(x)`` and the gradient of
-    ``x`` (Athalye, Carlini, Wagner 2018, section 4.1, for ``g(x) ~ x``).
-    """
-
-    def __init__(self, transform: nn.Module) -> None:
-        super().__init__()
-        self.transform = transform
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + (self.transform(x) - x).detach()
 
 
 class Preprocessed(nn.Module):

@@ -154,6 +154,9 @@ class DeepCloak(Defense):
         else:
             raise InputError(f"data must be an ArrayDataset or a pair (x, y), got {type(data).__name__}")
         check_x(x, model.bounds)
+        if len(x) == 0:
+            raise InputError("DeepCloak ranks features on clean and adversarial inputs; "
+                             "data is empty")
         attack = _member(self.attack)
         res = attack(model, x, y, threat=ThreatModel(self.norm, self.eps, model.bounds))
         diff = (self._record(model, x) - self._record(model, res.x_adv)).abs().mean(0)

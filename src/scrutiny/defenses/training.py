@@ -263,6 +263,9 @@ class AdversarialTraining(Defense):
         if not isinstance(data, ArrayDataset):
             raise InputError(f"data must be an ArrayDataset of training inputs, got "
                              f"{type(data).__name__}")
+        if len(data) == 0:
+            raise InputError("adversarial training needs at least one training sample; "
+                             "data is empty")
         model = copy.deepcopy(as_model(model))
         self.history_: TrainHistory = train(
             model, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -11,9 +9,10 @@ from torch import nn
 
 from scrutiny.base import Method, grad_wrt, seeded
 from scrutiny.errors import InputError
+from scrutiny.models.hooks import capture  # noqa: F401  (re-exported: explainers import it from here)
 from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import Explanation, Tags
-from scrutiny.validation import check_labels, check_positive, check_x
+from scrutiny.validation import check_labels, check_outputs, check_positive, check_x
 
 
 class Explainer(Method):
@@ -60,7 +59,7 @@ class Explainer(Method):
         x0 = x.detach().to(dev).clone()
         with model.evaluating(), seeded(seed, dev):
             with torch.no_grad():
-                logits = model(x0)
+                logits = check_outputs(model(x0), len(x0))
             if target is None:
                 target = logits.argmax(dim=1)
             target = check_labels(target, len(x0), logits.shape[1], "target").to(dev)
@@ -90,21 +89,6 @@ def target_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor
     x = x.detach().requires_grad_(True)
     out = model(x).gather(1, target[:, None])[:, 0]
     return grad_wrt(out, x), out.detach()
-
-
-@contextlib.contextmanager
-def capture(layer: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """Record ``layer``'s output of each forward in ``store["out"]``; hook removed on exit."""
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _inp, out):
-        store["out"] = out
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
 
 
 def function_twin(cls: type[Explainer], name: str):

@@ -21,7 +21,7 @@ from scrutiny.errors import InputError
 from scrutiny.explain.base import Explainer
 from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import Explanation, Tags
-from scrutiny.validation import check_labels, check_positive, check_x
+from scrutiny.validation import check_labels, check_outputs, check_positive, check_x
 
 
 @dataclass(kw_only=True)
@@ -191,7 +191,7 @@ class Metric(Method):
         attr = None if attributions is None else check_attributions(attributions, x0).detach().to(dev)
         with model.evaluating(), seeded(seed, dev):
             with torch.no_grad():
-                logits = model(x0)
+                logits = check_outputs(model(x0), len(x0))
             if target is None:
                 target = logits.argmax(dim=1)
             target = check_labels(target, len(x0), logits.shape[1], "target").to(dev)

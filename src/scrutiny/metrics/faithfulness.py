@@ -97,7 +97,7 @@ class _CausalMetric(Metric):
 
     def _evaluate(self, model, x, target, explainer, attributions, seed):
         attr = self._explain(explainer, attributions, model, x, target, seed)
-        units = unit_map(attr, x).reshape(len(x), -1)
+        units = unit_map(attr, x).flatten(1)
         n, p = units.shape
         steps = self.steps or (x.shape[-2] if x.dim() == 4 else p)
         steps = min(steps, p)
@@ -112,7 +112,7 @@ class _CausalMetric(Metric):
         # every (sample, step) image, built and scored chunk by chunk
         total = n * (steps + 1)
         vals = []
-        for lo in range(0, total, self.batch_size):
+        for lo in range(0, max(total, 1), self.batch_size):  # an empty batch: one empty chunk
             j = torch.arange(lo, min(lo + self.batch_size, total), device=x.device)
             i, k = j // (steps + 1), j % (steps + 1)
             changed = to_units((pos[i] < counts[k][:, None]).reshape(len(j), *ushape), x[i])

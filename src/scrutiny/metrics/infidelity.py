@@ -195,7 +195,7 @@ class Infidelity(Metric):
         n = len(x)
         m = len(squares) if squares is not None else self.n_perturbations
         dots, diffs = [], []
-        for lo in range(0, n * m, self.batch_size):
+        for lo in range(0, max(n * m, 1), self.batch_size):  # an empty batch: one empty chunk
             j = torch.arange(lo, min(lo + self.batch_size, n * m), device=x.device)
             i = j // m
             xi, bi = x[i], base[i]
@@ -204,7 +204,7 @@ class Infidelity(Metric):
             if self.multiply_by_inputs:
                 ref = xi - bi
                 pert = torch.where(ref != 0, pert / torch.where(ref != 0, ref, 1), 0)
-            dots.append((pert * phi[i]).reshape(len(i), -1).sum(dim=1))
+            dots.append((pert * phi[i]).flatten(1).sum(dim=1))
             diffs.append(fx[i] - _target_output(model, x0, target[i], self.output))
         dot = torch.cat(dots).reshape(n, m).double()
         diff = torch.cat(diffs).reshape(n, m).double()
@@ -291,7 +291,7 @@ class MaxSensitivity(Metric):
         self.batch_size = batch_size
 
     def _size(self, t: torch.Tensor) -> torch.Tensor:
-        f = t.reshape(len(t), -1).double()
+        f = t.flatten(1).double()
         return f.norm(dim=1) if self.norm == "l2" else f.abs().amax(dim=1)
 
     def _evaluate(self, model, x, target, explainer, attributions, seed):
@@ -299,7 +299,7 @@ class MaxSensitivity(Metric):
         phi = self._explain(explainer, None, model, x, target, seed)
         n, m = len(x), self.n_samples
         changes = []
-        for start in range(0, n * m, self.batch_size):
+        for start in range(0, max(n * m, 1), self.batch_size):  # an empty batch: one empty chunk
             i = torch.arange(start, min(start + self.batch_size, n * m), device=x.device) // m
             y = (x[i] + (torch.rand_like(x[i]) * 2 - 1) * self.radius).clamp(lo, hi)
             phi_y = check_attributions(explainer.explain(model, y, target[i], seed=seed)

@@ -48,8 +48,8 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Ranks with ties averaged (as :func:`scipy.stats.spearmanr`); NaN for a
     sample where either map is constant (no ranking to compare).
     """
-    fa = a.detach().reshape(len(a), -1).double().cpu().numpy()
-    fb = b.detach().reshape(len(b), -1).double().cpu().numpy()
+    fa = a.detach().flatten(1).double().cpu().numpy()
+    fb = b.detach().flatten(1).double().cpu().numpy()
     if not len(fa):
         return torch.empty(0, dtype=torch.float64)
     r = _pearson_rows(rankdata(fa, axis=1), rankdata(fb, axis=1))
@@ -161,7 +161,7 @@ def _explain_chunks(exp, model: TorchModel, x: torch.Tensor, target: torch.Tenso
                     seed: int | None, batch_size: int) -> torch.Tensor:
     maps = [unit_map(exp.explain(model, x[i:i + batch_size], target[i:i + batch_size],
                                  seed=seed).attributions.to(x.device), x[i:i + batch_size])
-            for i in range(0, len(x), batch_size)]
+            for i in range(0, max(len(x), 1), batch_size)]  # an empty batch: one empty chunk
     return torch.cat(maps).detach()
 
 

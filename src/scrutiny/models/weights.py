@@ -63,7 +63,10 @@ def load_factory(spec: str, **kwargs) -> nn.Module:
     factory = getattr(mod, attr, None)
     if factory is None or not callable(factory):
         raise InputError(f"{mod_name!r} has no callable {attr!r}")
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as e:  # the user's code: one clear line, not a traceback
+        raise InputError(f"{spec} raised {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
         raise InputError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model

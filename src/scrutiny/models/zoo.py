@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from scrutiny import registry
 from scrutiny.base import seeded
 from scrutiny.errors import InputError
 from scrutiny.models.weights import cache_dir, load_weights, save_weights
@@ -80,6 +81,10 @@ ZOO_VERSION = 2
 #: Weights trained once and shipped with the package: every machine loads the same numbers.
 SHIPPED = Path(__file__).parent / "shipped"
 
+#: The registered defense whose ``objective()`` trains the adversarial recipes. The zoo
+#: resolves it through :mod:`scrutiny.registry` by name, so models never import defenses.
+ADVERSARIAL_TRAINING = "defense:adversarial_training"
+
 #: Environment variable: when set to an integer, zoo models (and the test suite's fixture
 #: models) ignore the shipped weights and are trained here with this seed instead.
 RETRAIN_SEED_ENV = "SCRUTINY_RETRAIN_SEED"
@@ -121,8 +126,8 @@ class Recipe:
     batch_size: int = 64
     weight_decay: float = 1e-4
     seed: int = 0
-    #: Adversarial training: parameters of
-    #: :class:`scrutiny.defenses.training.AdversarialTraining` as ``(name, value)`` pairs
+    #: Adversarial training: parameters of the registered defense :data:`ADVERSARIAL_TRAINING`
+    #: (:class:`scrutiny.defenses.training.AdversarialTraining`) as ``(name, value)`` pairs
     #: (its ``method``, ``eps``, ``steps``...); empty for standard training.
     adversarial: tuple[tuple[str, Any], ...] = ()
 
@@ -212,10 +217,8 @@ def pretrained(name: str = "digits-cnn", *, retrain: bool = False, seed: int | N
         load_weights(net, path)
     else:
         objective = None
-        if r.adversarial:
-            from scrutiny.defenses.training import AdversarialTraining
-
-            objective = AdversarialTraining(**dict(r.adversarial)).objective()
+        if r.adversarial:  # resolved by name: the zoo (models) does not import defenses
+            objective = registry.create(ADVERSARIAL_TRAINING, **dict(r.adversarial)).objective()
         train(net, data, epochs=r.epochs, lr=r.lr, batch_size=r.batch_size,
               weight_decay=r.weight_decay, seed=r.seed, progress=progress, objective=objective)
         save_weights(net, path, metadata={"recipe": r.describe(), "name": name,

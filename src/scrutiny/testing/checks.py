@@ -12,7 +12,10 @@ Use them from pytest::
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -20,10 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scrutiny import registry
-from scrutiny.errors import InputError
+from scrutiny.data import ArrayDataset
+from scrutiny.errors import InputError, ModelOutputError
 from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel
-from scrutiny.testing.models import Failing, tiny_cnn, tiny_images, tiny_linear
+from scrutiny.testing.models import Failing, NonFinite, tiny_cnn, tiny_images, tiny_linear
 from scrutiny.types import ThreatModel
 
 Check = Callable[[str], None]
@@ -65,6 +69,28 @@ def _query_model(model: TorchModel, output: str, budget: int | None = None) -> Q
     k = model.num_classes or list(model.parameters())[-1].shape[0]
     return QueryModel(_NoGrad(model, output), output=output, budget=budget, bounds=model.bounds,
                       num_classes=k)
+
+
+def _tiny_dataset(n: int = 20) -> ArrayDataset:
+    """Labelled tiny images (training data for the methods that take some)."""
+    return ArrayDataset(x=tiny_images(n, seed=7), y=torch.arange(n) % 3, classes=("a", "b", "c"),
+                        name="tiny")
+
+
+def _call_data(method: Any, x: torch.Tensor) -> dict[str, Any]:
+    """Stand-ins for the call-time data a metric requires (``masks``, ``train_data``)."""
+    data: dict[str, Any] = {}
+    for k in getattr(method, "call_data", ()):
+        if k == "masks":
+            data[k] = torch.zeros((len(x), *x.shape[2:]), dtype=torch.bool)
+        elif k == "train_data":
+            data[k] = _tiny_dataset()
+    return data
+
+
+def _attack_subject(method: Any, model: TorchModel) -> Any:
+    """What an attack is called on: the model, or a gradient-free QueryModel over it."""
+    return model if method.tags.white_box else _query_model(model, method.tags.output)
 
 
 def _output(spec: str, method, model, x, y, seed: int = 0, eps: float = 0.1) -> torch.Tensor:
@@ -146,6 +172,87 @@ def check_rejects_bad_input(spec: str) -> None:
         _output(spec, m, model, x, torch.full_like(y, 7))
 
 
+def check_rejects_nonfinite_outputs(spec: str) -> None:
+    """A model answering NaN or infinite logits is refused with a ModelOutputError at the
+    clean forward pass, instead of reading argmax(NaN) as a prediction."""
+    m = _make(spec)
+    kind = registry.get(spec).kind
+    x, y = tiny_images(5), torch.zeros(5, dtype=torch.long)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        model = TorchModel(NonFinite(tiny_cnn(0).module, value=value, row=1))
+        with pytest.raises(ModelOutputError, match="NaN or infinite"):
+            if kind == "attack":  # a black-box attack wraps it; the evaluator sees the logits
+                m(model, x, y, threat=ThreatModel(m.tags.norms[0], 0.1))
+            elif kind == "explainer":
+                m(model, x, y)
+            else:
+                m(model, x, y, explainer="saliency", **_call_data(m, x))
+
+
+def check_empty_batch(spec: str) -> None:
+    """Zero samples are a normal case: an empty result of the right shapes, no error."""
+    m = _make(spec)
+    kind = registry.get(spec).kind
+    model = tiny_cnn(0)
+    x, y = tiny_images(0), torch.zeros(0, dtype=torch.long)
+    if kind == "attack":
+        for norm in m.tags.norms:
+            for target in ((None, y) if m.tags.targeted else (None,)):
+                res = m(_attack_subject(m, model), x, y, threat=ThreatModel(norm, 0.1),
+                        target=target)
+                assert res.x_adv.shape == x.shape and res.x_adv.dtype == x.dtype
+                assert res.logits.shape == (0, 3)
+                for t in (res.success, res.norms, res.clean_correct, res.adv_correct,
+                          res.robust, res.y):
+                    assert t.shape == (0,)
+                assert res.queries is None or res.queries.shape == (0,)
+                assert math.isnan(res.robust_accuracy()) and math.isnan(res.clean_accuracy())
+                assert res.to_dict()["n"] == 0
+    elif kind == "explainer":
+        for target in (None, y):
+            e = m(model, x, target)
+            assert e.attributions.shape in (x.shape, (0, *x.shape[2:]))
+            assert e.target.shape == (0,) and e.outputs.shape == (0,)
+            assert e.delta is None or e.delta.shape == (0,)
+    elif kind == "metric":
+        data = _call_data(m, x)
+        runs = [{"explainer": "saliency"}]
+        if not m.needs_explainer:
+            runs.append({"attributions": torch.zeros_like(x)})
+        for judged in runs:
+            res = m(model, x, **judged, **data)
+            assert res.scores.shape == (0,) and res.target.shape == (0,)
+            assert math.isnan(res.aggregate) and res.to_dict()["n"] == 0
+    elif kind == "certifier":
+        model = tiny_linear(0)  # a chain every bound certifier supports
+        if "threat" in inspect.signature(m.certify).parameters:
+            res = m.certify(model, x, y, ThreatModel(m.tags.norms[0], 0.1))
+        else:
+            res = m.certify(model, x, y)
+        for t in (res.label, res.radius, res.abstain, res.certified):
+            assert t.shape == (0,)
+        assert math.isnan(res.certified_accuracy()) and res.to_dict()["n"] == 0
+        acc = m.certified_accuracy(model, x, y, [0.1])
+        assert list(acc) == [0.1] and math.isnan(acc[0.1])
+        if hasattr(m, "certified_radius"):
+            assert m.certified_radius(model, x, y).radius.shape == (0,)
+        if hasattr(m, "bounds"):
+            b = m.bounds(model, x, 0.1)
+            assert b.logits_lower.shape == b.margin_lower.shape == (0, 3)
+    elif kind == "defense":
+        defended = m.fit(model, _tiny_dataset(8)).wrap(model)
+        with defended.evaluating(), torch.no_grad():
+            assert defended(x).shape == (0, 3)
+        if hasattr(m, "detect"):
+            assert m.detect(x).shape == (0,) and m.score(x).shape == (0,)
+        # fitting on no data at all: fitted, or a clear InputError (never a crash)
+        empty = ArrayDataset(x=x, y=y, classes=("a", "b", "c"), name="empty")
+        try:
+            _make(spec).fit(model, empty)
+        except InputError:
+            pass
+
+
 # ---------------------------------------------------------------- attacks
 def check_threat_invariants(spec: str) -> None:
     """Property: x_adv lies in the eps-ball and the bounds, for every declared norm."""
@@ -176,6 +283,32 @@ def check_results_recomputed(spec: str) -> None:
     assert torch.equal(res.adv_correct, pred == y)
     assert torch.allclose(res.norms, threat.distance(x, res.x_adv))
     assert res.robust_accuracy() <= res.clean_accuracy()
+
+
+def check_robust_needs_clean_correct(spec: str) -> None:
+    """Property (AutoAttack's convention): a sample is robust only if it is classified
+    correctly clean and the attack failed on it, so robust accuracy <= clean accuracy, also
+    on a batch where some clean inputs are misclassified (and an attack may fix them)."""
+    m = _make(spec)
+    model = tiny_cnn(0)
+    x = tiny_images(6, seed=1)
+    pred = model.predict(x)
+
+    @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(wrong=st.lists(st.booleans(), min_size=6, max_size=6).filter(any),
+           shift=st.sampled_from([1, 2]), norm=st.sampled_from(m.tags.norms),
+           eps=st.sampled_from([0.0, 0.1, 0.5, 2.0]), seed=st.integers(0, 2**16))
+    def prop(wrong, shift, norm, eps, seed):
+        y = torch.where(torch.tensor(wrong), (pred + shift) % 3, pred)
+        res = m(_attack_subject(m, model), x, y, threat=ThreatModel(norm, eps), seed=seed)
+        clean = model.predict(x) == y
+        held = clean & (model.predict(res.x_adv) == y)
+        assert torch.equal(res.clean_correct, clean)
+        assert torch.equal(res.robust, held)
+        assert not bool((res.robust & ~res.clean_correct).any())
+        assert res.robust_accuracy() == float(held.float().mean()) <= res.clean_accuracy()
+
+    prop()
 
 
 def check_targeted(spec: str) -> None:
@@ -277,8 +410,10 @@ def check_randomization_changes_map(spec: str) -> None:
 COMMON: tuple[Check, ...] = (check_params_roundtrip, check_unknown_param_rejected,
                              check_input_not_mutated, check_dtype_device_kept,
                              check_state_restored, check_same_seed_same_result,
-                             check_rejects_bad_input)
-ATTACK: tuple[Check, ...] = (check_threat_invariants, check_results_recomputed, check_targeted)
+                             check_rejects_bad_input, check_rejects_nonfinite_outputs,
+                             check_empty_batch)
+ATTACK: tuple[Check, ...] = (check_threat_invariants, check_results_recomputed,
+                             check_robust_needs_clean_correct, check_targeted)
 #: Added for attacks with ``tags.white_box=False``.
 BLACK_BOX: tuple[Check, ...] = (check_query_budget, check_refuses_too_little_output)
 EXPLAINER: tuple[Check, ...] = (check_shapes, check_batched_equals_single, check_linear_oracle,
@@ -286,9 +421,13 @@ EXPLAINER: tuple[Check, ...] = (check_shapes, check_batched_equals_single, check
 
 
 PARAMS: tuple[Check, ...] = (check_params_roundtrip, check_unknown_param_rejected)
-#: Checks per kind; metrics, defenses and certifiers get the constructor contract here and
-#: their invariants in their own test modules.
-KIND_CHECKS: dict[str, tuple[Check, ...]] = {"attack": COMMON + ATTACK, "explainer": COMMON + EXPLAINER}
+#: Checks per kind; metrics, defenses and certifiers get the constructor contract, the empty
+#: batch (and metrics the refusal of non-finite outputs) here, and their invariants in their
+#: own test modules.
+KIND_CHECKS: dict[str, tuple[Check, ...]] = {
+    "attack": COMMON + ATTACK, "explainer": COMMON + EXPLAINER,
+    "metric": PARAMS + (check_rejects_nonfinite_outputs, check_empty_batch),
+    "certifier": PARAMS + (check_empty_batch,), "defense": PARAMS + (check_empty_batch,)}
 
 
 def checks_for(spec: str) -> tuple[Check, ...]:

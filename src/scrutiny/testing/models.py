@@ -55,6 +55,23 @@ class Failing(nn.Module):
         return out
 
 
+class NonFinite(nn.Module):
+    """Wraps a module and puts ``value`` (NaN or +-inf) in logit 0 of sample ``row``."""
+
+    def __init__(self, module: nn.Module, value: float = float("nan"), row: int = 1) -> None:
+        super().__init__()
+        self.inner = module
+        self.value = value
+        self.row = row
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        hit = torch.zeros_like(out, dtype=torch.bool)
+        if len(out) > self.row:
+            hit[self.row, 0] = True
+        return torch.where(hit, torch.full_like(out, self.value), out)
+
+
 def dropout_mlp(seed: int = 0, in_features: int = 64, num_classes: int = 10, hidden: int = 128,
                 p: float = 0.5, heteroscedastic: bool = False) -> TorchModel:
     """Flatten-Linear-ReLU-Dropout-Linear with seeded (untrained) weights, for MC dropout.

@@ -668,7 +668,7 @@ class BoundaryAttack(_DecisionAttack):
     ----------
     .. [1] Brendel, Rauber, Bethge. "Decision-based adversarial attacks:
        reliable attacks against black-box machine learning models". ICLR 2018.
-    """ + _EXAMPLE.format(call="BoundaryAttack(steps=300)", norm="l2")
+    """ + _EXAMPLE.format(call="BoundaryAttack(steps=100)", norm="l2")
 
     def __init__(self, *, steps: int = 25000, spherical_step: float = 0.01,
                  source_step: float = 0.01, step_adaptation: float = 1.5,
@@ -736,7 +736,7 @@ class HopSkipJump(_DecisionAttack):
     ----------
     .. [1] Chen, Jordan, Wainwright. "HopSkipJumpAttack: a query-efficient
        decision-based attack". IEEE S&P 2020.
-    """ + _EXAMPLE.format(call="HopSkipJump(steps=10)", norm="l2")
+    """ + _EXAMPLE.format(call="HopSkipJump(steps=5)", norm="l2")
 
     tags = Tags(white_box=False, output="label", norms=("l2", "linf"), targeted=True,
                 stochastic=True, minimum_norm=True)
@@ -874,7 +874,7 @@ class SignOPT(_OptFamily):
     ----------
     .. [1] Cheng, Singh, Chen, Chen, Liu, Hsieh. "Sign-OPT: a query-efficient
        hard-label adversarial attack". ICLR 2020.
-    """ + _EXAMPLE.format(call="SignOPT(steps=3, directions=50)", norm="l2")
+    """ + _EXAMPLE.format(call="SignOPT(steps=2, directions=20)", norm="l2")
 
     estimator = "sign"
 

@@ -225,10 +225,12 @@ class Transfer(Attack):
     >>> model = pretrained("digits-cnn", progress=False)
     >>> train, test = load_digits(), load_digits(split="test")
     >>> target = QueryModel(model, output="label")
-    >>> res = Transfer(epochs=10)(target, test.x[:100], test.y[:100],
-    ...                           threat=ThreatModel("linf", 0.2), data=train.x[:300])
-    >>> res.meta["labelling_queries"], res.success_rate() > 0.3
+    >>> x, y, tm = test.x[:64], test.y[:64], ThreatModel("linf", 0.2)
+    >>> res = Transfer(surrogate="mlp")(target, x, y, threat=tm, data=train.x[:300])
+    >>> noise = NoiseAttack()(target, x, y, threat=tm)  # random noise of the same size
+    >>> res.meta["labelling_queries"], res.robust_accuracy() < noise.robust_accuracy() - 0.1
     (300, True)
+    >>> # measured: robust accuracy 0.58 against transferred examples, 0.92 against noise
     """
 
     tags = Tags(white_box=False, output="label", norms=("linf", "l2", "l1"), targeted=True,

@@ -97,8 +97,11 @@ class Sticker(Attack):
     >>> mask = torch.zeros(1, 8, 8)
     >>> mask[:, :, :3] = 1                      # a sticker on the left three columns
     >>> tm = ThreatModel("linf", 1.0, mask=mask)
-    >>> res = Sticker(steps=50)(model, data.x[:100], data.y[:100], threat=tm)
-    >>> bool((res.x_adv - data.x[:100])[..., 3:].abs().max() == 0)
+    >>> x, y = data.x[:32], data.y[:32]
+    >>> res = Sticker(steps=20)(model, x, y, threat=tm)  # one sticker for all 32 images
+    >>> bool((res.x_adv - x)[..., 3:].abs().max() == 0)  # the rest of the image is untouched
+    True
+    >>> res.robust_accuracy() < 0.6 < res.clean_accuracy()  # measured: 0.41, 0.97
     True
     """
 

@@ -8,7 +8,7 @@ from torch import nn
 from scrutiny.attacks.base import Attack
 from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
-from scrutiny.explain.base import capture
+from scrutiny.models.hooks import capture
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel

@@ -117,10 +117,10 @@ class LBFGS(Attack):
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
     >>> x, y = data.x[:8], data.y[:8]
-    >>> res = LBFGS(search_steps=6, max_iter=30)(model, x, y, target=(y + 1) % 10,
-    ...                                          threat=ThreatModel("l2", float("inf")))
-    >>> res.success_rate() > 0.9
-    True
+    >>> attack = LBFGS(initial_const=1.0, search_steps=3, max_iter=20)  # a short search
+    >>> res = attack(model, x, y, target=(y + 1) % 10, threat=ThreatModel("l2", float("inf")))
+    >>> res.success_rate()
+    1.0
     """
 
     tags = Tags(norms=("l2",), targeted=True, minimum_norm=True)

@@ -145,12 +145,13 @@ class CarliniWagnerL2(Attack):
     >>> from scrutiny.data import load_digits
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
-    >>> cw = CarliniWagnerL2(binary_search_steps=5, max_iterations=100)
-    >>> res = cw(model, data.x[:16], data.y[:16], threat=ThreatModel("l2", float("inf")))
-    >>> res.success_rate() > 0.9
-    True
-    >>> res.robust_accuracy_at(0.5) <= res.robust_accuracy_at(0.2)
-    True
+    >>> cw = CarliniWagnerL2(binary_search_steps=3, max_iterations=50, initial_const=1.0,
+    ...                      learning_rate=0.1)  # a short search; the defaults are the paper's
+    >>> res = cw(model, data.x[:8], data.y[:8], threat=ThreatModel("l2", float("inf")))
+    >>> res.success_rate()
+    1.0
+    >>> res.robust_accuracy_at(0.25) > 0.5, res.robust_accuracy_at(1.0)  # one run, the whole curve
+    (True, 0.0)
     """
 
     tags = Tags(norms=("l2",), targeted=True, minimum_norm=True)
@@ -274,10 +275,10 @@ class ElasticNet(Attack):
     >>> from scrutiny.data import load_digits
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
-    >>> ead = ElasticNet(binary_search_steps=5, max_iterations=100)
-    >>> res = ead(model, data.x[:16], data.y[:16], threat=ThreatModel("l1", float("inf")))
-    >>> res.success_rate() > 0.9
-    True
+    >>> ead = ElasticNet(binary_search_steps=3, max_iterations=50, initial_const=1.0)
+    >>> res = ead(model, data.x[:8], data.y[:8], threat=ThreatModel("l1", float("inf")))
+    >>> res.success_rate()
+    1.0
     """
 
     tags = Tags(norms=("l1", "l2"), targeted=True, minimum_norm=True)

@@ -90,7 +90,7 @@ class Penalized(Attack):
     >>> from scrutiny.data import load_digits
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
-    >>> x, y, tm = data.x[:64], data.y[:64], ThreatModel("l2", float("inf"))
+    >>> x, y, tm = data.x[:16], data.y[:16], ThreatModel("l2", float("inf"))
     >>> weak, strong = (Penalized(lam=lam)(model, x, y, threat=tm) for lam in (10.0, 0.5))
     >>> bool(weak.norms.mean() < strong.norms.mean())
     True

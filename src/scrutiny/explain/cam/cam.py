@@ -110,7 +110,8 @@ class CAM(Explainer):
         maps = []
         try:
             with torch.no_grad():
-                for i in range(0, len(x), self.batch_size):
+                # at least one (possibly empty) chunk: an empty batch gets its shapes too
+                for i in range(0, max(len(x), 1), self.batch_size):
                     model(x[i:i + self.batch_size])
                     a = store.get("a")
                     if not isinstance(a, torch.Tensor) or a.dim() != 4:

@@ -112,7 +112,8 @@ class GradCAM(Explainer):
         layer = model.layer(name)
         maps = []
         with capture(layer) as store:
-            for i in range(0, len(x), self.batch_size):
+            # at least one (possibly empty) chunk: an empty batch gets its shapes too
+            for i in range(0, max(len(x), 1), self.batch_size):
                 xb, tb = x[i:i + self.batch_size], target[i:i + self.batch_size]
                 with torch.enable_grad():
                     # parameters are frozen: the input must carry the graph to the layer

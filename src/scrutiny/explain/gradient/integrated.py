@@ -280,13 +280,16 @@ class IntegratedGradients(Explainer):
         extra = {}
         if self.rule == "adaptive":
             # the rule keeps every node's gradient: samples go in blocks of <= ~2**25 values
-            block = max(1, 2**25 // (self.steps * max(1, diff[0].numel())))
+            block = max(1, 2**25 // (self.steps * max(1, x[0].numel() if n else 1)))
             parts = [adaptive_path_integral(model, b[i:i + block], diff[i:i + block],
                                             target[i:i + block], self.steps, self.rtol,
                                             self.batch_size, self.min_steps)
                      for i in range(0, n, block)]
-            total = torch.cat([p[0] for p in parts])
-            extra["nodes"] = torch.cat([p[1] for p in parts]).cpu()
+            if parts:
+                total = torch.cat([p[0] for p in parts])
+                extra["nodes"] = torch.cat([p[1] for p in parts]).cpu()
+            else:  # an empty batch
+                total, extra["nodes"] = torch.zeros_like(x), torch.zeros(0, dtype=torch.long)
         else:
             alphas, weights = (t.to(device=x.device, dtype=x.dtype)
                                for t in quadrature(self.rule, self.steps))
@@ -301,7 +304,7 @@ class IntegratedGradients(Explainer):
         with torch.no_grad():
             fx = model(x).gather(1, target[:, None])[:, 0]
             fb = model(b).gather(1, target[:, None])[:, 0]
-        delta = attr.reshape(n, -1).sum(1) - (fx - fb)
+        delta = attr.flatten(1).sum(1) - (fx - fb)
         return attr, {"delta": delta, "baseline_output": fb.cpu(), **extra}
 
 

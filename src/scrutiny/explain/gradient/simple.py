@@ -10,6 +10,8 @@ from scrutiny.registry import register
 
 def batched_gradient(model, x: torch.Tensor, target: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``d z_target / dx`` for every input, one forward/backward per chunk of ``batch_size``."""
+    if not len(x):
+        return torch.zeros_like(x)
     return torch.cat([target_gradient(model, x[i:i + batch_size], target[i:i + batch_size])[0]
                       for i in range(0, len(x), batch_size)])
 

@@ -91,7 +91,7 @@ class SmoothGrad(Explainer):
 
     def _explain(self, model, x, target):
         n, k = len(x), self.n_samples
-        flat = x.reshape(n, -1)
+        flat = x.flatten(1)
         sigma = self.noise_level * (flat.amax(1) - flat.amin(1))
         eps = torch.randn((k, *x.shape[1:]), device=x.device, dtype=x.dtype)
         total = None

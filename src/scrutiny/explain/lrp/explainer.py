@@ -39,7 +39,7 @@ PRECISIONS: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch
 
 
 def _per_sample(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    return t.flatten(1).sum(dim=1)
 
 
 def _x_times_w(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -306,7 +306,8 @@ class LRP(Explainer):
         per_batch: list[dict[str, dict[str, torch.Tensor]]] = []
         order: list[str] = []
         outputs: list[torch.Tensor] = []
-        for start in range(0, len(x), self.batch_size):
+        # at least one (possibly empty) chunk: an empty batch gets its shapes from the model
+        for start in range(0, max(len(x), 1), self.batch_size):
             xb = model._norm(x[start:start + self.batch_size].to(dtype)).detach()
             tb = target[start:start + self.batch_size]
             bounds = (model._norm(torch.full_like(xb, lo)), model._norm(torch.full_like(xb, hi)))

@@ -223,7 +223,7 @@ def make_rule(spec: Any, *, epsilon: float, alpha: float, beta: float, gamma: fl
 
 # ------------------------------------------------------------------ propagation
 def _per_sample(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    return t.flatten(1).sum(dim=1)
 
 
 def propagate(rule: Rule, lin: Linear, a: torch.Tensor, weight: torch.Tensor,

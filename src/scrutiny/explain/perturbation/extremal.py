@@ -278,7 +278,7 @@ class ExtremalPerturbation(Explainer):
 
     def _energy(self, model, gen, params, x, fill, t, ref, lam):
         m = gen(params)
-        reg = ((m.reshape(len(m), -1).sort(dim=1).values - ref) ** 2).mean(1)
+        reg = ((m.flatten(1).sort(dim=1).values - ref) ** 2).mean(1)
         return self._reward(model, m, x, fill, t) - lam * reg
 
 

@@ -196,6 +196,12 @@ class Lime(Explainer):
     # ------------------------------------------------------------ images
     def _explain_image(self, model, x, target):
         n = len(x)
+        if n == 0:  # an empty batch: nothing to sample, empty maps and surrogates
+            e = torch.zeros(0, dtype=torch.float64)
+            return x.new_zeros((0, *x.shape[2:])), {
+                "r2": e, "intercept": e, "features": e.reshape(0, 0),
+                "n_features": torch.zeros(0, dtype=torch.long),
+                "segments": torch.zeros((0, *x.shape[2:]), dtype=torch.long)}
         seg = segment_images(x, self.segmenter, self.n_segments, self.segmenter_params)
         m_of = (seg.reshape(n, -1).amax(1) + 1).tolist()
         fill = image_fill(self.fill, x, seg, model.bounds, self.blur_sigma)
@@ -226,6 +232,9 @@ class Lime(Explainer):
     # ------------------------------------------------------------ tables
     def _explain_tabular(self, model, x, target, bg):
         n, shape = len(x), x.shape[1:]
+        if n == 0:  # an empty batch: empty attributions and surrogates
+            e = torch.zeros(0, dtype=torch.float64)
+            return torch.zeros_like(x), {"r2": e, "intercept": e}
         xf, bgf = x.reshape(n, -1).double(), bg.reshape(len(bg), -1).double()
         d, s = xf.shape[1], self.n_samples
         mean, std = bgf.mean(0), bgf.std(0, unbiased=False)

@@ -207,6 +207,16 @@ class KernelShap(Explainer):
     def _explain(self, model, x, target, background=None):
         n, dev = len(x), x.device
         image = resolve_mode(self.mode, x) == "image"
+        if n == 0:  # an empty batch: nothing to sample, empty maps and values
+            if background is not None:
+                check_background(background, x)
+            e = torch.zeros(0, dtype=torch.float64, device=dev)
+            extra = {"delta": e, "expected_value": e.cpu(), "features": e.reshape(0, 0).cpu()}
+            if image:
+                extra.update(segments=torch.zeros((0, *x.shape[2:]), dtype=torch.long),
+                             n_features=torch.zeros(0, dtype=torch.long))
+                return x.new_zeros((0, *x.shape[2:])), extra
+            return torch.zeros_like(x), extra
         if image:
             seg = segment_images(x, self.segmenter, self.n_segments, self.segmenter_params)
             groups = seg.reshape(n, 1, -1).expand(n, x.shape[1], -1).reshape(n, -1)

@@ -142,7 +142,7 @@ class MCDropout(Explainer):
         stats: dict[str, list[torch.Tensor]] = {}
         maps = []
         with dropout_enabled(model):
-            for i in range(0, len(x), per):
+            for i in range(0, max(len(x), 1), per):  # an empty batch: one empty chunk
                 xc = x[i:i + per].detach().requires_grad_(True)
                 tc = target[i:i + per]
                 with torch.enable_grad():
@@ -151,7 +151,7 @@ class MCDropout(Explainer):
                     if self.heteroscedastic and out.shape[1] % 2:
                         raise InputError("heteroscedastic=True needs (N, 2K) outputs: K logits, "
                                          f"then K log-variances; got {out.shape[1]} columns")
-                    if int(tc.max()) >= k:
+                    if len(tc) and int(tc.max()) >= k:
                         raise InputError(f"target has values up to {int(tc.max())}; the model "
                                          f"has {k} classes")
                     probs = out[:, :k].softmax(dim=1).reshape(len(xc), t_, k)

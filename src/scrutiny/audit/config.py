@@ -1,0 +1,145 @@
+"""What the audit runs: :class:`AuditConfig` and the default radii per norm."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from scrutiny import registry
+from scrutiny.errors import InputError
+from scrutiny.types import NORMS
+
+DEFAULT_EPS: dict[str, tuple[float, ...]] = {
+    "linf": (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3),
+    "l2": (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
+    "l1": (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0),
+}
+
+
+@dataclass
+class AuditConfig:
+    """What the audit runs.
+
+    Parameters
+    ----------
+    attacks, explainers : tuple of str
+        Registered names (``"pgd"`` or ``"attack:pgd"``); the attacks draw the
+        robustness curve.
+    headline_attack : str, optional
+        A (strong, slower) attack run once at ``reference_eps`` on the samples
+        the curve's attacks left robust; default the AutoAttack-style
+        ``worst_case`` ensemble. Its result enters the headline number.
+    norm : {"linf", "l2", "l1"}
+    eps : tuple of float, optional
+        Radii of the robustness curve; default :data:`DEFAULT_EPS` of the norm.
+    reference_eps : float, optional
+        The eps of the headline number and the example figures; default the
+        middle of ``eps``.
+    n_samples : int
+        Test samples attacked.
+    n_examples : int
+        Samples shown in the example and explanation figures.
+    params : dict
+        Per-method hyperparameters, ``{"pgd": {"steps": 100}}``.
+    seed : int
+        Seeds every stochastic step.
+    metrics : tuple of str
+        Trust measures (``metric:<name>``) computed for every explainer on the
+        first ``trust_samples`` samples; shown in the gallery and its table.
+        ``pointing_game`` needs data with ground-truth masks (``synthetic``).
+    trust_samples : int
+        Samples the trust measures use.
+    defenses : tuple of str
+        Defenses of the game matrix: each attack of ``attacks`` against each
+        defense at ``reference_eps`` (adaptive attacks where a defense declares
+        non-differentiable or randomized preprocessing; detectors as detection
+        rates), fitted on test rows that are not attacked.
+    query_attacks : tuple of str
+        Black-box attacks run on every sample at ``reference_eps`` through a
+        query-only view of the model; the report plots their success rate
+        against the number of queries (default budget 1000 per sample unless
+        ``params`` say otherwise).
+    certifier : str, optional
+        Certifier (``ibp``, ``crown``; ``smoothing`` for l2) run on the first
+        ``cert_samples`` samples at the smallest nonzero eps and at
+        ``reference_eps``; its certified accuracy is compared with the attacks'
+        robust accuracy on the same samples (a certificate above it is a bug).
+    cert_samples : int
+        Samples certified.
+    checks : bool
+        Run the gradient-masking checks (:mod:`scrutiny.audit.checks`) at
+        ``reference_eps``.
+    black_box : str, optional
+        Black-box attack of the "black-box beats white-box" check, run on the
+        samples every white-box attack left robust (skipped when not registered).
+    sections : tuple of str, optional
+        The report sections to run (:data:`scrutiny.audit.sections.SECTIONS`);
+        default all. The sections a chosen one needs are run too.
+    skip : tuple of str
+        Sections not to run (an error if a chosen section needs one of them).
+    """
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    headline_attack: str | None = "worst_case"
+    explainers: tuple[str, ...] = ("saliency", "integrated_gradients", "grad_cam")
+    norm: str = "linf"
+    eps: tuple[float, ...] | None = None
+    reference_eps: float | None = None
+    n_samples: int = 500
+    n_examples: int = 6
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    metrics: tuple[str, ...] = ("deletion", "insertion", "model_randomization")
+    trust_samples: int = 32
+    defenses: tuple[str, ...] = ("bit_depth", "median_filter", "feature_squeezing")
+    query_attacks: tuple[str, ...] = ("square",)
+    certifier: str | None = "crown"
+    cert_samples: int = 32
+    checks: bool = True
+    black_box: str | None = "square"
+    sections: tuple[str, ...] | None = None
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise InputError(f"unknown norm {self.norm!r}; accepted: {', '.join(NORMS)}")
+        self.eps = tuple(sorted(float(e) for e in (self.eps or DEFAULT_EPS[self.norm])))
+        if any(not math.isfinite(e) or e < 0 for e in self.eps):
+            raise InputError(f"eps must be finite and >= 0, got {self.eps}")
+        if self.reference_eps is None:
+            nz = [e for e in self.eps if e > 0] or list(self.eps)
+            self.reference_eps = nz[(len(nz) - 1) // 2]
+        self.reference_eps = float(self.reference_eps)
+        if self.reference_eps not in self.eps:
+            self.eps = tuple(sorted((*self.eps, self.reference_eps)))
+        if self.n_samples < 1 or self.n_examples < 1:
+            raise InputError("n_samples and n_examples must be >= 1")
+        self.attacks = tuple(registry.get(a, "attack").name for a in self.attacks)
+        if self.headline_attack:
+            self.headline_attack = registry.get(self.headline_attack, "attack").name
+        self.explainers = tuple(registry.get(e, "explainer").name for e in self.explainers)
+        self.metrics = tuple(registry.get(m, "metric").name for m in self.metrics)
+        self.defenses = tuple(registry.get(d, "defense").name for d in self.defenses)
+        self.query_attacks = tuple(registry.get(a, "attack").name for a in self.query_attacks)
+        if self.certifier:
+            self.certifier = registry.get(self.certifier, "certifier").name
+        if self.cert_samples < 1:
+            raise InputError("cert_samples must be >= 1")
+        if self.trust_samples < 1:
+            raise InputError("trust_samples must be >= 1")
+        known = (set(self.attacks) | set(self.explainers) | set(self.metrics) | set(self.defenses)
+                 | set(self.query_attacks)
+                 | {self.headline_attack, self.black_box, self.certifier})
+        for k in self.params:
+            if k not in known:
+                raise InputError(f"params for {k!r}, which the audit does not run; it runs: "
+                                 + ", ".join(sorted(known)))
+        if self.sections is not None:  # names are checked by scrutiny.audit.sections.resolve
+            self.sections = tuple(self.sections)
+        self.skip = tuple(self.skip)
+
+    def fingerprint(self) -> str:
+        """The configuration as canonical JSON (part of every section's cache key)."""
+        return json.dumps(asdict(self), sort_keys=True, default=str)

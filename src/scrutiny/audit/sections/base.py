@@ -1,0 +1,85 @@
+"""The audit section protocol and its registry."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from scrutiny.audit.context import AuditContext, SectionResult
+from scrutiny.errors import InputError
+
+#: Registered sections by name (:func:`run_order` gives the order they run in).
+SECTIONS: dict[str, type[Section]] = {}
+
+
+class Section:
+    """One part of the audit: computes its numbers, figures, notes and flags.
+
+    A subclass sets :attr:`name` (also its template ``templates/sections/<name>.html``),
+    :attr:`needs` (sections whose results it reads; they run first and must not be
+    skipped), :attr:`uses` (sections it reads when they ran), :attr:`group` (the report
+    heading it appears under) and implements :meth:`run`; :meth:`steps` is its share
+    of the progress bar and :meth:`skip_reason` says why it does not run for this
+    context (None: it runs). Register it with :func:`register`.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    group: ClassVar[str] = "fooled"
+    needs: ClassVar[tuple[str, ...]] = ()
+    uses: ClassVar[tuple[str, ...]] = ()
+    #: position in the report (lower first); independent of the run order
+    display: ClassVar[int] = 50
+
+    def steps(self, ctx: AuditContext) -> int:
+        """Units of the progress bar this section advances."""
+        return 1
+
+    def skip_reason(self, ctx: AuditContext) -> str | None:
+        """Why the section does not run here (silently when ''), or None when it runs."""
+        return None
+
+    def run(self, ctx: AuditContext, done: dict[str, SectionResult], bar: Any) -> SectionResult:
+        """Compute the section from the context and the results of earlier sections."""
+        raise NotImplementedError
+
+
+def register(cls: type[Section]) -> type[Section]:
+    """Add a section to :data:`SECTIONS`."""
+    if not cls.name or cls.name in SECTIONS:
+        raise InputError(f"a section needs a new name; got {cls.name!r}")
+    SECTIONS[cls.name] = cls
+    return cls
+
+
+def run_order() -> list[str]:
+    """Every registered section, each after those it needs or uses (ties: report order)."""
+    deps = {n: set(c.needs) | set(c.uses) for n, c in SECTIONS.items()}
+    unknown = {d for ds in deps.values() for d in ds} - set(SECTIONS)
+    if unknown:
+        raise InputError(f"sections depend on unregistered sections {sorted(unknown)}")
+    order: list[str] = []
+    while len(order) < len(deps):
+        ready = sorted((n for n, ds in deps.items() if n not in order and ds <= set(order)),
+                       key=lambda n: (SECTIONS[n].display, n))
+        if not ready:
+            raise InputError(f"the sections' dependencies form a cycle: {sorted(set(deps) - set(order))}")
+        order.append(ready[0])
+    return order
+
+
+def resolve(chosen: tuple[str, ...] | None, skip: tuple[str, ...]) -> list[str]:
+    """The sections to run, in order: ``chosen`` (default all) and what they need, less ``skip``."""
+    order = run_order()
+    for name in (*(chosen or ()), *skip):
+        if name not in SECTIONS:
+            raise InputError(f"unknown audit section {name!r}; sections: {', '.join(order)}")
+    want = set(SECTIONS if chosen is None else chosen)
+    for name in reversed(order):  # later sections add their needs
+        if name in want:
+            want |= set(SECTIONS[name].needs)
+    for name in want & set(skip):
+        users = [n for n in want - set(skip) if name in SECTIONS[n].needs]
+        if users:
+            raise InputError(f"cannot skip the audit section {name!r}: {', '.join(sorted(users))} "
+                             "needs it")
+    return [n for n in order if n in want and n not in skip]
