@@ -37,11 +37,12 @@ def test_selection_adds_what_is_needed_and_refuses_to_skip_it():
 
 
 def test_audit_where_every_sample_falls_at_the_first_attack_writes_a_report(tmp_path, capsys):
-    """An untrained MLP at eps 0.3: nothing is left for the headline attack (an empty batch)."""
+    """An untrained (seeded) MLP at eps 0.3: FGSM and PGD break every sample, so nothing is
+    left for the headline attack (an empty batch)."""
     out = tmp_path / "rep"
-    assert main(["audit", "--model", "tests.models.factories:digits_mlp", "--n", "16", "--eps",
-                 "0,0.2,0.3", "--defenses", "", "--certifier", "", "--explainers", "saliency",
-                 "--out", str(out), "-q"]) == 0
+    assert main(["audit", "--model", "tests.models.factories:seeded_digits_mlp", "--n", "16",
+                 "--eps", "0,0.3", "--defenses", "", "--certifier", "", "--explainers",
+                 "saliency", "--out", str(out), "-q"]) == 0
     def strict(const):
         raise AssertionError(f"result.json holds {const}, which strict JSON parsers reject")
 

@@ -14,32 +14,7 @@ This module sits with the models, below attacks and defenses: the attack base
 (:mod:`scrutiny.defenses`) build their front ends on :class:`Transform`;
 :mod:`scrutiny.defenses.adaptive` re-exports it under its public name.
 
-Examples
---------
-A 1-bit quantiser in front of the digits CNN has zero input gradients, so PGD
-through it (``adaptive=False``) barely moves. By default the attack base
-differentiates ``adaptive(defended)`` itself (BPDA): the same attack as passing
-``adaptive(defended)`` explicitly, and it breaks the defense.
-
->>> import torch
->>> from scrutiny.models import pretrained
->>> from scrutiny.data import load_digits
->>> from scrutiny.attacks import PGD
->>> from scrutiny.types import ThreatModel
->>> from scrutiny.defenses import BitDepthReduction
->>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
->>> x, y = data.x[:64], data.y[:64]
->>> defended = BitDepthReduction(bits=1).wrap(model)
->>> tm = ThreatModel("linf", 0.3)
->>> naive = PGD(steps=20)(defended, x, y, threat=tm, adaptive=False)
->>> auto = PGD(steps=20)(defended, x, y, threat=tm)
->>> auto.meta["adaptive"]
-'BPDA'
->>> bpda = PGD(steps=20)(adaptive(defended), x, y, threat=tm)
->>> torch.equal(bpda.x_adv, auto.x_adv)
-True
->>> naive.robust_accuracy() > 0.7, auto.robust_accuracy() < 0.3  # measured: 0.80, 0.17
-(True, True)
+The example is in :mod:`scrutiny.defenses.adaptive`, where users meet it.
 """
 
 from __future__ import annotations
