@@ -52,10 +52,12 @@ def test_bpda_breaks_bit_depth_reduction(digits_model, digits_test):
     bpda = PGD(steps=20)(adaptive(defended), x, y, threat=tm)
     clean = _accuracy(defended, x, y)
     assert clean > 0.8
-    # no gradient: only PGD's random start acts (measured 0.82 robust against 0.87 clean, robust
-    # counting correctly classified samples only)
-    assert plain.robust_accuracy() > clean - 0.1
+    # no gradient: only PGD's random start acts (robust accuracy, counting correctly classified
+    # samples only, measured 0.82 against 0.87 clean on the shipped CNN, down to 0.77 on CNNs
+    # retrained with seeds 1-4), while BPDA breaks the defense
+    assert plain.robust_accuracy() > clean - 0.2
     assert bpda.robust_accuracy() < 0.3
+    assert plain.robust_accuracy() > bpda.robust_accuracy() + 0.4
     # the adaptive model predicts exactly as the defended one (BPDA changes only the backward)
     assert torch.equal(adaptive(defended).predict(x), defended.predict(x))
 
