@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +53,21 @@ class AuditResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (figures as their names, no pixels or per-sample tensors)."""
-        d = {k: v for k, v in asdict(self).items() if k not in ("figures", "sections")}
+        d = {f.name: _plain(getattr(self, f.name)) for f in fields(self)
+             if f.name not in ("figures", "sections")}
         d["figures"] = [f.name for f in self.figures]
         d["sections"] = {k: {"seconds": s.seconds, "resumed": s.resumed}
                          for k, s in self.sections.items()}
         return d
+
+
+def _plain(v: Any) -> Any:
+    """Dataclasses (the configuration, flags) as dicts; the rest as is."""
+    if is_dataclass(v) and not isinstance(v, type):
+        return asdict(v)
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
 
 
 def build_context(model, data: ArrayDataset, config: AuditConfig, robust_model=None
