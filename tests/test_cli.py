@@ -142,3 +142,11 @@ def test_a_factory_that_raises_is_one_error_line(capsys):
                  "tests.models.factories:broken_factory"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "cannot find my checkpoint" in err and len(err.splitlines()) == 1
+
+
+def test_attack_with_an_infinite_eps_is_one_error_line(capsys):
+    assert main(["attack", "pgd", "--eps", "inf", "--n", "4", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "finite eps" in err and len(err.splitlines()) == 1
+    assert main(["audit", "--eps", "0,inf", "-q"]) == 2
+    assert "finite" in capsys.readouterr().err

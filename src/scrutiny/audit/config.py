@@ -141,5 +141,7 @@ class AuditConfig:
         self.skip = tuple(self.skip)
 
     def fingerprint(self) -> str:
-        """The configuration as canonical JSON (part of every section's cache key)."""
-        return json.dumps(asdict(self), sort_keys=True, default=str)
+        """The configuration as canonical JSON (part of every section's cache key); which
+        sections run does not change a section's numbers, so it is left out."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("sections", "skip")}
+        return json.dumps(fields, sort_keys=True, default=str)

@@ -141,6 +141,9 @@ class PGD(Attack):
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
+        if not math.isfinite(threat.eps):  # the random start and alpha = eps / 4 need a radius
+            raise InputError(f"{type(self).__name__} needs a finite eps (a fixed-budget attack); "
+                             "for the smallest perturbation use fmn, deepfool or cw")
         n = len(x)
         steps, alpha = self._schedule(threat)
         best = x.clone()
