@@ -14,6 +14,7 @@ from scrutiny.audit.checks import Flag
 from scrutiny.audit.config import DEFAULT_EPS, AuditConfig
 from scrutiny.audit.context import AuditContext, Figure, SectionResult
 from scrutiny.audit.sections import SECTIONS, resolve
+from scrutiny.audit.sections.robustness import rows_at
 from scrutiny.audit.store import SectionStore, section_key
 from scrutiny.data import ArrayDataset
 from scrutiny.errors import InputError
@@ -176,9 +177,7 @@ def _assemble(ctx: AuditContext, done: dict[str, SectionResult], sections: dict[
     def data(name: str, default: Any = None) -> Any:
         return done[name].data if name in done else default
 
-    robustness = {k: [dict(r) for r in v] for k, v in data("robustness", {"rows": {}})["rows"].items()}
-    if "headline" in done and "worst case" in robustness:
-        robustness["worst case"] = [dict(r) for r in done["headline"].data["worst_case_rows"]]
+    robustness = rows_at(done) if "robustness" in done else {}
     headline = dict(data("headline", {})) or {
         "attack": "worst case over " + ", ".join(cfg.attacks), "norm": cfg.norm,
         "eps": cfg.reference_eps, "strong_attack": None, "clean_accuracy": ctx.clean_accuracy,

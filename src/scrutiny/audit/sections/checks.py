@@ -7,7 +7,7 @@ from typing import Any
 from scrutiny.audit.checks import black_box_from_stages, check_certified, gradient_masking_checks
 from scrutiny.audit.context import AuditContext, SectionResult
 from scrutiny.audit.sections.base import Section, register
-from scrutiny.audit.sections.robustness import curves, robust_at
+from scrutiny.audit.sections.robustness import curves, robust_at, rows_at
 
 
 @register
@@ -34,9 +34,7 @@ class MaskingChecks(Section):
         head = done.get("headline")
         strong = head.data.get("strong_attack") if head else None
         robust = robust_at(ctx, done, cfg.reference_eps)
-        rows = {k: [dict(r) for r in v] for k, v in done["robustness"].data["rows"].items()}
-        if head:
-            rows["worst case"] = head.data["worst_case_rows"]
+        rows = rows_at(done)
         from_stages = black_box_from_stages(
             strong["stages"] if strong else [], strong["samples_attacked"] if strong else 0,
             len(ctx.x), float(robust.float().mean()), cfg.black_box or "") \

@@ -9,6 +9,7 @@ import torch
 from scrutiny.audit import figures
 from scrutiny.audit.context import AuditContext, Figure, SectionResult
 from scrutiny.audit.sections.base import Section, register
+from scrutiny.audit.sections.robustness import rows_at
 from scrutiny.types import ThreatModel
 
 
@@ -42,9 +43,7 @@ class Comparison(Section):
                 res = attack(robust, x, y, threat=threat, seed=ctx.seed)
                 ok &= (res.clean_correct & res.adv_correct).cpu()
             worst.append((eps, float(ok.float().mean())))
-        rows = done["headline"].data["worst_case_rows"] if "headline" in done \
-            else done["robustness"].data["rows"]["worst case"]
-        mine = [(r["eps"], r["robust_accuracy"]) for r in rows]
+        mine = [(r["eps"], r["robust_accuracy"]) for r in rows_at(done)["worst case"]]
         trade = {f"{ctx.model.name} (worst case of the curve's attacks)": mine,
                  f"{robust.name} (worst case of the curve's attacks)": worst}
         out = SectionResult(self.name)

@@ -85,6 +85,14 @@ def robust_at(ctx: AuditContext, done: dict[str, SectionResult], eps: float) -> 
     return done["robustness"].tensors[robust_key(eps)]
 
 
+def rows_at(done: dict[str, SectionResult]) -> dict[str, list[dict[str, Any]]]:
+    """The curve's rows (copies), the worst case with the headline attack included when it ran."""
+    rows = {k: [dict(r) for r in v] for k, v in done["robustness"].data["rows"].items()}
+    if "headline" in done:
+        rows["worst case"] = [dict(r) for r in done["headline"].data["worst_case_rows"]]
+    return rows
+
+
 def adversarial_at_reference(done: dict[str, SectionResult]) -> torch.Tensor:
     """The worst-case adversarial inputs at the reference eps (the headline attack's included)."""
     return done["headline"].tensors["x_adv"] if "headline" in done \
