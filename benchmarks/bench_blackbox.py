@@ -67,7 +67,7 @@ def bench_square(model, x, y, norm, eps, queries):
     rows = []
     t = time.perf_counter()
     qm = QueryModel(model, output="probs")
-    res = Square(n_queries=queries, p_init=0.8)(qm, x, y, threat=ThreatModel(norm, eps))
+    res = Square(max_queries=queries, p_init=0.8)(qm, x, y, threat=ThreatModel(norm, eps))
     rows.append(_row("scrutiny", f"square {norm} {eps}", model, x, y, res.x_adv, qm.queries,
                      time.perf_counter() - t, res.queries))
     try:
@@ -104,9 +104,8 @@ def bench_zoo(model, x, y, iters):
     rows = []
     t = time.perf_counter()
     qm = QueryModel(model, output="probs")
-    res = ZOO(max_iterations=iters, coords_per_iteration=32, lr=0.1, initial_const=10.0,
-              binary_search_steps=1, early_stop=True)(qm, x, y,
-                                                     threat=ThreatModel("l2", float("inf")))
+    res = ZOO(steps=iters, coords_per_iteration=32, lr=0.1, initial_const=10.0,
+              search_steps=1, early_stop=True)(qm, x, y, threat=ThreatModel("l2", float("inf")))
     rows.append(_row("scrutiny", "zoo-adam l2", model, x, y, res.x_adv, qm.queries,
                      time.perf_counter() - t, res.queries))
     try:

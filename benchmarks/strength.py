@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             row(case, lib, xa, t, f"success {float(ok.float().mean()):.2f}, median L2 {med:.3f}", sl)
 
         inf2 = ThreatModel("l2", float("inf"))
-        xa, t = timed(lambda: CarliniWagnerL2(binary_search_steps=9, max_iterations=100,
-                                              learning_rate=0.01, initial_const=1e-3)(
+        xa, t = timed(lambda: CarliniWagnerL2(search_steps=9, steps=100,
+                                              lr=0.01, initial_const=1e-3)(
             model, xc, yc, threat=inf2).x_adv)
         l2_row("scrutiny cw", xa, t)
         if ta is not None:

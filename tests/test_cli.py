@@ -1,6 +1,7 @@
 """The command line: every command end to end, and one-line errors."""
 
 import json
+import re
 
 import pytest
 
@@ -15,6 +16,27 @@ def _trained(digits_model):
 def test_list(capsys):
     assert main(["list"]) == 0
     assert "attack:pgd" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["pgd", "attack:pgd"])
+def test_list_one_method_shows_its_parameters_tags_and_paper(name, capsys):
+    assert main(["list", name]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"\bsteps\W+40\W+int > 0\W+Iterations per restart", text)  # name, default,
+    assert re.search(r"\bloss\W+'ce'\W+one of 'ce', 'margin'", text)           # constraint, text
+    assert "kind: attack" in text and "scrutiny.attacks.whitebox.pgd.PGD" in text
+    assert "Madry" in text and "norms linf, l2, l1" in text and "targeted" in text
+    assert "progress" not in text
+    assert main(["list", "pgd", "--markdown"]) == 0
+    assert "| `steps` | `40` | int > 0 | Iterations per restart. |" in capsys.readouterr().out
+
+
+def test_list_of_a_kind_and_an_unknown_name(capsys):
+    assert main(["list", "certifier"]) == 0
+    text = capsys.readouterr().out
+    assert "certifier:ibp" in text and "attack:pgd" not in text
+    assert main(["list", "nope"]) == 2
+    assert "unknown kind or method 'nope'" in capsys.readouterr().err
 
 
 def test_attack_and_save(tmp_path, capsys):
@@ -42,7 +64,7 @@ def test_audit_writes_report(tmp_path, capsys):
     figs = json.loads((tmp_path / "figures.json").read_text())
     assert {"robustness_curve", "adversarial_examples", "explanations", "gallery",
             "query_curves"} <= set(figs)
-    assert "Can the explanations be trusted?" in html and "gradient-masking check" in html
+    assert "Can the explanations be trusted?" in html and "symptoms of obfuscated gradients" in html
     result = json.loads((tmp_path / "result.json").read_text())
     assert set(result["trust"]["saliency"]) == {"deletion", "insertion", "model_randomization"}
     assert result["matrix"]["defenses"] == ["none", "bit_depth", "feature_squeezing"]
@@ -53,7 +75,7 @@ def test_audit_writes_report(tmp_path, capsys):
     assert [r["eps"] for r in rows] == [0.1] and rows[0]["certified_accuracy"] <= rows[0][
         "robust_accuracy"]
     text = capsys.readouterr().out
-    assert "worst case" in text and "gradient-masking checks:" in text
+    assert "worst case" in text and "checks (model probe, gradient masking, explanations):" in text
 
 
 def test_audit_on_tabular_binary_data(tmp_path, capsys):
@@ -150,3 +172,17 @@ def test_attack_with_an_infinite_eps_is_one_error_line(capsys):
     assert err.startswith("error:") and "finite eps" in err and len(err.splitlines()) == 1
     assert main(["audit", "--eps", "0,inf", "-q"]) == 2
     assert "finite" in capsys.readouterr().err
+
+
+def test_attack_under_a_query_budget_says_how_many_samples_it_cut(capsys):
+    assert main(["attack", "square", "--n", "16", "--budget", "1", "-p", "max_queries=20",
+                 "-q"]) == 0
+    text = capsys.readouterr().out
+    cut = int(re.search(r"budget_exhausted\W+(\d+)", text).group(1))
+    assert cut > 0 and re.search(r"stopped_by_budget\W+True", text)
+    assert re.search(r"evaluator_queries\W+32\b", text)  # clean and final checks, 2 per sample
+    assert f"cut the attack short on {cut} of 16 samples" in text
+    assert main(["attack", "square", "--n", "16", "-p", "max_queries=20", "-q"]) == 0
+    assert re.search(r"budget_exhausted\W+0\b", capsys.readouterr().out)
+    assert main(["attack", "pgd", "--budget", "5", "--n", "4", "-q"]) == 2
+    assert "--budget" in capsys.readouterr().err

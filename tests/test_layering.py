@@ -35,7 +35,8 @@ PACKAGE = ROOT / "src" / "scrutiny"
 #: ("Layers"); the test below keeps the two in step.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),                              # exceptions
-    ("validation", "progress", "geometry"),   # argument checks, the progress bar, threat-set geometry
+    ("validation", "params", "progress", "geometry"),  # argument checks, declared hyperparameters,
+    #                                                  the progress bar, threat-set geometry
     ("types", "losses"),                      # ThreatModel, Tags, results; the shared objectives
     ("base", "registry"),                     # Method, seeding, grad_wrt; register / create
     ("scrutiny", "data"),                     # the package root; datasets

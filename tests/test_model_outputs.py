@@ -46,7 +46,7 @@ def test_black_box_attack_refuses_a_callable_answering_nan_scores():
     qm = QueryModel(scores, output="probs", bounds=(0.0, 1.0), num_classes=3)
     x, y = tiny_images(3), torch.zeros(3, dtype=torch.long)
     with pytest.raises(ModelOutputError, match="NaN or infinite"):
-        create("attack:square", n_queries=5)(qm, x, y, threat=ThreatModel("linf", 0.1))
+        create("attack:square", max_queries=5)(qm, x, y, threat=ThreatModel("linf", 0.1))
     assert qm.queries == 0  # refused before the attack spent a query
 
 

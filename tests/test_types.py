@@ -159,3 +159,18 @@ def test_threat_model_on_an_empty_batch(norm):
     x0 = torch.zeros(0, 1, 4, 4)
     assert tm.distance(x0, x0).shape == (0,) and tm.contains(x0, x0).shape == (0,)
     assert tm.project(x0, x0 + 1).shape == (0, 1, 4, 4)
+
+
+def test_bounds_are_the_models_until_given():
+    tm = ThreatModel("linf", 0.1)
+    assert tm.bounds is None and tm.box == (0.0, 1.0)  # standalone: a module without bounds
+    x0 = torch.full((1, 4), 0.95)
+    assert torch.allclose(tm.project(x0, x0 + 1), torch.ones(1, 4))
+    r = tm.resolve((-1, 1))
+    assert r.bounds == (-1.0, 1.0) and r.resolve((-1.0, 1.0)) is r and tm.bounds is None
+    assert torch.allclose(r.project(x0, x0 + 1), torch.full((1, 4), 1.0))
+    assert torch.allclose(r.project(x0 - 1, x0 - 2), torch.full((1, 4), -0.15))  # below 0
+    with pytest.raises(InputError, match=r"bounds \[-1, 1\] differ from the model's bounds \[0, 2\]"):
+        r.resolve((0, 2))
+    with pytest.raises(InputError, match="low >= 0"):
+        ThreatModel("wasserstein", 0.1).resolve((-1, 1))

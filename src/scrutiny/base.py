@@ -1,30 +1,50 @@
-"""What every method shares: parameters stored verbatim, repr, seeding."""
+"""What every method shares: declared hyperparameters stored verbatim, repr, seeding."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
 
-from scrutiny.errors import NotDifferentiableError
+from scrutiny.errors import InputError, NotDifferentiableError
+from scrutiny.params import Param, declared
 from scrutiny.types import Tags
 
 
 class Method:
-    """Base of attacks and explainers.
+    """Base of attacks, explainers, metrics, defenses and certifiers.
 
-    Subclasses take keyword-only hyperparameters in ``__init__`` and store each
-    under the same attribute name, so :meth:`get_params` is complete and
-    ``type(m)(**m.get_params())`` rebuilds the method.
+    A subclass declares its hyperparameters as class attributes with
+    :func:`scrutiny.params.param` and writes no ``__init__``: the base builds a
+    keyword-only one that checks each value against its declaration, stores it
+    under the same name and calls ``_post_init()`` (checks between parameters,
+    derived state). So :meth:`get_params` is complete and
+    ``type(m)(**m.get_params())`` rebuilds the method. A subclass inherits its
+    parents' declarations and may redeclare one with another default (a preset).
     """
 
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     tags: ClassVar[Tags] = Tags()
+    #: The declared hyperparameters, by name (filled in for every subclass).
+    hyperparameters: ClassVar[dict[str, Param]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.hyperparameters = declared(cls)
+        if "__init__" not in vars(cls):
+            inherited = next(k.__dict__["__init__"] for k in cls.__mro__[1:]
+                             if "__init__" in k.__dict__)
+            if inherited is object.__init__ or getattr(inherited, "declared", False):
+                cls.__init__ = _declared_init(cls)  # type: ignore[method-assign]
+
+    def _post_init(self) -> None:
+        """Checks between parameters and derived state, after every parameter is stored."""
 
     def get_params(self) -> dict[str, Any]:
         """The constructor's parameters with their current values."""
@@ -39,6 +59,40 @@ class Method:
         return type(self) is type(other) and self.get_params() == other.get_params()
 
     __hash__ = object.__hash__
+
+
+def _declared_init(cls: type) -> Any:
+    """The keyword-only ``__init__`` of ``cls``'s declared hyperparameters."""
+
+    def __init__(self: Method, **kwargs: Any) -> None:
+        params = type(self).hyperparameters
+        unknown = [k for k in kwargs if k not in params]
+        if unknown:
+            raise InputError(f"{type(self).__name__} does not accept "
+                             f"{', '.join(map(repr, unknown))}; accepted: "
+                             f"{', '.join(params) or 'none'}")
+        for name, p in params.items():
+            if name in kwargs:
+                value = kwargs[name]
+            elif p.required:
+                raise InputError(f"{type(self).__name__} needs {name}=")
+            else:
+                value = copy.copy(p.default)
+            setattr(self, name, p.validate(value))
+        self._post_init()
+
+    ann = {}
+    for klass in reversed(cls.__mro__):
+        ann.update(getattr(klass, "__annotations__", {}))
+    __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY,
+                             default=inspect.Parameter.empty if p.required else p.default,
+                             annotation=ann.get(k, inspect.Parameter.empty))
+           for k, p in cls.hyperparameters.items()])
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.declared = True  # type: ignore[attr-defined]
+    return __init__
 
 
 @contextlib.contextmanager

@@ -6,8 +6,12 @@ Errors on bad input print one line (``error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import ast
+import functools
+import inspect
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,10 +19,12 @@ import numpy as np
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from scrutiny import registry
+from scrutiny import progress, registry
 from scrutiny.errors import InputError, ScrutinyError
+from scrutiny.params import docstring_params
 
 app = typer.Typer(help="Explain, attack, defend and certify PyTorch classifiers.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -42,6 +48,17 @@ DeviceOpt = Annotated[str | None, typer.Option(
     "--device", help="cpu or cuda; default cuda when available.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every stochastic step.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _quiet_option(command: Callable[..., None]) -> Callable[..., None]:
+    """Run a command inside :func:`scrutiny.progress.quiet` when its ``--quiet`` is given."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        with progress.quiet(kwargs.get("quiet", False)):
+            command(*args, **kwargs)
+
+    return run
 
 
 def _floats(s: str | None, what: str) -> list[float] | None:
@@ -103,7 +120,14 @@ def resolve(model: str | None, weights: Path | None, data: str | None, mean: str
         elif _randomly_initialised(model, net):
             err.print(f"[yellow]warning:[/] {model} has no --weights and its factory gives "
                       "different weights at each call: it looks untrained")
-        m = TorchModel(net, mean=_floats(mean, "--mean"), std=_floats(std, "--std"), name=model)
+        if isinstance(net, TorchModel):  # the factory set bounds and normalisation itself
+            if mean is not None or std is not None:
+                raise InputError(f"{model} returns a TorchModel with its own normalisation; "
+                                 "do not give --mean/--std")
+            m = net
+        else:
+            m = TorchModel(net, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                           name=model)
     else:
         raise InputError(f"--model must be a zoo model ({', '.join(RECIPES)}) or "
                          f"'module:factory', got {model!r}")
@@ -123,25 +147,135 @@ def resolve(model: str | None, weights: Path | None, data: str | None, mean: str
     return m, ds
 
 
-def methods_markdown(kind: str | None = None) -> str:
-    """The registry as a markdown table (docs/methods.md is this output)."""
-    lines = ["| method | class | reference |", "|---|---|---|"]
-    for spec in registry.list_methods(kind):
-        info = registry.get(spec)
-        lines.append(f"| `{spec}` | `{info.cls.__module__}.{info.cls.__name__}` | {info.paper} |")
+def find_method(name: str) -> registry.MethodInfo:
+    """The registered method ``name``: ``"attack:pgd"``, or ``"pgd"`` when one kind has it."""
+    if ":" in name:
+        return registry.get(name)
+    found = [s for s in registry.list_methods() if s.split(":", 1)[1] == name]
+    if not found:
+        raise InputError(f"unknown kind or method {name!r}; kinds: {', '.join(registry.KINDS)} "
+                         "('scrutiny list' shows the methods)")
+    if len(found) > 1:
+        raise InputError(f"{name!r} names {' and '.join(found)}: give one of them")
+    return registry.get(found[0])
+
+
+def method_tags(info: registry.MethodInfo) -> list[str]:
+    """What a method declares about itself (its ``Tags``), in words."""
+    t = info.cls.tags
+    words = []
+    if info.kind in ("attack", "explainer"):
+        words.append("white-box (gradients)" if t.white_box else
+                     f"black-box (queries revealing {t.output})")
+    if info.kind in ("attack", "certifier"):
+        words.append("norms " + ", ".join(t.norms))
+    if info.kind == "attack":
+        words += [w for w, on in (("targeted", t.targeted), ("minimum-norm", t.minimum_norm)) if on]
+    words += [w for w, on in (("stochastic", t.stochastic), ("images only", t.image_only)) if on]
+    return words
+
+
+def method_params(info: registry.MethodInfo) -> list[tuple[str, str, str, str]]:
+    """``(name, default, constraint, description)`` of each hyperparameter of a method.
+
+    The constraint comes from the declaration (:func:`scrutiny.params.param`), the
+    description is the first sentence of the class docstring's ``Parameters`` entry.
+    """
+    declared = getattr(info.cls, "hyperparameters", {})
+    text = docstring_params(info.cls.__doc__)
+    rows = []
+    for name, p in info.params().items():
+        default = "required" if p.default is inspect.Parameter.empty else repr(p.default)
+        constraint = declared[name].constraint() if name in declared else ""
+        rows.append((name, default, constraint, _plain(text.get(name, ""))))
+    return rows
+
+
+def _plain(rst: str) -> str:
+    """Docstring text for the help: ``:func:`~a.b``` -> ```b```, double backticks -> single."""
+    rst = re.sub(r":[a-z]+:`~[\w.]*?(\w+)`", r"`\1`", rst)
+    return re.sub(r":[a-z]+:`([^`]+)`", r"`\1`", rst).replace("``", "`")
+
+
+def method_markdown(info: registry.MethodInfo) -> str:
+    """One method as markdown: kind, class, paper, tags and a table of its parameters."""
+    lines = [f"### `{info.spec}`", "",
+             f"`{info.cls.__module__}.{info.cls.__name__}`: {_summary(info)}", "",
+             f"Paper: {info.paper}", ""]
+    tags = method_tags(info)
+    if tags:
+        lines += [f"Tags: {', '.join(tags)}", ""]
+    rows = method_params(info)
+    if rows:
+        lines += ["| parameter | default | constraint | description |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join(f"`{c}`" if i < 2 else c for i, c in enumerate(_md(r))) + " |"
+                  for r in rows]
+    else:
+        lines.append("No hyperparameters.")
     return "\n".join(lines) + "\n"
 
 
+def _summary(info: registry.MethodInfo) -> str:
+    doc = (info.cls.__doc__ or "").strip()
+    return _plain(doc.splitlines()[0]) if doc else ""
+
+
+def _md(cells: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(c.replace("|", "\\|").replace("`", "") if i < 2 else c.replace("|", "\\|")
+                 for i, c in enumerate(cells))
+
+
+def methods_markdown(kind: str | None = None) -> str:
+    """The registry as markdown: one table of the methods, then each method's parameters
+    (docs/methods.md is this output)."""
+    specs = registry.list_methods(kind)
+    lines = ["| method | class | reference |", "|---|---|---|"]
+    for spec in specs:
+        info = registry.get(spec)
+        lines.append(f"| `{spec}` | `{info.cls.__module__}.{info.cls.__name__}` | {info.paper} |")
+    sections = [method_markdown(registry.get(spec)) for spec in specs]
+    return "\n".join(lines) + "\n\n## Parameters\n\n" + "\n".join(sections)
+
+
+def _print_method(info: registry.MethodInfo) -> None:
+    out.print(f"[bold]{info.spec}[/]: {escape(_summary(info))}")
+    out.print(f"kind: {info.kind}")
+    out.print(f"class: {escape(info.cls.__module__)}.{info.cls.__name__}")
+    out.print(f"paper: {escape(info.paper)}")
+    out.print(f"tags: {escape(', '.join(method_tags(info)) or 'none')}")
+    rows = method_params(info)
+    if not rows:
+        out.print("no hyperparameters")
+        return
+    table = Table(title=f"{info.name} parameters")
+    table.add_column("parameter", no_wrap=True)
+    table.add_column("default", max_width=24, overflow="fold")
+    table.add_column("constraint", max_width=24)
+    table.add_column("description")
+    for row in rows:
+        table.add_row(*(escape(c) for c in row))
+    out.print(table)
+
+
 @app.command("list")
-def list_cmd(kind: Annotated[str | None, typer.Argument(
-                 help="attack, explainer, metric, defense or certifier")] = None,
-             markdown: Annotated[bool, typer.Option(help="Print a markdown table.")] = False) -> None:
-    """List the registered methods and their papers."""
+def list_cmd(name: Annotated[str | None, typer.Argument(
+                 metavar="KIND|METHOD",
+                 help="A kind (attack, explainer, metric, defense, certifier) to list its "
+                 "methods, or a method (pgd, attack:pgd) to show its parameters.")] = None,
+             markdown: Annotated[bool, typer.Option(help="Print markdown.")] = False) -> None:
+    """List the registered methods and their papers, or show one method's parameters."""
+    if name is not None and name not in registry.KINDS:
+        info = find_method(name)
+        if markdown:
+            print(method_markdown(info), end="")
+        else:
+            _print_method(info)
+        return
     if markdown:
-        print(methods_markdown(kind), end="")
+        print(methods_markdown(name), end="")
         return
     table = Table("method", "reference", title="scrutiny methods")
-    for spec in registry.list_methods(kind):
+    for spec in registry.list_methods(name):
         table.add_row(spec, registry.get(spec).paper)
     out.print(table)
 
@@ -180,6 +314,7 @@ def _check_out_dir(path: Path) -> None:
 
 
 @app.command()
+@_quiet_option
 def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
           mean: MeanOpt = None, std: StdOpt = None,
           attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "fgsm,pgd",
@@ -249,20 +384,27 @@ def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = No
         table.add_row(name, *[f"{100 * r['robust_accuracy']:.1f}%" for r in rows])
     out.print(table)
     h = res.headline
-    out.print(f"clean accuracy {100 * res.clean_accuracy:.1f}%, robust accuracy "
-              f"{100 * h['robust_accuracy']:.1f}% at {h['norm']} eps={h['eps']:g} (worst case)")
+    robust = (f"robust accuracy {100 * h['robust_accuracy']:.1f}% at {h['norm']} eps={h['eps']:g} "
+              "(worst case)" if h.get("robust_accuracy") is not None
+              else "robust accuracy n/a (the robustness section did not run)")
+    draws = res.probe.get("draw_accuracy") or []
+    spread = (f" (one seeded draw of a randomized model; {100 * sum(draws) / len(draws):.1f}% "
+              f"on average over {len(draws)} draws)" if draws else "")
+    out.print(f"clean accuracy {100 * res.clean_accuracy:.1f}%{spread}, {robust}")
     for name, e in res.explanations.items():
         extra = (f", completeness error {e['completeness_error']:.2e}"
                  if "completeness_error" in e else "")
         out.print(f"{name}: {e['seconds']:.2f} s{extra}")
     flagged = [f for f in res.flags if f.flagged]
-    out.print(f"gradient-masking checks: {len(res.flags) - len(flagged)} of {len(res.flags)} ok")
+    out.print(f"checks (model probe, gradient masking, explanations): "
+              f"{len(res.flags) - len(flagged)} of {len(res.flags)} ok")
     for f in flagged:
         out.print(f"[bold red]FLAGGED[/] {f.check}: {f.message}")
     out.print(f"report: {path}  ({res.seconds:.1f} s)")
 
 
 @app.command()
+@_quiet_option
 def attack(method: Annotated[str, typer.Argument(help="Registered attack, e.g. pgd.")],
            model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
            mean: MeanOpt = None, std: StdOpt = None,
@@ -273,25 +415,35 @@ def attack(method: Annotated[str, typer.Argument(help="Registered attack, e.g. p
            param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
            save: Annotated[Path | None, typer.Option(
                "--out", help="Save x, x_adv, y, success as .npz.")] = None,
+           budget: Annotated[int | None, typer.Option(
+               help="Black-box attacks: total queries the model answers (all samples).")] = None,
            quiet: QuietOpt = False) -> None:
     """Run one attack on test samples and print robust accuracy."""
+    from scrutiny.models import QueryModel
     from scrutiny.types import ThreatModel
 
     atk = registry.create(method, kind="attack", **parse_params(param))
     threat = ThreatModel(norm, eps)
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
+    if budget is not None and atk.tags.white_box:
+        raise InputError(f"--budget is for black-box attacks; {method} is white-box")
+    if budget is not None and budget < 0:
+        raise InputError(f"--budget must be >= 0, got {budget}")
     m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
     x, y = ds.x[:n], ds.y[:n]
     t0 = time.perf_counter()
-    res = atk(m, x, y, threat=ThreatModel(norm, eps, m.bounds, threat.mask), target=target,
-              seed=seed)
+    subject = m if budget is None else QueryModel(m, output=atk.tags.output, budget=budget)
+    res = atk(subject, x, y, threat=threat, target=target, seed=seed)  # bounds: the model's
     dt = time.perf_counter() - t0
     table = Table("metric", "value", title=f"{atk!r} on {m.name} / {ds.name}")
     for k, v in res.to_dict().items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     table.add_row("seconds", f"{dt:.2f}")
     out.print(table)
+    if res.meta.get("stopped_by_budget"):
+        out.print(f"the query budget cut the attack short on {int(res.budget_exhausted.sum())} "
+                  f"of {len(y)} samples: their robustness is the budget's, not the model's")
     if save is not None:
         np.savez_compressed(save, x=x.numpy(), x_adv=res.x_adv.cpu().numpy(), y=y.numpy(),
                             success=res.success.numpy())
@@ -299,6 +451,7 @@ def attack(method: Annotated[str, typer.Argument(help="Registered attack, e.g. p
 
 
 @app.command()
+@_quiet_option
 def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")],
             model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
             mean: MeanOpt = None, std: StdOpt = None,
@@ -338,6 +491,7 @@ def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")]
 
 
 @app.command()
+@_quiet_option
 def trust(metric: Annotated[str, typer.Argument(help="Registered metric, e.g. deletion.")],
           explainer: Annotated[str, typer.Option(help="Registered explainer judged.")] = "saliency",
           model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
@@ -374,11 +528,13 @@ def trust(metric: Annotated[str, typer.Argument(help="Registered metric, e.g. de
 
 
 @app.command()
+@_quiet_option
 def certify(method: Annotated[str, typer.Argument(help="Registered certifier: ibp, crown, "
                                                   "smoothing.")],
             model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
             mean: MeanOpt = None, std: StdOpt = None,
-            norm: Annotated[str, typer.Option(help="linf or l2 (smoothing: l2).")] = "linf",
+            norm: Annotated[str, typer.Option(help="A norm the certifier declares: ibp, crown: "
+                                              "linf or l2; smoothing: l2.")] = "linf",
             eps: Annotated[str, typer.Option(help="Comma-separated radii.")] = "0.01,0.02,0.05",
             n: Annotated[int, typer.Option("--n", help="Test samples certified.")] = 100,
             param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
@@ -388,15 +544,13 @@ def certify(method: Annotated[str, typer.Argument(help="Registered certifier: ib
     radii = _floats(eps, "--eps") or []
     if n < 1 or not radii:
         raise InputError("--n must be >= 1 and --eps must name at least one radius")
+    if norm not in cert.tags.norms:  # asked of the certifier, before loading anything
+        raise InputError(f"{cert.name} certifies {', '.join(cert.tags.norms)} radii: use "
+                         f"--norm {cert.tags.norms[0]}")
     m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
     x, y = ds.x[:n], ds.y[:n]
     t0 = time.perf_counter()
-    if method.removeprefix("certifier:") == "smoothing":
-        if norm != "l2":
-            raise InputError("randomized smoothing certifies l2 radii: use --norm l2")
-        acc = cert.certified_accuracy(m, x, y, radii, seed=seed)
-    else:
-        acc = cert.certified_accuracy(m, x, y, radii, norm=norm)
+    acc = cert.certified_accuracy(m, x, y, radii, norm=norm, seed=seed)
     table = Table(f"{norm} radius", "certified accuracy",
                   title=f"{cert!r} on {m.name} / {ds.name} ({n} samples)")
     for r, a in acc.items():
@@ -406,6 +560,7 @@ def certify(method: Annotated[str, typer.Argument(help="Registered certifier: ib
 
 
 @app.command()
+@_quiet_option
 def reprogram(task: Annotated[str, typer.Option(help="Data of the new task (breast_cancer, "
                                                 "digits, synthetic or a path).")] =
               "breast_cancer",
@@ -418,7 +573,7 @@ def reprogram(task: Annotated[str, typer.Option(help="Data of the new task (brea
     from scrutiny.data import load
     from scrutiny.models import QueryModel
 
-    bar = BlackBoxReprogramming(**{"progress": not quiet, **parse_params(param)})
+    bar = BlackBoxReprogramming(**parse_params(param))
     m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
     train_t, test_t = load(task, split="train"), load(task, split="test")
     box = QueryModel(m, output="probs")
@@ -436,6 +591,7 @@ def reprogram(task: Annotated[str, typer.Option(help="Data of the new task (brea
 
 
 @app.command()
+@_quiet_option
 def train(model: Annotated[str, typer.Option(
               "--model", help="Zoo model name, or 'module:factory' (then --data and --out).")]
           = "digits-cnn",

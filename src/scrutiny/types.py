@@ -10,6 +10,7 @@ import torch
 
 from scrutiny.errors import InputError
 from scrutiny.geometry import project_wasserstein_ball, wasserstein_distance
+from scrutiny.validation import DEFAULT_BOUNDS, check_bounds
 
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 #: Every norm a ThreatModel accepts: the Lp norms and the (local) Wasserstein distance
@@ -125,8 +126,15 @@ class ThreatModel:
         ``lo >= 0``; no mask.
     eps : float
         Radius, in input units (the model wrapper normalises internally).
-    bounds : (float, float)
-        Valid input range.
+    bounds : (float, float), optional
+        Valid input range. The model owns its bounds: leave this None (the
+        default) and every method called with a model fills in the model's
+        (:meth:`resolve`; ``AttackResult.threat`` holds the resolved threat
+        model). Explicit bounds must equal the model's (an
+        :class:`~scrutiny.errors.InputError` otherwise), and declare the
+        bounds of a plain ``nn.Module``, which has none of its own. Used on
+        its own (``project``, ``contains``), a threat model without bounds
+        keeps inputs in [0, 1], the bounds of a model that declares none.
     mask : torch.Tensor, optional
         Broadcastable to one input (e.g. ``(1, H, W)``); 1 where pixels may
         change, 0 where they must not.
@@ -142,11 +150,13 @@ class ThreatModel:
     >>> x0 = torch.full((1, 1, 2, 2), 0.5)
     >>> tm.project(x0, x0 + 1).max().item()
     0.6000000238418579
+    >>> tm.bounds is None, tm.resolve((-1.0, 1.0)).bounds  # the model's bounds, filled in
+    (True, (-1.0, 1.0))
     """
 
     norm: str
     eps: float
-    bounds: tuple[float, float] = (0.0, 1.0)
+    bounds: tuple[float, float] | None = None
     mask: torch.Tensor | None = field(default=None, compare=False)
     wasserstein_kernel: int = 5
     wasserstein_p: float = 2.0
@@ -158,10 +168,8 @@ class ThreatModel:
         if not eps >= 0:  # also rejects NaN; inf means unbounded (minimum-norm attacks)
             raise InputError(f"eps must be a number >= 0 (inf for unbounded), got {self.eps!r}")
         object.__setattr__(self, "eps", eps)
-        lo, hi = (float(b) for b in self.bounds)
-        if not lo < hi:
-            raise InputError(f"bounds must be (low, high) with low < high, got {self.bounds!r}")
-        object.__setattr__(self, "bounds", (lo, hi))
+        if self.bounds is not None:
+            object.__setattr__(self, "bounds", check_bounds(self.bounds))
         if self.mask is not None:
             m = torch.as_tensor(self.mask, dtype=torch.float32)
             if not torch.all((m == 0) | (m == 1)):
@@ -175,15 +183,41 @@ class ThreatModel:
                              f"{self.wasserstein_p!r}")
         object.__setattr__(self, "wasserstein_p", float(self.wasserstein_p))
         if self.norm == "wasserstein":
-            if lo < 0:
+            if self.box[0] < 0:
                 raise InputError(f"the wasserstein norm treats pixels as mass and needs bounds "
-                                 f"with low >= 0, got {self.bounds!r}")
+                                 f"with low >= 0, got {self.box!r}")
             if self.mask is not None:
                 raise InputError("the wasserstein norm does not support a mask")
 
     def with_eps(self, eps: float) -> ThreatModel:
         """The same threat model with another radius."""
         return replace(self, eps=eps)
+
+    @property
+    def box(self) -> tuple[float, float]:
+        """The bounds :meth:`project` and :meth:`contains` keep inputs in: :attr:`bounds`,
+        or [0, 1] (a model that declares none) when they are not resolved yet."""
+        return DEFAULT_BOUNDS if self.bounds is None else self.bounds
+
+    def resolve(self, bounds: tuple[float, float]) -> ThreatModel:
+        """This threat model on a model whose inputs lie in ``bounds`` (the model's).
+
+        Without bounds of its own it takes ``bounds``; with the same ones it is
+        returned as is. The model owns its bounds, so different explicit ones
+        are refused: an :class:`~scrutiny.errors.InputError` naming both.
+        Every method's call preamble (:func:`scrutiny.models.calls.prepare`)
+        resolves the threat model this way, so a method's body always sees
+        the model's bounds in :attr:`bounds`.
+        """
+        bounds = check_bounds(bounds)
+        if self.bounds is None:
+            return replace(self, bounds=bounds)
+        if self.bounds != bounds:
+            raise InputError(f"the threat model's bounds [{self.bounds[0]:g}, {self.bounds[1]:g}] "
+                             f"differ from the model's bounds [{bounds[0]:g}, {bounds[1]:g}]; "
+                             "the model owns its bounds: build the ThreatModel without bounds= "
+                             "(it takes the model's) or with the model's")
+        return self
 
     def mask_for(self, x: torch.Tensor) -> torch.Tensor | None:
         """The mask broadcast to one input of ``x`` (None if unmasked)."""
@@ -205,8 +239,8 @@ class ThreatModel:
         return lp_norm(x - x0, self.norm)
 
     def contains(self, x0: torch.Tensor, x: torch.Tensor, tol: float = 1e-5) -> torch.Tensor:
-        """Per-sample bool: ``x`` lies in the ball, the bounds and the mask."""
-        lo, hi = self.bounds
+        """Per-sample bool: ``x`` lies in the ball, the bounds (:attr:`box`) and the mask."""
+        lo, hi = self.box
         d = self.distance(x0, x)
         ok = d <= self.eps * (1 + tol) + tol
         if self.norm == "wasserstein":  # mass changed or no local plan: outside, even for eps=inf
@@ -228,10 +262,10 @@ class ThreatModel:
         point (:func:`scrutiny.geometry.projected_sinkhorn`).
         """
         if self.norm == "wasserstein":
-            return project_wasserstein_ball(x0, x, self.eps, self.bounds,
+            return project_wasserstein_ball(x0, x, self.eps, self.box,
                                             kernel_size=self.wasserstein_kernel,
                                             p=self.wasserstein_p, inside=self.contains(x0, x))
-        lo, hi = self.bounds
+        lo, hi = self.box
         delta = x - x0
         m = self.mask_for(x)
         if m is not None:
@@ -270,7 +304,17 @@ class AttackResult:
         own: a clean error that the perturbation happens to fix has
         ``adv_correct`` True; use :attr:`robust`.
     queries : Tensor, optional
-        (N,) model queries spent per sample (black-box attacks).
+        (N,) model queries the attack spent per sample (black-box attacks):
+        the queries its budget limits. The evaluator's two looks per sample
+        (the clean prediction and the check of ``x_adv``) are not among them,
+        by design; ``meta["evaluator_queries"]`` counts them.
+    budget_exhausted : Tensor, optional
+        bool (N,) (black-box attacks): the query budget cut the attack short
+        on this sample, i.e. it refused a query the attack wanted to make
+        for it and the sample is not broken (at ``eps = inf``, broken or not:
+        more queries could still shrink the norm). Its robustness is then the
+        budget's, not the attack's; ``meta["stopped_by_budget"]`` says whether
+        the budget refused any query.
 
     Notes
     -----
@@ -291,6 +335,7 @@ class AttackResult:
     queries: torch.Tensor | None = None
     threat: ThreatModel | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    budget_exhausted: torch.Tensor | None = None
 
     @property
     def robust(self) -> torch.Tensor:
@@ -342,6 +387,8 @@ class AttackResult:
         }
         if self.queries is not None:
             out["mean_queries"] = float(self.queries.float().mean())
+        if self.budget_exhausted is not None:  # how many samples the query budget cut short
+            out["budget_exhausted"] = int(self.budget_exhausted.sum())
         out.update({k: v for k, v in self.meta.items() if isinstance(v, int | float | str | bool)})
         return out
 

@@ -6,6 +6,20 @@ import torch
 
 from scrutiny.errors import InputError, ModelOutputError
 
+#: The input range of a model that declares none (a plain ``nn.Module``): [0, 1].
+DEFAULT_BOUNDS: tuple[float, float] = (0.0, 1.0)
+
+
+def check_bounds(bounds: object) -> tuple[float, float]:
+    """``(low, high)`` as floats with ``low < high``."""
+    try:
+        lo, hi = (float(b) for b in bounds)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise InputError(f"bounds must be (low, high) with low < high, got {bounds!r}") from None
+    if not lo < hi:
+        raise InputError(f"bounds must be (low, high) with low < high, got {bounds!r}")
+    return lo, hi
+
 
 def check_x(x: object, bounds: tuple[float, float] | None = None, *, image: bool = False) -> torch.Tensor:
     """A float tensor batch ``(N, ...)``, finite, inside ``bounds``."""

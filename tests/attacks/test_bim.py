@@ -20,7 +20,7 @@ def test_lower_robust_accuracy_than_fgsm(digits_model, digits_test, eps):
 
 
 def test_paper_schedule():
-    tm = ThreatModel("linf", 8 / 255)
+    tm = ThreatModel("linf", 8 / 255, (0, 1))  # resolved, as the call preamble hands it on
     steps, alpha = BIM()._schedule(tm)
     assert steps == 10 and alpha == pytest.approx(1 / 255)  # min(8 + 4, 1.25 * 8)
     steps, _ = BIM()._schedule(tm.with_eps(32 / 255))

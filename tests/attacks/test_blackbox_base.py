@@ -128,3 +128,45 @@ def test_seeded_and_same_result_on_a_callable_returning_probabilities():
     b = RandomSigns()(qm, x, y, threat=tm, seed=1)
     assert torch.equal(a.x_adv, b.x_adv) and qm.queries == 60
     assert isinstance(model.module, nn.Module)
+
+
+def test_fit_and_affords_record_the_samples_the_budget_cut():
+    model, x, y = _problem()
+    box = BlackBox(QueryModel(model, budget=5), x)
+    assert torch.equal(box.fit(torch.arange(4)), torch.arange(4)) and not box.stopped
+    assert box.fit(torch.arange(4), cost=2).tolist() == [0, 1]  # 5 // 2 samples fit
+    assert box.cut.tolist() == [False, False, True, True] and box.stopped
+    assert box.affords(5, torch.tensor([0])) and not box.affords(6, torch.tensor([0]))
+    assert box.cut.tolist() == [True, False, True, True]
+    free = BlackBox(QueryModel(model), x)
+    assert len(free.fit(torch.arange(4), cost=10**9)) == 4 and free.affords(10**9)
+    assert not free.stopped and not free.cut.any()
+    assert not box.affords(6) and box.cut.all()  # no rows: every sample
+
+
+@pytest.mark.parametrize("attack", [RandomSigns(steps=3), Greedy()], ids=["affords", "raises"])
+def test_a_budget_that_stopped_the_attack_is_reported_per_sample(attack):
+    model, x, y = _problem()
+    tm = ThreatModel("linf", 0.3)
+    qm = QueryModel(model, output="label", budget=9)
+    res = attack(qm, x, y, threat=tm)
+    # RandomSigns stops on affords() after one step (10 queries), Greedy on the exception
+    assert res.meta["stopped_by_budget"] is True
+    assert torch.equal(res.budget_exhausted, ~res.success)  # every unbroken sample was cut
+    # the evaluator's looks: the clean inputs and x_adv, one row each, outside the budget
+    assert res.meta["evaluator_queries"] == 2 * len(x) == qm.evaluations
+    assert qm.queries == int(res.queries.sum()) <= 9
+    free = RandomSigns(steps=3)(QueryModel(model, output="label"), x, y, threat=tm)
+    assert free.meta["stopped_by_budget"] is False and not free.budget_exhausted.any()
+    enough = RandomSigns(steps=3)(QueryModel(model, output="label", budget=30), x, y, threat=tm)
+    assert enough.meta["stopped_by_budget"] is False and torch.equal(enough.x_adv, free.x_adv)
+
+
+def test_evaluator_looks_are_counted_apart_and_reset():
+    model, x, y = _problem()
+    qm = QueryModel(model, output="label", budget=0)
+    res = RandomSigns(steps=1)(qm, x, y, threat=ThreatModel("linf", 0.0))  # nothing to attack
+    assert qm.queries == 0 and qm.evaluations == 8 == res.meta["evaluator_queries"]
+    assert res.meta["stopped_by_budget"] is False and not res.budget_exhausted.any()
+    qm.reset()
+    assert qm.queries == qm.evaluations == 0

@@ -10,10 +10,10 @@ from scrutiny.types import ThreatModel
 INF = float("inf")
 # Few iterations, so a larger Adam step than the paper's 0.01: pixels on a bound sit at
 # atanh(+-0.999999) in tanh space and need many small steps to move.
-SMALL = {"binary_search_steps": 5, "max_iterations": 80, "initial_const": 0.1,
-         "learning_rate": 0.1}
-TINY = {"binary_search_steps": 3, "max_iterations": 50, "initial_const": 0.1,
-        "learning_rate": 0.1}
+SMALL = {"search_steps": 5, "steps": 80, "initial_const": 0.1,
+         "lr": 0.1}
+TINY = {"search_steps": 3, "steps": 50, "initial_const": 0.1,
+        "lr": 0.1}
 
 
 def _pgd_min_eps(model, x, y, grid):
@@ -74,13 +74,13 @@ def test_finite_eps_projects_and_mask_is_respected(digits_model, digits_test):
     mask = torch.zeros(1, 8, 8)
     mask[:, :, :4] = 1
     tm = ThreatModel("l2", 0.5, mask=mask)
-    res = CarliniWagnerL2(binary_search_steps=2, max_iterations=20)(digits_model, x, y, threat=tm)
+    res = CarliniWagnerL2(search_steps=2, steps=20)(digits_model, x, y, threat=tm)
     assert tm.contains(x, res.x_adv).all()
     assert torch.equal(res.x_adv[..., 4:], x[..., 4:])
 
 
 def test_bad_parameters():
-    with pytest.raises(InputError, match="binary_search_steps"):
-        CarliniWagnerL2(binary_search_steps=0)
+    with pytest.raises(InputError, match="search_steps"):
+        CarliniWagnerL2(search_steps=0)
     with pytest.raises(InputError, match="confidence"):
         CarliniWagnerL2(confidence=-1.0)

@@ -19,7 +19,7 @@ ATTACKS = {
     "hsja-l2": (lambda: HopSkipJump(steps=100, init_evals=20), "l2", 100),
     "hsja-linf": (lambda: HopSkipJump(steps=100, init_evals=20), "linf", 100),
     "opt": (lambda: OPT(steps=100, init_directions=10), "l2", 300),
-    "sign_opt": (lambda: SignOPT(steps=100, directions=50, init_directions=10), "l2", 300),
+    "sign_opt": (lambda: SignOPT(steps=100, n_samples=50, init_directions=10), "l2", 300),
 }
 
 
@@ -109,7 +109,7 @@ def test_targeted_reaches_the_target(mlp, problem, digits_test, cls):
     pool = digits_test.x[100:400]
     pred = mlp.predict(pool)
     start = torch.stack([pool[(pred == c).nonzero()[0, 0]] for c in t.tolist()])
-    kw = {"directions": 30, "init_directions": 5} if cls is SignOPT else {}
+    kw = {"n_samples": 30, "init_directions": 5} if cls is SignOPT else {}
     res = cls(steps=20, **kw)(_label_only(mlp), x, y, target=t, threat=ThreatModel("l2", INF),
                               starting_points=start)
     assert res.success.all()
@@ -122,6 +122,7 @@ def test_budget_too_small_returns_clean_points(mlp, problem):
     res = HopSkipJump()(qm, x, y, threat=ThreatModel("l2", INF))
     assert qm.queries == 0 and res.meta["stopped_by_budget"]  # N > 3: not even one query fits
     assert not res.success.any() and torch.equal(res.x_adv, x)
+    assert res.budget_exhausted.all() and res.to_dict()["budget_exhausted"] == len(x)
 
 
 def test_g_local_finds_the_boundary_of_a_linear_rule():

@@ -8,7 +8,7 @@ from scrutiny.errors import InputError
 from scrutiny.types import ThreatModel
 
 INF = float("inf")
-STEPS = {"binary_search_steps": 5, "max_iterations": 80, "initial_const": 1.0}
+STEPS = {"search_steps": 5, "steps": 80, "initial_const": 1.0}
 
 
 def _sparsity(res, x):
@@ -19,7 +19,7 @@ def _sparsity(res, x):
 
 def test_sparser_than_cw_at_similar_success(digits_model, digits_test):
     x, y = digits_test.x[:24], digits_test.y[:24]
-    cw = CarliniWagnerL2(learning_rate=0.1, **STEPS)(digits_model, x, y,
+    cw = CarliniWagnerL2(lr=0.1, **STEPS)(digits_model, x, y,
                                                      threat=ThreatModel("l2", INF))
     assert cw.success_rate() >= 0.95
     cw_l1, cw_changed = _sparsity(cw, x)

@@ -116,9 +116,29 @@ def test_worst_case_on_an_empty_batch(tmp_path):
     y = model.predict(x)
     todo = torch.zeros(4, dtype=torch.bool).nonzero()[:, 0]  # every sample broken already
     tm = ThreatModel("linf", 0.1)
-    for ens in (WorstCase(attacks=(("apgd", {"steps": 3}), ("square", {"n_queries": 5}))),
+    for ens in (WorstCase(attacks=(("apgd", {"steps": 3}), ("square", {"max_queries": 5}))),
                 WorstCase(attacks=("pgd",), state_path=str(tmp_path / "state.safetensors"))):
         res = ens(model, x[todo], y[todo], threat=tm)
         assert res.x_adv.shape == (0, 1, 6, 6) and res.robust.shape == (0,)
         assert res.norms.shape == (0,) and res.logits.shape == (0, 3)
         assert res.to_dict()["n"] == 0
+
+
+def test_a_black_box_stage_cut_short_by_a_budget_is_reported(digits_model, digits_test):
+    from scrutiny.attacks.blackbox import Square
+    from scrutiny.models import QueryModel
+
+    class OneQueryEach(Square):
+        """Square behind a budget that pays for each sample's initial point only."""
+
+        def __call__(self, model, x, y, **kw):
+            return super().__call__(QueryModel(model, output="probs", budget=len(x)), x, y, **kw)
+
+    x, y = digits_test.x[:48], digits_test.y[:48]
+    ens = WorstCase(attacks=(APGD(steps=3, random_start=False), OneQueryEach(max_queries=50)))(
+        digits_model, x, y, threat=ThreatModel("linf", 0.05))
+    white, black = ens.meta["stages"]
+    assert white["budget_exhausted"] == 0 and white["queries"] == 0
+    # every sample left robust after the budget-bound last stage was cut short by it
+    assert black["budget_exhausted"] == int(ens.robust.sum()) > 0
+    assert 0 < black["queries"] <= len(x)

@@ -30,7 +30,7 @@ def _rate_under_transforms(model, x, goal, targeted: bool, draws: int = 16, seed
 def test_eot_adversarials_survive_fresh_transforms_unlike_pgd(digits_model, digits_test):
     x, y = digits_test.x[:64], digits_test.y[:64]
     tm = ThreatModel("linf", 0.2)
-    eot = EOT(steps=10, samples=8, **TF)(digits_model, x, y, threat=tm)
+    eot = EOT(steps=10, n_samples=8, **TF)(digits_model, x, y, threat=tm)
     pgd = PGD(steps=10)(digits_model, x, y, threat=tm)
     assert tm.contains(x, eot.x_adv).all()
     clean = _rate_under_transforms(digits_model, x, y, False)
@@ -43,7 +43,7 @@ def test_eot_adversarials_survive_fresh_transforms_unlike_pgd(digits_model, digi
 def test_targeted_eot_reaches_the_target_under_transforms(digits_model, digits_test):
     x, y = digits_test.x[:48], digits_test.y[:48]
     t = (y + 1) % 10
-    res = EOT(steps=15, samples=8, loss="margin", **TF)(digits_model, x, y,
+    res = EOT(steps=15, n_samples=8, loss="margin", **TF)(digits_model, x, y,
                                                       threat=ThreatModel("l2", 3.0), target=t)
     assert _rate_under_transforms(digits_model, res.x_adv, t, True) > 0.7
 
@@ -83,8 +83,8 @@ def test_clear_errors(digits_model, digits_test):
         EOT(scale=(1.2, 0.8))
     with pytest.raises(InputError, match="rotation"):
         EOT(rotation=-5)
-    with pytest.raises(InputError, match="samples"):
-        EOT(samples=0)
+    with pytest.raises(InputError, match="n_samples"):
+        EOT(n_samples=0)
     with pytest.raises(InputError, match="finite eps"):
         EOT()(digits_model, x, y, threat=ThreatModel("linf", float("inf")))
     with pytest.raises(InputError, match="images"):

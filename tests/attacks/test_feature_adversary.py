@@ -24,7 +24,7 @@ def test_representation_moves_to_the_guide_inside_the_ball(digits_model, digits_
     x, y = digits_test.x[:16], digits_test.y[:16]
     g, yg = digits_test.x[100:116], digits_test.y[100:116]
     tm = ThreatModel("linf", 0.3)
-    res = FeatureAdversary(max_iter=30)(digits_model, x, y, threat=tm, guide=g)
+    res = FeatureAdversary(steps=30)(digits_model, x, y, threat=tm, guide=g)
     assert res.meta["layer"] == "features.5"  # the last convolution
     assert tm.contains(x, res.x_adv).all() and (res.norms <= 0.3 + 1e-6).all()
     # recomputed independently with a hook: ||phi(x') - phi(g)|| / ||phi(x) - phi(g)||
@@ -38,7 +38,7 @@ def test_representation_moves_to_the_guide_inside_the_ball(digits_model, digits_
     # and the classifier follows the representation: mostly the guide's label
     assert (res.logits.argmax(1)[differ] == yg[differ]).float().mean() >= 0.6
     # a small ball cannot get there: the distance shrinks with eps
-    small = FeatureAdversary(max_iter=30)(digits_model, x, y, threat=tm.with_eps(0.05), guide=g)
+    small = FeatureAdversary(steps=30)(digits_model, x, y, threat=tm.with_eps(0.05), guide=g)
     assert small.meta["relative_distance"].median() > rel.median() + 0.2
 
 
@@ -47,7 +47,7 @@ def test_default_guides_have_another_label_and_layer_can_be_chosen(digits_model,
     g = default_guides(x, y)
     idx = [int(((digits_test.x[:10] == gi).flatten(1).all(1)).nonzero()[0]) for gi in g]
     assert all(y[j] != y[i] for i, j in enumerate(idx))
-    res = FeatureAdversary(layer="flatten", max_iter=15)(digits_model, x, y,
+    res = FeatureAdversary(layer="flatten", steps=15)(digits_model, x, y,
                                                          threat=ThreatModel("linf", 0.3))
     assert res.meta["layer"] == "flatten"
     assert (res.meta["relative_distance"] < 0.5).float().mean() >= 0.8
@@ -67,7 +67,7 @@ def test_clear_errors(digits_model, digits_test):
         FeatureAdversary()(digits_model, x[:1], y[:1], threat=tm)
     with pytest.raises(InputError, match="supports norms"):
         FeatureAdversary()(digits_model, x, y, threat=ThreatModel("l2", 1.0))
-    with pytest.raises(InputError, match="max_iter"):
-        FeatureAdversary(max_iter=0)
+    with pytest.raises(InputError, match="steps"):
+        FeatureAdversary(steps=0)
     with pytest.raises(InputError, match="does not accept 'guidance'"):
         FeatureAdversary()(digits_model, x, y, threat=tm, guidance=x)

@@ -10,7 +10,7 @@ from scrutiny.models import TorchModel
 from scrutiny.types import ThreatModel
 
 INF = float("inf")
-SMALL = {"search_steps": 8, "max_iter": 60}
+SMALL = {"search_steps": 8, "steps": 60}
 
 
 def _fooled(model, xa, label, targeted):
@@ -32,9 +32,9 @@ def test_search_finds_the_minimal_const(digits_model, digits_test, targeted):
     label = t if targeted else y
     with digits_model.evaluating():
         at_c = lbfgs_minimize(digits_model, x, label, c.float(), targeted=targeted,
-                              bounds=(0.0, 1.0), max_iter=SMALL["max_iter"])
+                              bounds=(0.0, 1.0), steps=SMALL["steps"])
         at_half = lbfgs_minimize(digits_model, x, label, c.float() / 2, targeted=targeted,
-                                 bounds=(0.0, 1.0), max_iter=SMALL["max_iter"])
+                                 bounds=(0.0, 1.0), steps=SMALL["steps"])
     assert _fooled(digits_model, at_c, label, targeted).float().mean() >= 0.8
     assert (~_fooled(digits_model, at_half, label, targeted)).float().mean() >= 0.8
 
@@ -48,7 +48,7 @@ def test_box_and_mask_respected_by_the_minimiser(digits_model, digits_test):
     mask[..., :3] = 0
     with model.evaluating():
         xa = lbfgs_minimize(model, x, (y + 1) % 10, torch.full((8,), 10.0), targeted=True,
-                            bounds=(lo, hi), mask=mask, max_iter=30)
+                            bounds=(lo, hi), mask=mask, steps=30)
     assert ((xa >= lo) & (xa <= hi)).all()
     assert torch.equal(xa[..., :3], x[..., :3])
     assert ((xa - x).abs().amax(dim=(1, 2, 3)) > 0.05).all()  # it did move (bounds active)

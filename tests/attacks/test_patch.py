@@ -28,7 +28,7 @@ def digits_train():
 def test_patch_pasted_at_random_places_sends_held_out_images_to_the_target(
         digits_model, digits_train, digits_test):
     x, y = digits_train
-    attack = AdversarialPatch(size=0.4, steps=40, samples=4)
+    attack = AdversarialPatch(size=0.4, steps=40, n_samples=4)
     res = attack(digits_model, x, y, threat=UNBOUNDED, target=3)
     patch = res.meta["patch"]
     assert patch.shape == x.shape[1:] and patch.min() >= 0 and patch.max() <= 1
@@ -44,7 +44,7 @@ def test_patch_pasted_at_random_places_sends_held_out_images_to_the_target(
 
 def test_only_the_pasted_area_changes(digits_model, digits_train):
     x, y = digits_train
-    attack = AdversarialPatch(size=0.2, steps=2, samples=2)
+    attack = AdversarialPatch(size=0.2, steps=2, n_samples=2)
     res = attack(digits_model, x[:16], y[:16], threat=UNBOUNDED, target=0)
     covered = warp(res.meta["patch_mask"].expand(16, 1, 8, 8), res.meta["placements"])
     free = (covered == 0).expand_as(x[:16])
@@ -71,7 +71,7 @@ def test_placements_keep_the_patch_inside_at_the_sampled_scale():
 def test_finite_eps_bounds_the_patch_contrast(digits_model, digits_train):
     x, y = digits_train
     tm = ThreatModel("linf", 0.3)
-    res = AdversarialPatch(size=0.3, steps=3, samples=2)(digits_model, x[:16], y[:16], threat=tm,
+    res = AdversarialPatch(size=0.3, steps=3, n_samples=2)(digits_model, x[:16], y[:16], threat=tm,
                                                         target=1)
     assert tm.contains(x[:16], res.x_adv).all() and res.norms.max() > 0.1
 

@@ -69,7 +69,7 @@ def test_frequency_label_mapping_follows_the_black_box_and_fixed_does_not():
 
 
 def test_multi_label_mapping_and_parameters():
-    bar = BlackBoxReprogramming(steps=2, q=2, batch_size=4)
+    bar = BlackBoxReprogramming(steps=2, n_samples=2, batch_size=4)
     assert type(bar)(**bar.get_params()) == bar
     qm = QueryModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)),
                     output="logits")
@@ -87,8 +87,8 @@ def test_bad_input(digits_model):
         BlackBoxReprogramming(optimizer="rmsprop")
     with pytest.raises(InputError, match="label_mapping"):
         BlackBoxReprogramming(label_mapping="learned")
-    with pytest.raises(InputError, match="q must"):
-        BlackBoxReprogramming(q=0)
+    with pytest.raises(InputError, match="n_samples must be > 0"):
+        BlackBoxReprogramming(n_samples=0)
     x, y = torch.rand(4, 30), torch.tensor([0, 1, 0, 1])
     with pytest.raises(InputError, match="scores"):
         BlackBoxReprogramming().fit(QueryModel(digits_model, output="label"), x, y,

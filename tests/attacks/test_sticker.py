@@ -29,7 +29,7 @@ def test_sticker_changes_only_the_mask_and_fools_held_out_images(digits_model, d
     x, y = digits_train
     mask = _bottom_rows()
     tm = ThreatModel("linf", 1.0, mask=mask)
-    res = Sticker(steps=15, samples=4)(digits_model, x, y, threat=tm)
+    res = Sticker(steps=15, n_samples=4)(digits_model, x, y, threat=tm)
     outside = (1 - mask).bool().expand_as(x)
     assert torch.equal(res.x_adv[outside], x[outside])                 # exactly unchanged
     sticker = res.meta["perturbation"]
@@ -48,7 +48,7 @@ def test_sticker_changes_only_the_mask_and_fools_held_out_images(digits_model, d
 def test_targeted_sticker_and_l1_mask_refinement(digits_model, digits_train, digits_test):
     x, y = digits_train
     mask = _bottom_rows()
-    res = Sticker(steps=12, samples=4, mask_keep=0.5)(digits_model, x, y,
+    res = Sticker(steps=12, n_samples=4, mask_keep=0.5)(digits_model, x, y,
                                                       threat=ThreatModel("linf", 1.0, mask=mask),
                                                       target=2)
     refined = res.meta["mask"]
@@ -62,7 +62,7 @@ def test_targeted_sticker_and_l1_mask_refinement(digits_model, digits_train, dig
 def test_without_a_mask_it_is_a_universal_perturbation_in_the_ball(digits_model, digits_train):
     x, y = digits_train
     tm = ThreatModel("l2", 1.5)
-    res = Sticker(steps=5, samples=2)(digits_model, x[:16], y[:16], threat=tm)
+    res = Sticker(steps=5, n_samples=2)(digits_model, x[:16], y[:16], threat=tm)
     v = res.meta["perturbation"]
     assert float(v.norm()) <= 1.5 * (1 + 1e-5) and float(v.norm()) > 0.5
     assert tm.contains(x[:16], res.x_adv).all()

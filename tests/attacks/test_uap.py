@@ -85,9 +85,9 @@ def test_batch_of_one_is_the_papers_sequential_algorithm(digits_model, digits_tr
     """batch_size=1 reproduces a per-point reference loop (same seed, same visiting order)."""
     x, y = digits_train
     x, tm = x[:12], ThreatModel("l2", 2.0)
-    uap = UAP(max_passes=1, batch_size=1, max_iter_df=3, candidates=3)
+    uap = UAP(max_passes=1, batch_size=1, deepfool_steps=3, candidates=3)
     res = uap(digits_model, x, y[:12], threat=tm, seed=1)
-    df = DeepFool(candidates=3, max_iter=3)
+    df = DeepFool(candidates=3, steps=3)
     v = torch.zeros_like(x[:1])
     with digits_model.evaluating(), seeded(1):
         label = digits_model(x).argmax(1)
@@ -95,7 +95,8 @@ def test_batch_of_one_is_the_papers_sequential_algorithm(digits_model, digits_tr
             xi = (x[i:i + 1] + v).clamp(0, 1)
             if digits_model(xi).argmax(1) != label[i]:
                 continue
-            x_new = df._run(digits_model, xi, label[i:i + 1], ThreatModel("l2", float("inf")), None)
+            x_new = df._run(digits_model, xi, label[i:i + 1],  # _run sees resolved bounds
+                            ThreatModel("l2", float("inf"), digits_model.bounds), None)
             if digits_model(x_new.clamp(0, 1)).argmax(1) != label[i]:
                 v = _project_l2(v + x_new - xi, 2.0)
     assert v.abs().sum() > 0

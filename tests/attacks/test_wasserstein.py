@@ -75,7 +75,7 @@ def test_projection_is_in_the_ball_conserves_mass_and_moves_towards_the_point(di
 def test_attack_lowers_accuracy_inside_the_ball(digits_model, digits_test):
     x, y = digits_test.x[:16], digits_test.y[:16]
     tm = ThreatModel("wasserstein", 0.2)
-    res = WassersteinPGD(steps=10, sinkhorn_iters=15, eps_init=None)(digits_model, x, y,
+    res = WassersteinPGD(steps=10, sinkhorn_steps=15, eps_init=None)(digits_model, x, y,
                                                                       threat=tm)
     assert res.clean_accuracy() > 0.9 and res.robust_accuracy() < res.clean_accuracy() - 0.5
     assert torch.allclose(res.x_adv.flatten(1).sum(1), x.flatten(1).sum(1), rtol=1e-5)
@@ -84,7 +84,7 @@ def test_attack_lowers_accuracy_inside_the_ball(digits_model, digits_test):
     assert (d <= 0.2 * (1 + 1e-4)).all()
     assert torch.allclose(res.norms[:6].double(), d, atol=1e-5)
     # the paper's schedule: the radius starts at eps_init and grows 1.1x every 10 steps
-    sched = WassersteinPGD(steps=11, sinkhorn_iters=15, eps_init=0.05)(digits_model, x, y,
+    sched = WassersteinPGD(steps=11, sinkhorn_steps=15, eps_init=0.05)(digits_model, x, y,
                                                                        threat=tm)
     assert (sched.norms <= 0.055 * (1 + 1e-4)).all()
     assert sched.robust_accuracy() > res.robust_accuracy()

@@ -100,7 +100,7 @@ def test_zo_optimisers_converge_on_a_quadratic(optimizer, lr, tol):
 def test_zo_attacks_succeed_and_count_queries(digits_model, digits_test, optimizer, lr):
     x, y = digits_test.x[:32], digits_test.y[:32]
     qm = QueryModel(digits_model, output="probs")
-    res = ZO(optimizer=optimizer, steps=20, q=10, lr=lr, max_queries=700)(
+    res = ZO(optimizer=optimizer, steps=20, n_samples=10, lr=lr, max_queries=700)(
         qm, x, y, threat=ThreatModel("linf", 0.2))
     assert res.success_rate() > 0.8  # measured 0.94-0.97
     assert int(res.queries.sum()) == qm.queries and int(res.queries.max()) <= 700
@@ -109,13 +109,13 @@ def test_zo_attacks_succeed_and_count_queries(digits_model, digits_test, optimiz
 def test_nes_is_query_limited(digits_model, digits_test):
     x, y = digits_test.x[:128], digits_test.y[:128]
     qm = QueryModel(digits_model, output="probs")
-    res = NES(steps=30, samples=10, lr=0.02, max_queries=200)(qm, x, y,
-                                                              threat=ThreatModel("linf", 0.2))
+    res = NES(steps=30, n_samples=10, step_size=0.02, max_queries=200)(
+        qm, x, y, threat=ThreatModel("linf", 0.2))
     # PGD fools 99-100% here; NES with 200 queries measured 0.78 on the shipped CNN and 0.66,
     # 0.70, 0.72, 0.77 on CNNs retrained with seeds 1-4
     assert res.success_rate() > 0.55
     assert int(res.queries.max()) <= 200 and int(res.queries.sum()) == qm.queries
-    # iterations cost samples + 1 = 11 queries after the first one
+    # iterations cost n_samples + 1 = 11 queries after the first one
     assert ((res.queries - 1) % 11 == 0).all()
 
 
@@ -132,8 +132,8 @@ def test_autozoom_bilinear_reduction_succeeds_with_few_queries(digits_model, dig
 def test_zoo_succeeds_with_query_counts(digits_model, digits_test, solver):
     x, y = digits_test.x[:32], digits_test.y[:32]
     qm = QueryModel(digits_model, output="probs")
-    res = ZOO(solver=solver, max_iterations=20, coords_per_iteration=32, lr=0.1,
-              binary_search_steps=1)(qm, x, y, threat=ThreatModel("l2", 3.0))
+    res = ZOO(solver=solver, steps=20, coords_per_iteration=32, lr=0.1,
+              search_steps=1)(qm, x, y, threat=ThreatModel("l2", 3.0))
     assert res.success_rate() > 0.9
     # every iteration costs 2k + 1 = 65 queries per sample, plus the check that found success
     assert ((res.queries - 1) % 65 == 0).all() and int(res.queries.sum()) == qm.queries
@@ -144,13 +144,13 @@ def test_clear_errors(digits_model, digits_test):
     with pytest.raises(InputError, match="optimizer"):
         ZO(optimizer="rmsprop")
     with pytest.raises(InputError, match="even"):
-        NES(samples=5)
+        NES(n_samples=5)
     with pytest.raises(InputError, match="solver"):
         ZOO(solver="bfgs")
     with pytest.raises(InputError, match="loss"):
         FDFGSM(loss="hinge")
-    with pytest.raises(InputError, match="q must be"):
-        AutoZOOM(q=0)
+    with pytest.raises(InputError, match="n_samples must be > 0"):
+        AutoZOOM(n_samples=0)
     with pytest.raises(InputError, match="larger than the image"):
         AutoZOOM(reduced=16)(digits_model, digits_test.x[:2], digits_test.y[:2],
                              threat=ThreatModel("l2", 1.0))

@@ -13,6 +13,9 @@ from scrutiny.errors import InputError
 from scrutiny.models import TorchModel
 from scrutiny.types import ThreatModel
 
+#: The threat set of the tests that read radii: smoothing's radius does not depend on its eps.
+L2 = ThreatModel("l2", 0.0)
+
 
 class LinearBinary(nn.Module):
     """logits (0, w.x + b): class 1 iff w.x + b > 0; its smoothed classifier is itself."""
@@ -51,7 +54,7 @@ def test_radius_below_the_exact_distance_of_a_linear_classifier():
     dist = score.abs() / w.norm()  # exact l2 distance to the decision boundary
     sigma = 0.5
     res = RandomizedSmoothing(sigma=sigma, n0=64, n=4000, batch_size=4096).certify(
-        model, x, model.predict(x), seed=0)
+        model, x, model.predict(x), L2, seed=0)
     ok = ~res.abstain
     assert (res.label[ok] == model.predict(x)[ok]).all()
     assert (res.radius <= dist + 1e-6).all()  # sound (holds w.p. 1 - alpha per sample)
@@ -69,7 +72,7 @@ def test_abstains_on_a_coin_flip_classifier():
     model = TorchModel(Coin())
     x = torch.rand(6, 4)
     rs = RandomizedSmoothing(sigma=0.25, n0=50, n=1000, batch_size=500)
-    res = rs.certify(model, x, seed=0)
+    res = rs.certify(model, x, torch.zeros(6, dtype=torch.long), L2, seed=0)
     assert res.abstain.all() and (res.label == -1).all() and (res.radius == 0).all()
     assert (res.meta["p_lower"] < 0.5).all()
     pred = rs.predict(model, x, seed=0)
@@ -79,7 +82,7 @@ def test_abstains_on_a_coin_flip_classifier():
 def test_predict_and_certify_agree_and_p_lower_is_clopper_pearson(digits_model, digits_test):
     x, y = digits_test.x[:6], digits_test.y[:6]
     rs = RandomizedSmoothing(sigma=0.1, n0=32, n=256, batch_size=512)
-    res = rs.certify(digits_model, x, y, seed=0)
+    res = rs.certify(digits_model, x, y, L2, seed=0)
     counts = res.meta["counts"]
     assert counts.sum(dim=1).eq(256).all()
     na = counts.gather(1, res.label.clamp_min(0)[:, None])[:, 0]
@@ -95,11 +98,11 @@ def test_predict_and_certify_agree_and_p_lower_is_clopper_pearson(digits_model, 
 
 
 def test_same_seed_same_result(digits_model, digits_test):
-    x = digits_test.x[:4]
+    x, y = digits_test.x[:4], digits_test.y[:4]
     rs = RandomizedSmoothing(sigma=0.5, n0=16, n=64, batch_size=50)
-    a, b = rs.certify(digits_model, x, seed=3), rs.certify(digits_model, x, seed=3)
+    a, b = rs.certify(digits_model, x, y, L2, seed=3), rs.certify(digits_model, x, y, L2, seed=3)
     assert torch.equal(a.meta["counts"], b.meta["counts"]) and torch.equal(a.radius, b.radius)
-    c = rs.certify(digits_model, x, seed=4)
+    c = rs.certify(digits_model, x, y, L2, seed=4)
     assert not torch.equal(a.meta["counts"], c.meta["counts"])
     state = torch.random.get_rng_state()
     rs.predict(digits_model, x, seed=3)
@@ -131,7 +134,7 @@ def test_radius_never_above_the_smallest_attacked_distance(digits_model, digits_
     x, y = digits_test.x[:12], digits_test.y[:12]
     sigma = 0.25
     rs = RandomizedSmoothing(sigma=sigma, n0=32, n=400, batch_size=4000)
-    res = rs.certify(digits_model, x, y, seed=0)
+    res = rs.certify(digits_model, x, y, L2, seed=0)
     ok = ~res.abstain & (res.label == y)
     assert ok.sum() >= 8
     judge = RandomizedSmoothing(sigma=sigma, n=200, batch_size=4000)
@@ -162,6 +165,11 @@ def test_bad_input():
         RandomizedSmoothing(batch_size=2.5)
     model = _linear_binary(4)
     with pytest.raises(InputError, match="outside"):
-        RandomizedSmoothing(n0=2, n=4).certify(model, torch.full((2, 4), 3.0))
+        RandomizedSmoothing(n0=2, n=4).certify(model, torch.full((2, 4), 3.0),
+                                               torch.zeros(2, dtype=torch.long), L2)
     with pytest.raises(InputError, match="y"):
-        RandomizedSmoothing(n0=2, n=4).certify(model, torch.rand(2, 4), torch.tensor([0, 5]))
+        RandomizedSmoothing(n0=2, n=4).certify(model, torch.rand(2, 4), torch.tensor([0, 5]), L2)
+    with pytest.raises(InputError, match="supports norms l2"):
+        RandomizedSmoothing(n0=2, n=4).certify(model, torch.rand(2, 4),
+                                               torch.zeros(2, dtype=torch.long),
+                                               ThreatModel("linf", 0.1))

@@ -107,7 +107,7 @@ def test_adversarial_recipes_have_keys_of_their_own():
 
 
 def test_clear_errors(train_data):
-    with pytest.raises(InputError, match="unknown method"):
+    with pytest.raises(InputError, match="method must be one of"):
         AdversarialTraining(method="free")
     with pytest.raises(InputError, match="norm"):
         AdversarialTraining(norm="l1")

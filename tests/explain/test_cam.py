@@ -59,5 +59,5 @@ def test_gradcam_plus_plus_closed_form_on_gap_linear(digits_model, digits_test):
     # it differs from Grad-CAM, whose weights are the plain means w_k / Z
     plain = GradCAM(layer="features.6", relu=False)(digits_model, x, t).meta["layer_map"]
     assert not torch.allclose(plain, expected, atol=1e-3)
-    with pytest.raises(InputError, match="unknown variant"):
+    with pytest.raises(InputError, match="variant must be one of"):
         GradCAM(variant="gradcam+++")

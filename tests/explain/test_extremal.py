@@ -23,7 +23,7 @@ def synthetic():
 def test_mask_area_equals_requested_area(digits_model, digits_test):
     # float64: after 200 steps, float32 rounding of another batch size grows to 1e-4..1e-3
     model, x = copy.deepcopy(digits_model).double(), digits_test.x[:4].double()
-    e = ExtremalPerturbation(areas=(0.1, 0.3), iterations=200)(model, x)
+    e = ExtremalPerturbation(areas=(0.1, 0.3), steps=200)(model, x)
     assert e.meta["masks"].shape == (4, 2, 8, 8)
     err = (e.meta["mask_area"] - torch.tensor([0.1, 0.3], dtype=torch.float64)).abs()
     # one pixel of an 8x8 image is 0.016 of the area; 0.03 is asserted on 32x32 images below.
@@ -32,7 +32,7 @@ def test_mask_area_equals_requested_area(digits_model, digits_test):
     assert err.mean() < 0.02
     assert torch.equal(e.attributions, e.meta["masks"][:, 0])
     # the areas were optimised as one batch: the same result one area at a time
-    single = ExtremalPerturbation(areas=(0.3,), iterations=200)(model, x[2:3])
+    single = ExtremalPerturbation(areas=(0.3,), steps=200)(model, x[2:3])
     assert torch.allclose(single.attributions, e.meta["masks"][2:3, 1], atol=1e-9)
 
 
@@ -41,7 +41,7 @@ def test_mask_covers_the_class_object(synthetic):
     n = 6
     x, box, y = data.x[:n], data.masks[:n, 0].float(), data.y[:n]
     e = extremal_perturbation(model, x, y, areas=(0.1,), baseline="zero",
-                              iterations=200)
+                              steps=200)
     m = e.attributions
     recall = (m * box).sum((1, 2)) / box.sum((1, 2))   # share of the object under the mask
     assert (e.meta["mask_area"] - 0.1).abs().max() < 0.03
@@ -52,7 +52,7 @@ def test_mask_covers_the_class_object(synthetic):
 
 def test_preserved_region_keeps_the_class_better_than_a_random_one(digits_model, digits_test):
     x = digits_test.x[:6]
-    ep = ExtremalPerturbation(areas=(0.25,), iterations=100)
+    ep = ExtremalPerturbation(areas=(0.25,), steps=100)
     e = ep(digits_model, x)
     fill = gaussian_blur(x, 1.0)  # the default blur baseline of 8x8 images
     with torch.no_grad():

@@ -67,7 +67,7 @@ def test_infidelity_is_zero_for_exact_linear_attributions():
     for pert in ("gaussian", "noisy_baseline", "square"):
         for scaling in (False, True):
             # the gradient w predicts f(x) - f(x - I) = w.I exactly for any I
-            grad = Infidelity(perturbation=pert, optimal_scaling=scaling, n_perturbations=20)
+            grad = Infidelity(perturbation=pert, optimal_scaling=scaling, n_samples=20)
             assert grad(model, x, explainer="gradient").scores.abs().max() < 1e-6
     # IG (x - 0) * w: exact for removal to the zero baseline, with the fraction-removed product
     ig = infidelity(model, x, explainer="integrated_gradients", perturbation="square",
@@ -77,17 +77,17 @@ def test_infidelity_is_zero_for_exact_linear_attributions():
     rand = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
     assert (Infidelity()(model, x, attributions=rand).scores > 0.1).all()
     # optimal scaling makes the score invariant to the map's scale
-    half = Infidelity(n_perturbations=20)(model, x, attributions=0.5 * rand)
-    full = Infidelity(n_perturbations=20)(model, x, attributions=rand)
+    half = Infidelity(n_samples=20)(model, x, attributions=0.5 * rand)
+    full = Infidelity(n_samples=20)(model, x, attributions=rand)
     assert torch.allclose(half.scores, full.scores) and torch.allclose(half.beta, 2 * full.beta)
 
 
 def test_square_removal_can_enumerate_every_square():
     model, x = tiny_linear(0), tiny_images(2)  # 6x6 images
     phi = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
-    res = Infidelity(perturbation="square", n_perturbations=None, square_sizes=(1, 2),
+    res = Infidelity(perturbation="square", n_samples=None, square_sizes=(1, 2),
                      optimal_scaling=False)(model, x, 0, attributions=phi)
-    assert res.meta["n_perturbations"] == 36 + 25
+    assert res.meta["n_samples"] == 36 + 25
     # slow reference: f is linear, so f(x) - f(x0) = w . (x * square) for removal to 0
     w = model.module[1].weight[0].reshape(1, 6, 6).detach()
     ref = []
@@ -97,7 +97,7 @@ def test_square_removal_can_enumerate_every_square():
         ref.append(torch.stack(errs).mean())
     assert torch.allclose(res.scores.float(), torch.stack(ref), rtol=1e-4)
     with pytest.raises(InputError, match="every square"):
-        Infidelity(n_perturbations=None)
+        Infidelity(n_samples=None)
 
 
 def test_max_sensitivity(digits_model, digits_test):
@@ -112,6 +112,25 @@ def test_max_sensitivity(digits_model, digits_test):
     # the gradient of a linear model is the same everywhere
     lin = MaxSensitivity(n_samples=5)(tiny_linear(0), tiny_images(3), explainer="gradient")
     assert lin.scores.abs().max() < 1e-6
+
+
+def test_max_sensitivity_of_an_all_zero_explanation_is_undefined_not_perfect(digits_test):
+    """Behind a 4-level quantizer every gradient map is all zero, at x and around it: the
+    relative change is 0 / 0 (undefined, with the reason), not 0 (perfectly stable)."""
+    import json
+    import math
+
+    from scrutiny.testing.models import quantized_cnn
+
+    x, q = digits_test.x[:3], quantized_cnn()
+    res = MaxSensitivity(n_samples=2)(q, x, explainer="gradient")
+    assert torch.isnan(res.scores).all() and math.isnan(res.aggregate)
+    assert "all zero at x and at every neighbour for 3 of 3 samples" in res.undefined
+    assert res.to_dict()["aggregate"] is None and json.dumps(res.to_dict(), allow_nan=False)
+    # the absolute change is defined: zero
+    absolute = MaxSensitivity(n_samples=2, normalize=False)(q, x, explainer="gradient")
+    assert torch.equal(absolute.scores, torch.zeros(3, dtype=absolute.scores.dtype))
+    assert absolute.undefined is None
 
 
 def test_clear_errors(digits_model, digits_test):
@@ -133,7 +152,7 @@ def test_clear_errors(digits_model, digits_test):
     with pytest.raises(InputError, match="needs images"):
         Infidelity(perturbation="square")(tiny_linear(0, shape=(6,)), torch.rand(3, 6),
                                           attributions=torch.zeros(3, 6))
-    with pytest.raises(InputError, match="unknown perturbation"):
+    with pytest.raises(InputError, match="perturbation must be one of"):
         Infidelity(perturbation="uniform")
     with pytest.raises(InputError, match="square_sizes"):
         Infidelity(square_sizes=(3, 1))
@@ -145,7 +164,7 @@ def test_clear_errors(digits_model, digits_test):
         MaxSensitivity(radius=0)
 
 
-@pytest.mark.parametrize("metric", [Deletion(steps=3), Infidelity(n_perturbations=3)])
+@pytest.mark.parametrize("metric", [Deletion(steps=3), Infidelity(n_samples=3)])
 def test_state_restored_and_inputs_untouched(metric):
     """Mode and requires_grad come back, also when forward raises; inputs unchanged;
     same seed, same result."""

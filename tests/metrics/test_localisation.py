@@ -48,11 +48,29 @@ def test_hits_misses_and_tolerance():
     hit = pointing_game(model, x, 0, attributions=maps, masks=masks, tolerance=2)
     assert hit.scores[:2].tolist() == [1.0, 1.0] and math.isnan(hit.scores[2])
     assert hit.aggregate == 1.0 and hit.points[1].tolist() == [9, 6]
+    assert hit.undefined == "1 of 3 samples have no ground-truth region"
     miss = pointing_game(model, x, 0, attributions=maps, masks=masks[:, 0].float(), tolerance=1.9)
     assert miss.scores[:2].tolist() == [1.0, 0.0] and miss.aggregate == 0.5
     # channel-summed image attributions give the same points
     again = PointingGame(tolerance=1.9)(model, x, 0, attributions=maps[:, None], masks=masks)
     assert torch.equal(again.points, miss.points)
+
+
+def test_a_constant_map_points_nowhere():
+    """An all-zero map has no maximum: undefined (with the reason), not a hit or a miss at
+    pixel (0, 0), and left out of the hit rate and of the chance level."""
+    model = tiny_cnn(0)
+    x = torch.rand(3, 1, 20, 20, generator=torch.Generator().manual_seed(0))
+    masks = torch.zeros(3, 20, 20, dtype=torch.bool)
+    masks[:, 0:3, 0:3] = True  # (0, 0), where argmax of a constant map lands, is inside
+    maps = torch.zeros(3, 20, 20)
+    maps[0, 15, 15] = 1  # a miss
+    maps[2] = 0.5  # constant, not zero
+    res = pointing_game(model, x, 0, attributions=maps, masks=masks, tolerance=1)
+    assert res.scores[0] == 0.0 and torch.isnan(res.scores[1:]).all()
+    assert res.aggregate == 0.0 and res.class_accuracy == {0: 0.0}
+    assert res.undefined == "2 of 3 samples have a constant map, which points nowhere"
+    assert res.to_dict()["aggregate"] == 0.0
 
 
 def test_clear_errors(synthetic):

@@ -1,6 +1,9 @@
 """Sanity checks (Adebayo et al., NeurIPS 2018): gradient and Grad-CAM maps decorrelate
 under model-parameter and data randomization; an edge detector does not and is flagged."""
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +41,8 @@ def test_maps_decorrelate_under_cascading_randomization(digits_model, digits_tes
     assert res.maps.shape == (4, 64, 8, 8) and res.original_maps.shape == (64, 8, 8)
     assert res.aggregate < below and not res.flag
     assert torch.allclose(res.scores, res.per_step["spearman_abs"][-1], equal_nan=True)
+    # a NaN score never comes without its reason (Grad-CAM: a randomized model's map can be 0)
+    assert (res.undefined is None) == (not torch.isnan(res.scores).any())
     assert res.curve("ssim")[-1] < 0.3
 
 
@@ -121,7 +126,7 @@ def test_clear_errors(digits_model, digits_test):
         ModelRandomization(layers=("features.1",))(digits_model, x, explainer="gradient")
     with pytest.raises(InputError, match="unknown explainer|unknown method"):
         ModelRandomization()(digits_model, x, explainer="not_an_explainer")
-    with pytest.raises(InputError, match="unknown mode"):
+    with pytest.raises(InputError, match="mode must be one of"):
         ModelRandomization(mode="top-down")
     with pytest.raises(InputError, match="spearman_abs"):
         ModelRandomization(measures=("ssim",))
@@ -131,3 +136,46 @@ def test_clear_errors(digits_model, digits_test):
         DataRandomization()(digits_model, x, explainer="gradient")
     with pytest.raises(InputError, match="does not accept 'masks'"):
         DataRandomization()(digits_model, x, explainer="gradient", masks=None)
+
+
+class FirstBlank(Explainer):
+    """The input itself (which no randomization changes), all zero for the first sample."""
+
+    name = "first_blank"
+
+    def __init__(self):
+        pass
+
+    def _explain(self, model, x, target):
+        out = x.clone()
+        out[:1] = 0
+        return out, {}
+
+
+def test_an_all_zero_map_is_undefined_with_its_reason_not_a_silent_nan(digits_test):
+    """Behind a 4-level input quantizer the input gradient is exactly zero, so every saliency
+    map is all zero (64 of 64 test digits on the shipped CNN and on seeds 1-4): no ranking to
+    correlate, so the check is undefined, says why, and is neither passed nor flagged."""
+    from scrutiny.testing.models import quantized_cnn
+
+    x = digits_test.x[:8]
+    for mode in ("cascading", "independent"):
+        res = ModelRandomization(mode=mode, measures=("spearman_abs",))(
+            quantized_cnn(), x, explainer="saliency")
+        assert torch.isnan(res.scores).all() and math.isnan(res.aggregate)
+        assert res.flag is None
+        assert "the trained model's map is all zero for 8 of 8 samples" in res.undefined
+        assert "masked" in res.undefined
+        summary = res.to_dict()
+        assert summary["aggregate"] is None and summary["undefined"] == res.undefined
+        json.dumps(summary, allow_nan=False)
+
+
+def test_a_partly_undefined_check_counts_the_defined_samples_and_says_which_are_not(
+        digits_model, digits_test):
+    x = digits_test.x[:4]
+    res = ModelRandomization(measures=("spearman_abs",))(digits_model, x, explainer=FirstBlank())
+    assert math.isnan(res.scores[0]) and torch.allclose(res.scores[1:], torch.ones(3, dtype=torch.float64))
+    assert res.aggregate == pytest.approx(1.0) and res.flag is True
+    assert "all zero for 1 of 4 samples" in res.undefined
+    assert res.to_dict()["aggregate"] == pytest.approx(1.0)

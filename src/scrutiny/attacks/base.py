@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
 
-from scrutiny.base import Method, grad_wrt, seeded
+from scrutiny.base import Method, grad_wrt
 from scrutiny.errors import InputError, QueryBudgetExceeded
 from scrutiny.losses import margin_loss_terms  # also re-exported: attacks import it from here
 from scrutiny.models.adaptive import adaptive, is_non_differentiable, is_randomized
+from scrutiny.models.calls import Call, prepare
 from scrutiny.models.query import QueryModel
-from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import AttackResult, Tags, ThreatModel
-from scrutiny.validation import check_labels, check_outputs, check_x
 
 
 class Attack(Method):
@@ -33,9 +35,17 @@ class Attack(Method):
     :meth:`BlackBox.query`, which counts it per sample (reported as
     :attr:`AttackResult.queries`) and never goes past the QueryModel's budget.
     When the budget is spent the attack stops and the base returns
-    :attr:`BlackBox.best`, the attack's best points so far. The final check
-    of success at ``x_adv`` is the evaluator's, not the attacker's: it goes
-    through the QueryModel's uncounted ``_evaluate``.
+    :attr:`BlackBox.best`, the attack's best points so far. Whenever the
+    budget refused a query (the attack stopped on :meth:`BlackBox.affords`
+    or :meth:`BlackBox.fit`, or a query raised
+    :class:`~scrutiny.errors.QueryBudgetExceeded`), the result says so:
+    ``meta["stopped_by_budget"]``, and per sample
+    :attr:`AttackResult.budget_exhausted`. The check of the clean prediction
+    and the final check of success at ``x_adv`` are the evaluator's, not the
+    attacker's (AutoAttack's convention): they go through the
+    QueryModel's ``_evaluate``, one row per sample each, outside the budget
+    and not in :attr:`AttackResult.queries`; ``meta["evaluator_queries"]``
+    reports them.
     """
 
     kind = "attack"
@@ -57,7 +67,8 @@ class Attack(Method):
         y : Tensor
             True labels ``(N,)``.
         threat : ThreatModel
-            Norm, eps, bounds (and optional mask) of allowed perturbations.
+            Norm, eps (and optional mask) of allowed perturbations; its bounds
+            are the model's (:meth:`ThreatModel.resolve`).
         target : Tensor or int, optional
             Target classes for a targeted attack.
         seed : int, optional
@@ -71,21 +82,11 @@ class Attack(Method):
         **data
             Call-time data the attack declares in ``call_data``.
         """
-        unknown = [k for k in data if k not in self.call_data]
-        if unknown:
-            raise InputError(f"{type(self).__name__} does not accept "
-                             f"{', '.join(map(repr, unknown))}; accepted data keywords: "
-                             f"{', '.join(self.call_data) or 'none'}")
         if not self.tags.white_box:
             return self._call_black_box(model, x, y, threat, target, seed, data)
-        model = as_model(model, threat.bounds if isinstance(threat, ThreatModel) else None)
-        self._check_threat(x, threat)
-        dev = model.device
-        x0 = x.detach().to(dev).clone()
-        with model.evaluating(), seeded(seed, dev):
-            with torch.no_grad():
-                clean_logits = check_outputs(model(x0), len(x0))
-            y, target = self._check_labels(y, target, len(x0), clean_logits.shape[1], dev)
+        with self._prepare(model, x, threat, seed, data) as call:
+            model, x0, threat, clean_logits = call.model, call.x0, call.threat, call.logits
+            y, target = self._check_labels(call, y, target)
             extra: dict = {}
             attacked, how = adaptive_model(model) if adaptive else (model, None)
             if len(x0) and (threat.eps > 0 or self.tags.minimum_norm):
@@ -97,26 +98,27 @@ class Attack(Method):
             if how:
                 extra = {**extra, "adaptive": how}
             x_adv = threat.project(x0, x_adv.detach().to(x0.dtype)).detach()
-            with torch.no_grad():  # success is judged on the defended model itself
-                logits = model(x_adv)
+            if torch.equal(x_adv, x0):  # nothing moved: the clean pass is the verdict (a
+                logits = clean_logits   # randomized model's second draw would differ)
+            else:
+                with torch.no_grad():  # success is judged on the defended model itself
+                    logits = model(x_adv)
         return self._result(x, x0, x_adv, logits, clean_logits, y, target, threat, extra)
 
     # ------------------------------------------------------------------ shared steps
-    def _check_threat(self, x: torch.Tensor, threat: ThreatModel) -> None:
-        if not isinstance(threat, ThreatModel):
-            raise InputError(f"threat must be a ThreatModel, got {type(threat).__name__}")
-        if threat.norm not in self.tags.norms:
-            raise InputError(f"{type(self).__name__} supports norms {', '.join(self.tags.norms)}; "
-                             f"got {threat.norm!r}")
-        check_x(x, threat.bounds, image=self.tags.image_only)
+    def _prepare(self, model: Any, x: torch.Tensor, threat: Any, seed: int | None,
+                 data: dict[str, Any], query: str | None = None):
+        """The shared call preamble (:func:`scrutiny.models.calls.prepare`) for this attack."""
+        return prepare(self, model, x, seed=seed, data=data, threat=threat,
+                       norms=self.tags.norms, image=self.tags.image_only, query=query)
 
-    def _check_labels(self, y: Any, target: Any, n: int, k: int, dev: torch.device
+    def _check_labels(self, call: Call, y: Any, target: Any
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y = check_labels(y, n, k).to(dev)
+        y = call.labels(y)
         if target is not None:
             if not self.tags.targeted:
                 raise InputError(f"{type(self).__name__} is untargeted; do not pass target=")
-            target = check_labels(target, n, k, "target").to(dev)
+            target = call.labels(target, "target")
         return y, target
 
     def _result(self, x: torch.Tensor, x0: torch.Tensor, x_adv: torch.Tensor,
@@ -135,18 +137,20 @@ class Attack(Method):
 
     def _call_black_box(self, model: Any, x: torch.Tensor, y: Any, threat: ThreatModel,
                         target: Any, seed: int | None, data: dict[str, Any]) -> AttackResult:
-        """The black-box path: queries counted per sample, the budget honoured."""
-        self._check_threat(x, threat)  # before wrapping: a bad threat is the clearer error
-        qm = as_query_model(model, threat.bounds, self.tags.output, type(self).__name__)
-        dev = qm.device
-        x0 = x.detach().to(dev).clone()
-        with seeded(seed, dev):
-            clean_logits, _ = qm._evaluate(x0)  # the evaluator's look: uncounted
-            check_outputs(clean_logits, len(x0))
-            y, target = self._check_labels(y, target, len(x0), clean_logits.shape[1], dev)
+        """The black-box path: queries counted per sample, the budget honoured and reported.
+
+        ``meta``: ``queries_total`` (the attack's queries), ``evaluator_queries``
+        (the evaluator's looks at the clean inputs and at ``x_adv``, outside the
+        budget by design) and ``stopped_by_budget`` (the budget refused a query);
+        :attr:`AttackResult.budget_exhausted` the samples it cut short.
+        """
+        # the clean look (call.logits) is the evaluator's: QueryModel._evaluate, outside the budget
+        with self._prepare(model, x, threat, seed, data, query=self.tags.output) as call:
+            qm, x0, threat, clean_logits = call.model, call.x0, call.threat, call.logits
+            start, start_eval = call.queries_at_start, call.evaluations_at_start
+            y, target = self._check_labels(call, y, target)
             box = BlackBox(qm, x0, batch_size=getattr(self, "batch_size", None))
             extra: dict = {}
-            start = qm.queries
             if len(x0) and (threat.eps > 0 or self.tags.minimum_norm):
                 try:
                     x_adv = self._run(box, x0, y, threat, target, **data)
@@ -154,14 +158,20 @@ class Attack(Method):
                         x_adv, extra = x_adv
                 except QueryBudgetExceeded:  # stop cleanly with the best points so far
                     x_adv = box.best
-                    extra = {"stopped_by_budget": True}
+                    box.refuse()  # the run was cut off: every sample it had not finished
             else:
                 x_adv = x0
             x_adv = threat.project(x0, x_adv.detach().to(x0.dtype)).detach()
-            logits, _ = qm._evaluate(x_adv)  # verification: the evaluator's, uncounted
-        extra = {**extra, "queries_total": qm.queries - start}
-        return self._result(x, x0, x_adv, logits, clean_logits, y, target, threat, extra,
-                            queries=box.counts)
+            logits, _ = qm._evaluate(x_adv)  # verification: the evaluator's, outside the budget
+        extra = {**extra, "stopped_by_budget": box.stopped, "queries_total": qm.queries - start,
+                 "evaluator_queries": qm.evaluations - start_eval}
+        res = self._result(x, x0, x_adv, logits, clean_logits, y, target, threat, extra,
+                           queries=box.counts)
+        # cut short: a query for it was refused and it is not broken (any sample at eps = inf,
+        # where a minimum-norm attack's every further query could still shrink its norm)
+        unfinished = ~res.success if math.isfinite(threat.eps) else torch.ones_like(res.success)
+        res.budget_exhausted = box.cut.cpu() & unfinished
+        return res
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None
@@ -169,25 +179,6 @@ class Attack(Method):
         """The algorithm: return ``x_adv``, or ``(x_adv, meta)`` to add entries to
         :attr:`AttackResult.meta` (e.g. per-sample constants found by a search)."""
         raise NotImplementedError
-
-
-def as_query_model(model: Any, bounds: tuple[float, float], output: str,
-                   who: str = "this attack") -> QueryModel:
-    """The QueryModel a black-box attack queries.
-
-    A QueryModel passes through if it reveals at least ``output`` (else an
-    :class:`InputError`); a torch module is wrapped in a QueryModel that
-    reveals exactly ``output``, without budget, so its gradients are never used.
-    """
-    if isinstance(model, QueryModel):
-        if not model.reveals(output):
-            raise InputError(f"{who} needs queries that reveal {output!r}; this QueryModel "
-                             f"answers only {model.output!r}")
-        return model
-    if isinstance(model, torch.nn.Module):
-        return QueryModel(model, output=output, bounds=bounds)
-    raise InputError(f"{who} is a black-box attack: give it a QueryModel or a torch.nn.Module, "
-                     f"got {type(model).__name__}; wrap a callable in QueryModel(fn, output=...)")
 
 
 class BlackBox:
@@ -209,6 +200,12 @@ class BlackBox:
     best : Tensor
         The attack's best points so far, ``(N, ...)``. Write into it whenever a
         sample improves: if a query goes past the budget, the base returns it.
+    cut : Tensor
+        ``(N,)`` bool: samples the budget refused a query for (recorded by
+        :meth:`fit`, :meth:`affords` and :meth:`query`); the base reports
+        those not broken as :attr:`AttackResult.budget_exhausted`.
+    stopped : bool
+        Whether the budget refused any query (``meta["stopped_by_budget"]``).
 
     Notes
     -----
@@ -217,10 +214,14 @@ class BlackBox:
     target)`` stack every input to query this iteration (all samples, all
     directions) into one tensor ``xq`` with ``rows`` the sample index of each
     row, and call ``box.query(xq, rows)`` (or :meth:`log_probs` /
-    :meth:`labels`). Check :meth:`affords` before a query and stop, returning
-    the best points, when it is False; a query past the budget raises
-    :class:`~scrutiny.errors.QueryBudgetExceeded` before anything is run,
-    which the base catches and answers with :attr:`best`.
+    :meth:`labels`). Before an iteration, keep the samples the budget can pay
+    for with ``live = box.fit(live, cost)`` (never by reading
+    :attr:`remaining`: the samples left out must be recorded), or check
+    :meth:`affords` and stop, returning the best points, when it is False; a
+    query past the budget raises :class:`~scrutiny.errors.QueryBudgetExceeded`
+    before anything is run, which the base catches and answers with
+    :attr:`best`. Every way records the samples cut short, so the result
+    reports them.
     """
 
     def __init__(self, model: QueryModel, x0: torch.Tensor, batch_size: int | None = None) -> None:
@@ -230,31 +231,63 @@ class BlackBox:
         self.batch_size = batch_size
         self.counts = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
         self.best = x0.clone()
+        self.cut = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
+        self.stopped = False
 
     @property
     def remaining(self) -> int | None:
         """Queries the budget still allows (None: no budget)."""
         return self.model.remaining
 
-    def affords(self, n: int) -> bool:
-        """Whether ``n`` more queries fit in the budget."""
+    def refuse(self, rows: torch.Tensor | None = None) -> None:
+        """Record that the budget refused the queries of ``rows`` (default: every sample)."""
+        self.stopped = True
+        if rows is None:
+            self.cut[:] = True
+        else:
+            self.cut[rows.to(self.device)] = True
+
+    def affords(self, n: int, rows: torch.Tensor | None = None) -> bool:
+        """Whether ``n`` more queries fit in the budget.
+
+        A False answer is recorded as the budget stopping the attack: the
+        samples ``rows`` the queries were for (default: every sample) are cut
+        short. Stop (or query less) when it is False.
+        """
         r = self.model.remaining
-        return r is None or n <= r
+        if r is None or n <= r:
+            return True
+        self.refuse(rows)
+        return False
+
+    def fit(self, rows: torch.Tensor, cost: int = 1) -> torch.Tensor:
+        """The samples of ``rows`` whose next ``cost`` queries each fit in the budget.
+
+        All of ``rows`` without a budget or when they all fit; else the first
+        ``remaining // cost`` of them, and the others are recorded as cut short.
+        """
+        r = self.model.remaining
+        if r is None or len(rows) * cost <= r:
+            return rows
+        k = max(r // max(cost, 1), 0)
+        self.refuse(rows[k:])
+        return rows[:k]
 
     def query(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``model.predict(x)`` in chunks of ``batch_size``; row ``i`` is charged to
         sample ``rows[i]`` (default: row ``i`` is sample ``i``).
 
         Raises :class:`~scrutiny.errors.QueryBudgetExceeded` before querying
-        anything if the rows do not all fit in the budget.
+        anything if the rows do not all fit in the budget (recording their
+        samples, or every sample without ``rows``, as cut short).
         """
         n = len(x)
+        if rows is not None and len(rows) != n:
+            raise InputError(f"rows has {len(rows)} entries for {n} queried inputs")
+        if not self.affords(n, rows):
+            raise QueryBudgetExceeded(f"{n} queries asked, {self.model.remaining} left")
         if rows is None:
             rows = torch.arange(n, device=self.device)
-        if len(rows) != n:
-            raise InputError(f"rows has {len(rows)} entries for {n} queried inputs")
-        if not self.affords(n):
-            raise QueryBudgetExceeded(f"{n} queries asked, {self.model.remaining} left")
         bs = self.batch_size or n or 1
         rows = rows.to(self.device)
         outs = []
@@ -301,8 +334,26 @@ def adaptive_model(model: TorchModel) -> tuple[TorchModel, str | None]:
 def input_gradient(model: TorchModel, x: torch.Tensor, y: torch.Tensor,
                    target: torch.Tensor | None, loss: str = "ce"
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One forward + backward: ``(objective per sample, d objective / dx, logits)``."""
+    """One forward + backward: ``(objective per sample, d objective / dx, logits)``.
+
+    Warns (once per place) when the gradient is zero for every sample of a batch:
+    the attack then gets no signal and its robust accuracy means nothing (masked
+    gradients: see :func:`scrutiny.models.adaptive.declare` and black-box attacks).
+    """
     x = x.detach().requires_grad_(True)
     logits = model(x)
     obj = margin_loss_terms(logits, y, target, loss)
-    return obj.detach(), grad_wrt(obj, x), logits.detach()
+    grad = grad_wrt(obj, x)
+    warn_if_masked(grad)
+    return obj.detach(), grad, logits.detach()
+
+
+def warn_if_masked(grad: torch.Tensor) -> None:
+    """Warn when an input gradient is exactly zero for every sample of a batch."""
+    if len(grad) and not bool(grad.any()):
+        warnings.warn(
+            f"the input gradient is exactly zero for all {len(grad)} samples: the model masks "
+            "its gradients (a quantiser, a non-differentiable step), so this white-box attack "
+            "gets no signal and its robust accuracy is not a bound; declare the front end "
+            "(scrutiny.models.adaptive.declare(model, non_differentiable=True): BPDA) or use a "
+            "black-box attack (square)", stacklevel=3)

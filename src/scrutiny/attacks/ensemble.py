@@ -17,6 +17,7 @@ from scrutiny import registry
 from scrutiny.attacks.base import Attack
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
 
@@ -35,6 +36,19 @@ def _member(spec: Any) -> Attack:
         return registry.create(spec[0], kind="attack", **spec[1])
     raise InputError(f"each entry of attacks must be a registered attack name, a (name, params) "
                      f"pair or an Attack instance, got {spec!r}")
+
+
+def _stages(name: str, value: tuple[Any, ...]) -> None:
+    if not value:
+        raise InputError(f"{name} must be a non-empty tuple of attack names, (name, params) "
+                         f"pairs or Attack instances, got {value!r}")
+    for spec in value:
+        _member(spec)  # an unknown name or parameter is refused now
+
+
+def _path(name: str, value: Any) -> None:
+    if not isinstance(value, str | os.PathLike):
+        raise InputError(f"{name} must be a path or None, got {value!r}")
 
 
 def stage_name(attack: Attack) -> str:
@@ -59,7 +73,7 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
 @register("attack", "worst_case", paper="Croce, Hein. Reliable evaluation of adversarial "
           "robustness with an ensemble of diverse parameter-free attacks. ICML 2020",
           test_params={"attacks": (("apgd", {"steps": 3}), ("apgd_t", {"steps": 3, "targets": 2}),
-                                   ("fmn", {"steps": 5}), ("square", {"n_queries": 10}))})
+                                   ("fmn", {"steps": 5}), ("square", {"max_queries": 10}))})
 class WorstCase(Attack):
     """Per-sample worst case over several attacks, each run on the still-robust samples.
 
@@ -75,8 +89,9 @@ class WorstCase(Attack):
 
     Robust accuracy after each stage and its time go to
     ``result.meta["stages"]`` (list of dicts ``name``, ``robust_accuracy``,
-    ``seconds``, ``resumed``, and ``queries``: the model queries a black-box
-    stage spent, 0 for white-box stages).
+    ``seconds``, ``resumed``, ``queries``: the model queries a black-box
+    stage spent, 0 for white-box stages, and ``budget_exhausted``: the
+    samples a query budget cut short in that stage, 0 for white-box stages).
 
     Parameters
     ----------
@@ -119,17 +134,11 @@ class WorstCase(Attack):
 
     tags = Tags(norms=("linf", "l2"), stochastic=True)
 
-    def __init__(self, *, attacks: tuple[Any, ...] = DEFAULT_ATTACKS,
-                 state_path: str | None = None) -> None:
-        if isinstance(attacks, str | Attack) or not isinstance(attacks, tuple | list) \
-                or not attacks:
-            raise InputError("attacks must be a non-empty tuple of attack names, (name, params) "
-                             f"pairs or Attack instances, got {attacks!r}")
-        members = [_member(a) for a in attacks]
-        if state_path is not None and not isinstance(state_path, str | os.PathLike):
-            raise InputError(f"state_path must be a path or None, got {state_path!r}")
-        self.attacks = attacks
-        self.state_path = state_path
+    attacks: tuple[Any, ...] = param(DEFAULT_ATTACKS, kind=tuple, check=_stages)
+    state_path: str | None = param(None, check=_path)
+
+    def _post_init(self) -> None:
+        members = self.members()
         norms = tuple(n for n in ("linf", "l2", "l1") if all(n in m.tags.norms for m in members))
         if not norms:
             raise InputError("the attacks share no norm: " + ", ".join(
@@ -212,7 +221,7 @@ class WorstCase(Attack):
         for i in range(start, len(members)):
             t0 = time.perf_counter()
             idx = (~broken).nonzero()[:, 0]
-            queries = 0
+            queries = cut = 0
             if i in skip:  # e.g. Square on tabular data
                 names[i] += " (skipped: needs images)"
             elif len(idx):
@@ -221,9 +230,10 @@ class WorstCase(Attack):
                 x_adv[idx[hit]] = res.x_adv.to(x.device, x.dtype)[hit]
                 broken[idx[hit]] = True
                 queries = int(res.queries.sum()) if res.queries is not None else 0
+                cut = int(res.budget_exhausted.sum()) if res.budget_exhausted is not None else 0
             log.append({"name": names[i], "robust_accuracy": float((~broken).float().mean()),
                         "seconds": time.perf_counter() - t0, "resumed": False,
-                        "queries": queries})
+                        "queries": queries, "budget_exhausted": cut})
             if header is not None:
                 self._save(header, i + 1, broken, x_adv, log)
         return x_adv, {"stages": log}

@@ -18,9 +18,11 @@ import torch
 from torch.nn import functional as F
 
 from scrutiny import registry
-from scrutiny.base import grad_wrt
+from scrutiny.base import grad_wrt, seeded
+from scrutiny.models.adaptive import StraightThroughOps
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import ThreatModel
+from scrutiny.validation import check_outputs
 
 
 @dataclass
@@ -48,12 +50,7 @@ class Flag:
 def check_gradients(model: TorchModel, x: torch.Tensor, y: torch.Tensor, *,
                     zero_tol: float = 1e-12, max_zero_share: float = 0.1) -> Flag:
     """Zero, NaN or vanishing input gradients of the loss (shattered or masked gradients)."""
-    with model.evaluating():
-        xg = x.detach().clone().requires_grad_(True)
-        loss = F.cross_entropy(model(xg), y.to(x.device), reduction="sum")
-        g = grad_wrt(loss, xg).flatten(1)
-    finite = torch.isfinite(g).all(1)
-    norms = torch.where(finite, g.norm(dim=1), torch.zeros_like(g[:, 0]))
+    finite, norms = _gradient_shares(model, x, y)
     zero = finite & (norms <= zero_tol)
     share_zero, share_bad = float(zero.float().mean()), float((~finite).float().mean())
     flagged = share_bad > 0 or share_zero > max_zero_share
@@ -65,6 +62,147 @@ def check_gradients(model: TorchModel, x: torch.Tensor, y: torch.Tensor, *,
     return Flag("zero or non-finite gradients", flagged, msg,
                 {"share_zero": share_zero, "share_non_finite": share_bad,
                  "median_norm": float(norms.median())})
+
+
+def _gradient_shares(model: TorchModel, x: torch.Tensor, y: torch.Tensor, mode: Any = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: the input gradient of the loss is finite; its norm (0 where not finite)."""
+    with model.evaluating():
+        xg = x.detach().clone().requires_grad_(True)
+        if mode is not None:
+            with mode:
+                loss = F.cross_entropy(model(xg), y.to(x.device), reduction="sum")
+        else:
+            loss = F.cross_entropy(model(xg), y.to(x.device), reduction="sum")
+        g = grad_wrt(loss, xg).flatten(1)
+    finite = torch.isfinite(g).all(1)
+    return finite, torch.where(finite, g.norm(dim=1), torch.zeros_like(g[:, 0]))
+
+
+#: Target standard error of the true class's probability averaged over EOT draws: the
+#: number of draws is the smallest with ``std / sqrt(draws) <= EOT_TOLERANCE`` for 90% of
+#: the samples, within ``EOT_DRAWS``.
+EOT_TOLERANCE = 0.025
+EOT_DRAWS = (8, 32)
+
+
+@dataclass
+class ModelProbe:
+    """What the audit measures of the model before any attack: randomness and masked gradients.
+
+    Attributes
+    ----------
+    randomized : bool
+        Two forward passes of the same batch differ: the model draws randomness.
+    eot_samples : int
+        Draws the attacks average over (EOT); 1 for a deterministic model.
+    draw_accuracy : list of float
+        Clean accuracy of each probe draw of a randomized model (empty otherwise).
+    prob_std : float
+        90th percentile over samples of the std over draws of the true class's probability.
+    zero_gradient_share : float
+        Share of samples whose input gradient of the loss is zero or not finite.
+    masked : bool
+        ``zero_gradient_share`` above 10%: gradient attacks get no signal.
+    bpda_ops : dict of str to int
+        The rounding ops BPDA made straight-through (:class:`StraightThroughOps`).
+    bpda_zero_gradient_share : float or None
+        The zero-gradient share through BPDA (None when not masked).
+    """
+
+    randomized: bool = False
+    eot_samples: int = 1
+    draw_accuracy: list[float] = field(default_factory=list)
+    prob_std: float = 0.0
+    zero_gradient_share: float = 0.0
+    masked: bool = False
+    bpda_ops: dict[str, int] = field(default_factory=dict)
+    bpda_zero_gradient_share: float | None = None
+
+    def flags(self) -> list[Flag]:
+        """The probe's findings as checks for the report."""
+        out = []
+        if self.randomized:
+            accs = torch.tensor(self.draw_accuracy)
+            out.append(Flag(
+                "randomized model", True,
+                f"two forward passes of the same inputs differ: the model draws randomness. "
+                f"Clean accuracy over {len(accs)} draws: mean {float(accs.mean()):.1%}, spread "
+                f"(std) {float(accs.std()):.1%}, range {float(accs.min()):.1%}-"
+                f"{float(accs.max()):.1%}. Every white-box attack averaged its gradients over "
+                f"{self.eot_samples} draws (EOT, chosen so the true class's probability has a "
+                f"standard error <= {EOT_TOLERANCE:g}); each prediction is one draw, seeded by "
+                "the audit's seed.",
+                {"draw_accuracy": self.draw_accuracy, "eot_samples": self.eot_samples,
+                 "prob_std": self.prob_std}))
+        if self.masked:
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.bpda_ops.items())) or "none"
+            helped = self.bpda_zero_gradient_share is not None and \
+                self.bpda_zero_gradient_share <= 0.1
+            out.append(Flag(
+                "masked gradients (probe)", True,
+                f"the input gradient is zero or not finite for {self.zero_gradient_share:.0%} of "
+                f"the clean samples. Every white-box attack ran with BPDA on the rounding ops "
+                f"the model calls ({ops}); "
+                + (f"through them {self.bpda_zero_gradient_share:.0%} of the gradients are zero"
+                   if helped else "BPDA did not restore the gradients, so only the black-box "
+                   "attack's numbers bound the robust accuracy")
+                + "; the black-box attack ran at every eps.",
+                {"zero_gradient_share": self.zero_gradient_share, "bpda_ops": self.bpda_ops,
+                 "bpda_zero_gradient_share": self.bpda_zero_gradient_share}))
+        return out
+
+
+def probe_model(model: TorchModel, x: torch.Tensor, y: torch.Tensor, *, seed: int = 0,
+                draws: int = 16, zero_tol: float = 1e-12, max_zero_share: float = 0.1
+                ) -> ModelProbe:
+    """Is ``model`` randomized, and are its input gradients masked? (before any attack).
+
+    Randomness: two forward passes of ``x`` in eval mode (seeded, so the probe
+    is reproducible) that differ beyond float noise. A randomized model gets
+    ``draws`` more passes: per-draw clean accuracy and the spread of the true
+    class's probability, from which the EOT draws are chosen. Masking: the share
+    of samples whose loss gradient is zero or not finite, and the same through
+    :class:`StraightThroughOps` (BPDA on the rounding ops the forward calls).
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> d = load_digits(split="test")
+    >>> p = probe_model(pretrained("digits-cnn", progress=False), d.x[:32], d.y[:32])
+    >>> p.randomized, p.masked, p.flags()
+    (False, False, [])
+    """
+    out = ModelProbe()
+    if not len(x):
+        return out
+    dev = model.device
+    xd, yd = x.to(dev), y.to(dev)
+    with model.evaluating(), seeded(seed, dev), torch.no_grad():
+        a = check_outputs(model(xd), len(xd))
+        b = model(xd)
+        if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+            logits = torch.stack([a, b] + [model(xd) for _ in range(draws - 2)])
+            p = logits.softmax(-1).gather(2, yd.view(1, -1, 1).expand(len(logits), -1, 1))[..., 0]
+            std = float(p.std(0).quantile(0.9))
+            need = int(torch.ceil(torch.tensor((std / EOT_TOLERANCE) ** 2)))
+            out.randomized = True
+            out.prob_std = std
+            out.eot_samples = min(max(need, EOT_DRAWS[0]), EOT_DRAWS[1])
+            out.draw_accuracy = [float(v) for v in (logits.argmax(-1) == yd).float().mean(1)]
+    with seeded(seed, dev):
+        finite, norms = _gradient_shares(model, x, y)
+    zero = ~finite | (norms <= zero_tol)
+    out.zero_gradient_share = float(zero.float().mean())
+    out.masked = out.zero_gradient_share > max_zero_share
+    if out.masked:
+        mode = StraightThroughOps()
+        with seeded(seed, dev):
+            finite, norms = _gradient_shares(model, x, y, mode)
+        out.bpda_ops = dict(mode.calls)
+        out.bpda_zero_gradient_share = float((~finite | (norms <= zero_tol)).float().mean())
+    return out
 
 
 def check_monotone(curves: dict[str, list[tuple[float, float]]], n: int) -> Flag:
@@ -96,6 +234,7 @@ def check_unbounded(model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat:
     """An attack with an unbounded budget must succeed on (almost) every sample."""
     from scrutiny.attacks import PGD
 
+    threat = threat.resolve(model.bounds)  # the model's bounds (it owns them)
     big = ThreatModel(threat.norm, unbounded_eps(threat, x), threat.bounds)
     res = PGD(steps=steps)(model, x, y, threat=big, seed=seed)
     rate = float(res.success[res.clean_correct].float().mean()) if res.clean_correct.any() else 1.0

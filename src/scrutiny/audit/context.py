@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from scrutiny import registry
-from scrutiny.audit.checks import Flag
+from scrutiny.audit.checks import Flag, ModelProbe
 from scrutiny.audit.config import AuditConfig
 from scrutiny.data import ArrayDataset
 from scrutiny.models.wrapper import TorchModel
@@ -91,7 +91,8 @@ class AuditContext:
     x, y : Tensor
         The audited samples.
     pred : Tensor
-        The model's clean predictions of ``x``.
+        The model's clean predictions of ``x`` (for a randomized model, the draw
+        every attack's own clean pass sees: the first forward under the seed).
     clean_accuracy : float
     background : Tensor
         Rows not attacked, for explainers that take background data.
@@ -99,6 +100,10 @@ class AuditContext:
         Indices of the rows not attacked (defenses are fitted on them).
     robust_model : TorchModel, optional
         The model compared with (``--robust-model``).
+    probe : ModelProbe
+        What the audit found before any attack: randomness (EOT draws) and masked
+        gradients (BPDA); ``model`` is :func:`~scrutiny.models.adaptive.declare`-d
+        accordingly, so every white-box attack adapts to it.
     notes : list of str
         Notes about the audit as a whole (methods skipped for the data).
     """
@@ -114,6 +119,7 @@ class AuditContext:
     background: torch.Tensor
     rest: torch.Tensor
     robust_model: TorchModel | None = None
+    probe: ModelProbe = field(default_factory=ModelProbe)
     notes: list[str] = field(default_factory=list)
     _methods: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
@@ -134,16 +140,39 @@ class AuditContext:
         return names + tuple(str(i) for i in range(len(names), k))
 
     def create(self, kind: str, name: str):
-        """The registered method ``kind:name`` with the audit's parameters for it (one instance)."""
+        """The registered method ``kind:name`` with the audit's parameters for it (one instance).
+
+        On a randomized model (:attr:`probe`) an attack that stops a sample at its first
+        success (``early_stop``) runs every step instead, unless the configuration says
+        otherwise: a success judged on the EOT average is often undone by the next draw.
+        """
         key = (kind, name)
         if key not in self._methods:
-            self._methods[key] = registry.create(f"{kind}:{name}",
-                                                 **self.config.params.get(name, {}))
+            params = dict(self.config.params.get(name, {}))
+            cls = registry.get(name, kind).cls
+            if self.probe.randomized and "early_stop" in cls.hyperparameters:
+                params.setdefault("early_stop", False)
+            self._methods[key] = registry.create(f"{kind}:{name}", **params)
         return self._methods[key]
 
     def attacks(self) -> dict[str, Any]:
-        """The curve's attacks, created."""
-        return {a: self.create("attack", a) for a in self.config.attacks}
+        """The curve's attacks, created, and the :meth:`black_box_stage` when there is one."""
+        names = list(self.config.attacks)
+        bb = self.black_box_stage()
+        return {a: self.create("attack", a) for a in names + ([bb] if bb else [])}
+
+    def black_box_stage(self) -> str | None:
+        """With masked gradients (:attr:`probe`), the black-box attack (``config.black_box``,
+        default square) the curve adds at every eps, on the samples the white-box attacks
+        left robust there, so every eps has a number that does not rest on the model's
+        gradients; None otherwise (or when it is one of the configured attacks)."""
+        bb = self.config.black_box or "square"
+        if not self.probe.masked or bb in self.config.attacks \
+                or f"attack:{bb}" not in registry.list_methods():
+            return None
+        if self.x.dim() != 4 and registry.get(bb, "attack").cls.tags.image_only:
+            return None
+        return bb
 
     def explainers(self) -> dict[str, Any]:
         """The explainers that fit the data (image-only ones are left out on tables)."""

@@ -5,7 +5,7 @@ robust accuracy of the defended model under the attack at one threat model.
 Attacks run on the defended model itself, so a defense that declares
 non-differentiable or randomized preprocessing is attacked adaptively (BPDA,
 EOT: the Attack base switches to :func:`scrutiny.defenses.adaptive` on its
-own). A detector (a defense with ``detect``) is a row of detection rates
+own). A detector (a :class:`~scrutiny.defenses.Detector`) is a row of detection rates
 instead: the share of each attack's successful adversarial inputs it flags,
 with its false-positive rate on the clean inputs.
 """
@@ -19,6 +19,7 @@ import torch
 
 from scrutiny import registry
 from scrutiny.data import ArrayDataset
+from scrutiny.defenses.base import Detector
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import ThreatModel
@@ -110,7 +111,7 @@ def game_matrix(model, x: torch.Tensor, y: torch.Tensor, *, attacks: tuple[str, 
     undefended: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for name, defense in list(rows.items()):
-        is_detector = defense is not None and hasattr(defense, "detect")
+        is_detector = isinstance(defense, Detector)
         try:
             if is_detector:  # calibrated on clean inputs only
                 defense.fit(base, fit_data[0] if isinstance(fit_data, tuple) else fit_data)

@@ -20,22 +20,33 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("scrutiny.audit", "templat
                           autoescape=jinja2.select_autoescape(["html"]))
 
 
+def _undefined(value: Any) -> str | None:
+    """How an undefined or infinite number prints ("n/a", "inf"); None for a finite one."""
+    if value is None or isinstance(value, jinja2.Undefined):
+        return "n/a"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "n/a" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return None
+
+
 def _pct(value: Any) -> str:
-    """A share as a percentage with one decimal; undefined (None, NaN) as a dash."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "\u2013"
-    return f"{100 * value:.1f}%"
+    """A share as a percentage with one decimal; undefined (None, NaN) as "n/a"."""
+    return _undefined(value) or f"{100 * value:.1f}%"
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    """A number with ``digits`` decimals; undefined (None, NaN) as "undefined"."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "undefined"
-    return f"{value:.{digits}f}"
+    """A number with ``digits`` decimals; undefined (None, NaN) as "n/a"."""
+    return _undefined(value) or f"{value:.{digits}f}"
+
+
+def _sci(value: Any, digits: int = 2) -> str:
+    """A number in scientific notation (``1.23e-04``); undefined (None, NaN) as "n/a"."""
+    return _undefined(value) or f"{value:.{digits}e}"
 
 
 _ENV.filters["pct"] = _pct
 _ENV.filters["num"] = _num
+_ENV.filters["sci"] = _sci
 
 
 def render_html(result: AuditResult) -> str:

@@ -10,16 +10,19 @@ from typing import Any
 import torch
 
 from scrutiny import registry
-from scrutiny.audit.checks import Flag
+from scrutiny.audit.checks import Flag, probe_model
 from scrutiny.audit.config import DEFAULT_EPS, AuditConfig
 from scrutiny.audit.context import AuditContext, Figure, SectionResult
 from scrutiny.audit.sections import SECTIONS, resolve
 from scrutiny.audit.sections.robustness import rows_at
 from scrutiny.audit.store import SectionStore, section_key
+from scrutiny.base import seeded
 from scrutiny.data import ArrayDataset
 from scrutiny.errors import InputError
+from scrutiny.models.adaptive import declare
 from scrutiny.models.wrapper import as_model
 from scrutiny.progress import progress_bar
+from scrutiny.validation import check_outputs
 
 __all__ = ["DEFAULT_EPS", "AuditConfig", "AuditResult", "Figure", "build_context", "run_audit"]
 
@@ -29,7 +32,9 @@ class AuditResult:
     """Everything the report shows: each section's result, and the summary fields.
 
     ``sections`` maps a section's name to its :class:`SectionResult`; the other
-    fields are views of them kept for the report and ``result.json``.
+    fields are views of them kept for the report and ``result.json``. ``probe``
+    is what the audit measured of the model before any attack
+    (:class:`~scrutiny.audit.checks.ModelProbe`: randomness, masked gradients).
     """
 
     model: str
@@ -46,6 +51,7 @@ class AuditResult:
     certification: dict[str, Any] | None
     queries: dict[str, dict[str, Any]]
     config: AuditConfig
+    probe: dict[str, Any] = field(default_factory=dict)
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
@@ -89,11 +95,31 @@ def build_context(model, data: ArrayDataset, config: AuditConfig, robust_model=N
         # a subset of the classes (a test split holding classes 0-2 of ten) is valid data
         raise InputError(f"the data has labels up to {int(y.max())}, the model only "
                          f"{k_model} outputs")
-    pred = model.predict(x).cpu()
+    probe = probe_model(model, x, y, seed=config.seed)
+    if probe.randomized or probe.masked:  # every white-box attack adapts: EOT, BPDA
+        model = declare(model, non_differentiable=probe.masked, randomized=probe.randomized,
+                        eot_samples=probe.eot_samples if probe.randomized else None)
+    # the first forward under the seed: the same draw of a randomized model as each attack's
+    # own clean pass, so the eps-0 column equals the clean accuracy
+    dev = model.device
+    with model.evaluating(), seeded(config.seed, dev), torch.no_grad():
+        pred = check_outputs(model(x.to(dev)), len(x)).argmax(1).cpu()
     ctx = AuditContext(model=model, data=data, config=config, idx=idx, x=x, y=y, pred=pred,
                        clean_accuracy=float((pred == y).float().mean()), background=background,
                        rest=rest, robust_model=as_model(robust_model) if robust_model is not None
-                       else None)
+                       else None, probe=probe)
+    if probe.randomized:
+        accs = torch.tensor(probe.draw_accuracy)
+        ctx.notes.append(
+            f"The model is randomized (two passes of the same inputs differ): clean accuracy "
+            f"{ctx.clean_accuracy:.1%} is this seed's draw; over {len(accs)} draws it is "
+            f"{float(accs.mean()):.1%} on average (spread {float(accs.std()):.1%}). Attacks "
+            f"average their gradients over {probe.eot_samples} draws (EOT).")
+    if probe.masked:
+        ctx.notes.append(
+            f"The model's input gradients are masked ({probe.zero_gradient_share:.0%} of the "
+            "samples have a zero or non-finite gradient): every white-box attack ran with BPDA "
+            "(straight-through rounding ops) and a black-box attack was added at every eps.")
     if not data.is_image:
         for name in config.explainers:
             if registry.get(name, "explainer").cls.tags.image_only:
@@ -102,7 +128,7 @@ def build_context(model, data: ArrayDataset, config: AuditConfig, robust_model=N
 
 
 def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
-              robust_model=None, progress: bool = True,
+              robust_model=None, progress: bool | None = None,
               state_dir: str | Path | None = None) -> AuditResult:
     """Run the audit of ``model`` on ``data`` (its test split), section by section.
 
@@ -116,11 +142,15 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
 
     Parameters
     ----------
+    progress : bool, optional
+        Show a progress bar; default: :func:`scrutiny.progress.enabled` (off
+        inside :func:`scrutiny.progress.quiet`).
     state_dir : str or Path, optional
         Where finished sections are saved (:class:`~scrutiny.audit.store.SectionStore`).
         A rerun with the same model, data and configuration loads them instead of
         computing them again, so an audit killed mid-way resumes after its last
-        finished section with the same numbers.
+        finished section with the same numbers; a long section (certification)
+        also saves its finished chunks of samples and resumes inside itself.
 
     Examples
     --------
@@ -158,11 +188,14 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
             keys[name] = section_key(type(section), context_key, upstream)
             result = store.load(name, keys[name]) if store is not None else None
             if result is None:
+                if store is not None:  # units of work the section finished before a kill
+                    section.partial = store.partial(name, keys[name])
                 ts = time.perf_counter()
                 result = section.run(ctx, done, bar)
                 result.seconds = time.perf_counter() - ts
                 if store is not None:
                     store.save(result, keys[name])
+                    section.partial.clear()
             else:
                 for _ in range(section.steps(ctx)):
                     bar.advance(f"{name} (resumed)")
@@ -196,7 +229,7 @@ def _assemble(ctx: AuditContext, done: dict[str, SectionResult], sections: dict[
     order = {f.name: i for i, f in enumerate(f for n in by_display for f in done[n].figures)}
     figures = sorted(figs.values(), key=lambda f: order[f.name])
     notes = list(ctx.notes) + [n for name in done for n in done[name].notes]
-    flags = [f for name in done for f in done[name].flags]
+    flags = ctx.probe.flags() + [f for name in done for f in done[name].flags]
     used = headline.get("attacks_used", list(cfg.attacks))
     explainers = [e for e in cfg.explainers if e in explanations]
     methods = [{"name": m, "kind": k, "paper": registry.get(m, k).paper}
@@ -209,5 +242,6 @@ def _assemble(ctx: AuditContext, done: dict[str, SectionResult], sections: dict[
                        headline=headline, explanations=explanations, methods=methods,
                        trust=trust["scores"], matrix=data("matrix"),
                        comparison=data("comparison"), certification=data("certification") or None,
-                       queries=data("queries", {}), config=cfg, figures=figures, notes=notes,
+                       queries=data("queries", {}), config=cfg, probe=asdict(ctx.probe),
+                       figures=figures, notes=notes,
                        flags=flags, seconds=seconds, sections=done)

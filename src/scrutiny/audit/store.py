@@ -7,6 +7,10 @@ model's weights, the audited samples, the configuration, scrutiny's version, the
 section's code and the keys of the sections it reads. Writes go to a temporary
 file renamed into place, the JSON last, so a file under a finished name is always
 complete; never pickle.
+
+A long section also saves its finished units of work (chunks of samples) through
+a :class:`PartialStore` as ``<name>-<key>.part-<unit>.safetensors``, so that a kill
+loses at most one unit; they are removed once the section's result is saved.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from scrutiny.audit.checks import Flag
 from scrutiny.audit.context import Figure, SectionResult
+from scrutiny.errors import InputError
 
 
 def section_key(section: type, context_key: str, upstream: list[str]) -> str:
@@ -75,6 +81,10 @@ class SectionStore:
                           stacklevel=2)
             return None
 
+    def partial(self, name: str, key: str) -> PartialStore:
+        """Where the section ``name`` under ``key`` saves its finished units of work."""
+        return PartialStore(self.directory, f"{name}-{key}")
+
     def save(self, result: SectionResult, key: str) -> None:
         """Write ``result`` atomically (tensors first, then the JSON that marks it finished)."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -89,6 +99,70 @@ class SectionStore:
                             for f in result.figures]}
         text = json.dumps(meta, default=_json_default)
         _atomic_write(meta_path, lambda p: p.write_text(text))
+
+
+class PartialStore:
+    """The finished units of work of one running section, so that it resumes mid-way.
+
+    A section that works in units (chunks of samples) asks :meth:`load` for each
+    unit and computes only those it does not get, saving each with :meth:`save`
+    as soon as it is done: a kill loses at most the unit in progress. The runner
+    gives every section one (``section.partial``) keyed like its result, so a
+    unit saved under other inputs or code is never read; without a state
+    directory it keeps nothing. Units are dicts of tensors (safetensors, written
+    atomically); their names are short words (``"chunk3"``).
+
+    Examples
+    --------
+    >>> import torch, tempfile
+    >>> store = PartialStore(tempfile.mkdtemp(), "certification-0123")
+    >>> store.load("chunk0") is None
+    True
+    >>> store.save("chunk0", {"certified": torch.tensor([True, False])})
+    >>> store.load("chunk0")["certified"].tolist()
+    [True, False]
+    >>> store.clear(); store.load("chunk0") is None
+    True
+    >>> PartialStore().save("chunk0", {}); PartialStore().load("chunk0") is None  # nowhere
+    True
+    """
+
+    def __init__(self, directory: str | Path | None = None, stem: str = "") -> None:
+        self.directory = None if directory is None else Path(directory)
+        self.stem = stem
+
+    def _path(self, unit: str) -> Path | None:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", unit):
+            raise InputError(f"a unit's name is letters, digits and _, got {unit!r}")
+        if self.directory is None:
+            return None
+        return self.directory / f"{self.stem}.part-{unit}.safetensors"
+
+    def load(self, unit: str) -> dict[str, torch.Tensor] | None:
+        """The saved unit, or None when absent or unreadable (then it is recomputed)."""
+        path = self._path(unit)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return load_file(str(path))
+        except Exception as e:  # a damaged file is not a reason to stop: recompute
+            warnings.warn(f"ignoring the unreadable saved audit unit {path}: {e}", stacklevel=2)
+            return None
+
+    def save(self, unit: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Write the unit atomically."""
+        path = self._path(unit)
+        if path is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        _atomic_write(path, lambda p: save_file(tensors, str(p)))
+
+    def clear(self) -> None:
+        """Remove the saved units (once the section's whole result is saved)."""
+        if self.directory is not None and self.directory.is_dir():
+            for path in self.directory.glob(f"{self.stem}.part-*.safetensors"):
+                path.unlink(missing_ok=True)
 
 
 def _json_default(o):

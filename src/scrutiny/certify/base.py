@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+import numbers
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 import torch
 
 from scrutiny.base import Method
 from scrutiny.certify.propagation import Interval, Network, margin_spec
 from scrutiny.errors import InputError
-from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.models.calls import prepare
+from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_labels, check_positive, check_x
+from scrutiny.validation import check_labels
 
 
 @dataclass
@@ -26,16 +29,22 @@ class CertResult:
     Attributes
     ----------
     label : Tensor
-        (N,) the (smoothed) classifier's prediction at ``x``; -1 where it abstains.
+        (N,) the certified classifier's prediction at ``x`` (the model's for
+        bound methods, the smoothed classifier's for smoothing); -1 where it
+        abstains.
     radius : Tensor
         (N,) certified radius in the ``norm``: the prediction is provably
         constant on the ball of this radius (intersected with the input
-        bounds); 0 where nothing is certified.
+        bounds); 0 where nothing is certified. Fixed-eps bound certification
+        knows one radius only: ``eps`` where certified; a radius search gives
+        the largest eps it certified; smoothing gives its own radius.
     abstain : Tensor
         bool (N,): randomized smoothing abstained (always False for bound methods).
     certified : Tensor
-        bool (N,): bound methods, every margin ``z_y - z_j`` is provably > 0 on
-        the ball (so ``label == y``); smoothing, a radius was certified.
+        bool (N,): provably classified as ``y`` everywhere in the threat set at
+        ``eps`` (bound methods: every margin ``z_y - z_j`` is provably > 0 on the
+        ball; smoothing: ``label == y`` with ``radius >= eps``). Implies
+        ``label == y`` and not ``abstain``.
     y : Tensor, optional
         (N,) the labels the certificate is about.
     norm : str
@@ -46,6 +55,11 @@ class CertResult:
         (N, K) lower bounds on ``z_y - z_j`` over the ball (column ``y`` is 0).
     meta : dict
         Extra per-run information (method, counts, p-values...).
+    max_radius : float, optional
+        The largest radius ``radius`` speaks about: ``eps`` for fixed-eps bound
+        certification, the top of a radius search; None when ``radius`` is the
+        method's own radius, valid at every eps (smoothing).
+        :meth:`certified_accuracy` refuses a larger eps.
     """
 
     label: torch.Tensor
@@ -57,22 +71,27 @@ class CertResult:
     eps: float | None = None
     margin_lower: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    max_radius: float | None = None
 
-    def certified_accuracy(self, eps: float | None = None) -> float:
-        """Fraction of samples predicted correctly with a certified radius >= ``eps``.
+    def certified_at(self, eps: float | None = None) -> torch.Tensor:
+        """bool (N,): predicted correctly (not abstained) with a certified radius >= ``eps``.
 
         ``eps`` defaults to the certified eps (fixed-eps results) or 0; at 0 it
-        is the accuracy of the (smoothed) classifier on non-abstained samples.
+        is the (smoothed) classifier's correctness on non-abstained samples.
         """
         if self.y is None:
-            raise InputError("certified_accuracy needs the labels: pass y to certify")
+            raise InputError("certified_at needs the labels: pass y to certify")
         r = (self.eps or 0.0) if eps is None else float(eps)
-        if self.eps is not None and r > self.eps * (1 + 1e-9):
-            raise InputError(f"eps={r} is above the certified eps={self.eps}")
-        ok = (self.label == self.y) & ~self.abstain & (self.radius >= r)
-        if r > 0:
-            ok &= self.certified
-        return float(ok.float().mean()) if len(self.y) else float("nan")
+        if self.max_radius is not None and r > self.max_radius * (1 + 1e-9):
+            raise InputError(f"eps={r} is above the certified eps={self.max_radius}, the largest "
+                             "this result knows about")
+        return (self.label == self.y) & ~self.abstain & (self.radius >= r)
+
+    def certified_accuracy(self, eps: float | None = None) -> float:
+        """Fraction of samples predicted correctly with a certified radius >= ``eps``
+        (the mean of :meth:`certified_at`; NaN for no samples)."""
+        ok = self.certified_at(eps)
+        return float(ok.float().mean()) if len(ok) else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """Summary numbers (JSON-ready)."""
@@ -117,10 +136,212 @@ class Bounds:
 
 
 class Certifier(Method):
-    """Base of certifiers (kind ``"certifier"``)."""
+    """Base of certifiers (kind ``"certifier"``): one API for every certifier.
+
+    The public methods own the invariants and start every call with the
+    preamble every kind of method shares (:func:`scrutiny.models.calls.prepare`):
+    the threat model is checked (a :class:`ThreatModel` of a norm the certifier
+    declares in ``tags.norms``, no mask) and takes the model's bounds (the
+    model owns them; an explicit different box is an InputError), a plain
+    ``nn.Module`` is wrapped with :func:`as_model`, ``x`` must be a finite batch
+    inside the bounds, ``y`` labels of the model's classes; the algorithm runs
+    in ``model.evaluating()``, without
+    gradients and under :func:`seeded` (same seed, same result; the caller's
+    RNG untouched); an empty batch gives an empty result without calling it;
+    ``certified`` is cut to ``label == y`` and not abstained, and everything
+    comes back on the CPU with ``y``, ``norm``, ``eps`` and ``meta["certifier"]``
+    filled in. A subclass writes only its algorithm:
+
+    * ``_certify(model, x, y, threat) -> CertResult``: ``label``, ``radius``,
+      ``abstain``, ``certified`` at ``threat.eps`` (``threat.bounds`` is the
+      model's box);
+    * ``_radius(model, x, y, threat) -> CertResult``: the largest certified
+      radius per sample, up to ``threat.eps`` (inf: the whole box); the default,
+      for certifiers whose ``_certify`` gives its own radius
+      (:attr:`gives_radius`), is one ``_certify`` call;
+    * ``_classify(model, x)`` when the certificates are about another
+      classifier than the model (smoothing: the smoothed one); see :meth:`classify`.
+
+    Examples
+    --------
+    The same call for every certifier; ask one which norms it certifies:
+
+    >>> from scrutiny import registry
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
+    >>> model, data = pretrained("digits-mlp", progress=False), load_digits(split="test")
+    >>> x, y, threat = data.x[:4], data.y[:4], ThreatModel("l2", 0.25)
+    >>> for name, params in (("ibp", {}), ("crown", {}), ("smoothing", {"n0": 20, "n": 200})):
+    ...     cert = registry.create(name, kind="certifier", **params)
+    ...     res = cert.certify(model, x, y, threat, seed=0)
+    ...     print(name, cert.tags.norms, res.certified_accuracy() >= 0.5)
+    ibp ('linf', 'l2') False
+    crown ('linf', 'l2') True
+    smoothing ('l2',) True
+    >>> # measured: IBP 0 of 4 (its l2 ball is a box), CROWN 4 of 4, smoothing 3 of 4
+    """
 
     kind = "certifier"
     tags = Tags()
+    #: ``_certify`` returns the method's own certified radius, valid at every eps
+    #: (randomized smoothing): one run gives the certified accuracy at every
+    #: radius. Bound methods certify each eps anew.
+    gives_radius: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ the protocol
+    def certify(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+                seed: int | None = 0) -> CertResult:
+        """Whether each sample is provably classified as ``y`` everywhere in ``threat``.
+
+        Parameters
+        ----------
+        model : nn.Module or TorchModel
+        x : Tensor
+            Clean inputs ``(N, ...)`` inside the bounds; not modified.
+        y : Tensor
+            Labels ``(N,)`` the certificate is about.
+        threat : ThreatModel
+            Norm (one of ``tags.norms``), eps and bounds of the threat set.
+        seed : int, optional
+            Seeds a stochastic certifier (smoothing's noise).
+
+        Returns
+        -------
+        CertResult
+            ``certified`` at ``threat.eps`` per sample, ``radius`` (see
+            :class:`CertResult`), ``eps = threat.eps``.
+        """
+        with self._call(model, x, threat, seed) as call:
+            y = call.labels(y)
+            res = self._certify(call.model, call.x0, y, call.threat) if len(call.x0) else _empty()
+        return self._finish(res, y, call.threat, call.threat.eps,
+                            None if self.gives_radius else call.threat.eps)
+
+    def certified_at(self, model, x: torch.Tensor, y: torch.Tensor,
+                     eps: ThreatModel | float | Sequence[float], *, norm: str | None = None,
+                     bounds: tuple[float, float] | None = None, seed: int | None = 0
+                     ) -> dict[float, torch.Tensor]:
+        """Per sample, whether it is certified correct at each radius: ``{eps: bool (N,)}``.
+
+        ``eps`` is a :class:`ThreatModel` (its norm, eps and bounds) or one or
+        several radii of ``norm`` (default the first declared in ``tags.norms``)
+        within ``bounds`` (default the model's). A certifier that
+        :attr:`gives_radius` answers every radius from one run; bound methods
+        certify each radius.
+        """
+        threats = self._threats(model, eps, norm, bounds)
+        if not threats:
+            return {}
+        if self.gives_radius:
+            res = self.certify(model, x, y, max(threats, key=lambda t: t.eps), seed=seed)
+            return {t.eps: res.certified_at(t.eps) for t in threats}
+        return {t.eps: self.certify(model, x, y, t, seed=seed).certified_at() for t in threats}
+
+    def certified_accuracy(self, model, x: torch.Tensor, y: torch.Tensor,
+                           eps: ThreatModel | float | Sequence[float], *, norm: str | None = None,
+                           bounds: tuple[float, float] | None = None, seed: int | None = 0
+                           ) -> dict[float, float]:
+        """Certified accuracy at each radius: ``{eps: fraction}`` (NaN for no samples).
+
+        The arguments are :meth:`certified_at`'s.
+        """
+        masks = self.certified_at(model, x, y, eps, norm=norm, bounds=bounds, seed=seed)
+        return {e: float(m.float().mean()) if len(m) else float("nan") for e, m in masks.items()}
+
+    def certified_radius(self, model, x: torch.Tensor, y: torch.Tensor, *,
+                         norm: str | None = None, bounds: tuple[float, float] | None = None,
+                         max_eps: float | None = None, seed: int | None = 0) -> CertResult:
+        """The largest certified radius per sample (0 for a misclassified sample).
+
+        ``norm`` defaults to the first declared in ``tags.norms``, ``bounds`` to
+        the model's. ``max_eps`` is the largest radius looked at (default: the
+        method's own radius, or for a search the whole input box, e.g. 1 for
+        linf on [0, 1]); ``max_radius`` of the result. ``eps`` of the result is
+        None and ``certified`` says the sample is certified at radius 0.
+        """
+        if max_eps is not None and not (isinstance(max_eps, numbers.Real)
+                                        and math.isfinite(max_eps) and max_eps > 0):
+            raise InputError(f"max_eps must be a finite number > 0, got {max_eps!r}")
+        (threat,) = self._threats(model, math.inf if max_eps is None else float(max_eps), norm,
+                                  bounds)
+        with self._call(model, x, threat, seed) as call:
+            y = call.labels(y)
+            res = self._radius(call.model, call.x0, y, call.threat) if len(call.x0) else _empty()
+        return self._finish(res, y, call.threat, None, res.max_radius)
+
+    def classify(self, model, x: torch.Tensor, *, seed: int | None = 0) -> torch.Tensor:
+        """The classifier the certificates are about, at ``x``: labels ``(N,)`` on the CPU,
+        -1 where it abstains. Bound methods: the model itself; smoothing: the smoothed
+        classifier (PREDICT). A sample certified at eps is classified as ``y`` (or abstained
+        on, for a Monte Carlo classifier) at every point of the threat set."""
+        with prepare(self, model, x, seed=seed, accepted=(), no_grad=True) as call:
+            return self._classify(call.model, call.x0).cpu()
+
+    # ------------------------------------------------------------------ what a subclass writes
+    def _classify(self, model: TorchModel, x: torch.Tensor) -> torch.Tensor:
+        return model.predict(x)
+
+    def _certify(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor,
+                 threat: ThreatModel) -> CertResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _radius(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor,
+                threat: ThreatModel) -> CertResult:
+        if not self.gives_radius:  # pragma: no cover - a subclass without a radius search
+            raise InputError(f"{type(self).__name__} has no radius search")
+        res = self._certify(model, x, y, threat.with_eps(0.0))
+        cap = threat.eps if math.isfinite(threat.eps) else None
+        radius = res.radius if cap is None else res.radius.clamp(max=cap)
+        return replace(res, radius=radius, max_radius=cap)
+
+    # ------------------------------------------------------------------ the preamble
+    def _check_norm(self, norm: str) -> None:
+        if norm not in self.tags.norms:
+            raise InputError(f"{type(self).__name__} supports norms "
+                             f"{', '.join(self.tags.norms)}; got {norm!r}")
+
+    def _call(self, model, x: torch.Tensor, threat: ThreatModel, seed: int | None):
+        """The shared preamble (:func:`~scrutiny.models.calls.prepare`) for a threat model
+        of a declared norm without a mask; the body runs without gradients."""
+        if isinstance(threat, ThreatModel) and threat.mask is not None:
+            raise InputError("masked threat models are not supported by certifiers")
+        return prepare(self, model, x, seed=seed, accepted=(), threat=threat,
+                       norms=self.tags.norms, no_grad=True)
+
+    def _threats(self, model, eps: Any, norm: str | None, bounds: tuple[float, float] | None
+                 ) -> list[ThreatModel]:
+        if isinstance(eps, ThreatModel):
+            if norm is not None or bounds is not None:
+                raise InputError("give the norm and bounds in the ThreatModel or as keywords, "
+                                 "not both")
+            return [eps]
+        radii = [eps] if isinstance(eps, numbers.Real) else eps
+        if not isinstance(radii, Sequence) or not all(
+                isinstance(e, numbers.Real) and not isinstance(e, bool) for e in radii):
+            raise InputError(f"eps must be a ThreatModel, a number or a list of numbers, "
+                             f"got {eps!r}")
+        norm = self.tags.norms[0] if norm is None else norm
+        self._check_norm(norm)
+        return [ThreatModel(norm, float(e), None if bounds is None else tuple(bounds))
+                for e in radii]
+
+    def _finish(self, res: CertResult, y: torch.Tensor, threat: ThreatModel,
+                eps: float | None, max_radius: float | None) -> CertResult:
+        y = y.cpu()
+        label, abstain = res.label.cpu(), res.abstain.cpu()
+        return replace(res, label=label, radius=res.radius.cpu().float(), abstain=abstain,
+                       certified=res.certified.cpu() & (label == y) & ~abstain, y=y,
+                       norm=threat.norm, eps=eps,
+                       margin_lower=None if res.margin_lower is None else res.margin_lower.cpu(),
+                       meta={"certifier": self.name, **res.meta}, max_radius=max_radius)
+
+
+def _empty() -> CertResult:
+    """The result of no samples."""
+    return CertResult(label=torch.zeros(0, dtype=torch.long), radius=torch.zeros(0),
+                      abstain=torch.zeros(0, dtype=torch.bool),
+                      certified=torch.zeros(0, dtype=torch.bool))
 
 
 def _eps_tensor(eps: float | torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -158,39 +379,20 @@ class BoundCertifier(Certifier):
 
     A subclass writes ``_lower(net, spec, box, norm, x0, eps)``: lower bounds
     of ``spec @ logits`` over the threat set, ``(N, S)``. This class reads the
-    network, chunks the samples by ``batch_size`` and offers
-    :meth:`bounds`, :meth:`certify`, :meth:`certified_radius` and
-    :meth:`certified_accuracy`.
+    network, chunks the samples by ``batch_size``, offers :meth:`bounds` and
+    gives :class:`Certifier`'s API its two steps: ``_certify`` (every margin's
+    lower bound > 0 at ``threat.eps``) and ``_radius`` (a bisection over eps).
     """
 
     tags = Tags(norms=("linf", "l2"))
-    batch_size: int
-    radius_steps: int
-    progress: bool
-
-    def _check_common(self) -> None:
-        check_positive("batch_size", self.batch_size, integer=True)
-        check_positive("radius_steps", self.radius_steps, integer=True)
-        if not isinstance(self.progress, bool):
-            raise InputError(f"progress must be True or False, got {self.progress!r}")
+    batch_size: int = param(64, integer=True, positive=True)
+    radius_steps: int = param(12, integer=True, positive=True)
 
     def _lower(self, net: Network, spec: torch.Tensor, box: Interval, norm: str, x0: torch.Tensor,
                eps: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # ------------------------------------------------------------------ plumbing
-    def _setup(self, model, x, norm: str, bounds: tuple[float, float] | None
-               ) -> tuple[TorchModel, tuple[float, float]]:
-        model = as_model(model, bounds)
-        if norm not in self.tags.norms:
-            raise InputError(f"{type(self).__name__} supports norms "
-                             f"{', '.join(self.tags.norms)}; got {norm!r}")
-        lo, hi = model.bounds
-        if bounds is not None:  # the threat's box intersected with the model's
-            lo, hi = max(lo, float(bounds[0])), min(hi, float(bounds[1]))
-        check_x(x, (lo, hi))
-        return model, (lo, hi)
-
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor | None, eps: torch.Tensor,
              norm: str, box_bounds: tuple[float, float]) -> Bounds:
         dev = model.device
@@ -203,8 +405,7 @@ class BoundCertifier(Certifier):
             net = Network(model, x0[:64]) if len(x0) else None
             outs = []
             bs = self.batch_size
-            with progress_bar(math.ceil(len(x0) / bs), type(self).__name__,
-                              enabled=self.progress) as bar:
+            with progress_bar(math.ceil(len(x0) / bs), type(self).__name__) as bar:
                 for i in range(0, len(x0), bs):
                     xc, yc, ec = x0[i:i + bs], y[i:i + bs], eps[i:i + bs]
                     spec = margin_spec(yc, k, dtype)
@@ -240,59 +441,47 @@ class BoundCertifier(Certifier):
             Class of the margins ``z_y - z_j``; default the prediction at ``x``.
         norm : {"linf", "l2"}
         bounds : (float, float), optional
-            Input box (intersected with the model's bounds).
+            The model's input box (default: the model's own; a different one is
+            refused, the model owns its bounds).
 
         Returns
         -------
         Bounds
             On ``x``'s device.
         """
-        model, box_bounds = self._setup(model, x, norm, bounds)
-        b = self._run(model, x, y, _eps_tensor(eps, len(x), x), norm, box_bounds)
+        self._check_norm(norm)
+        threat = ThreatModel(norm, 0.0, None if bounds is None else tuple(bounds))
+        with self._call(model, x, threat, None) as call:
+            b = self._run(call.model, x, y, _eps_tensor(eps, len(x), x), norm,
+                          call.threat.bounds)
         return Bounds(*(t.to(x.device) for t in (b.logits_lower, b.logits_upper, b.margin_lower,
                                                   b.margin_upper, b.y)))
 
-    def certify(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> CertResult:
-        """Whether each prediction is provably ``y`` everywhere in ``threat``.
-
-        Returns a :class:`CertResult` with ``certified`` (every margin lower
-        bound > 0), ``margin_lower`` and ``radius = threat.eps`` where certified.
-        """
-        if not isinstance(threat, ThreatModel):
-            raise InputError(f"threat must be a ThreatModel, got {type(threat).__name__}")
-        if threat.mask is not None:
-            raise InputError("masked threat models are not supported by certifiers")
-        model, box_bounds = self._setup(model, x, threat.norm, threat.bounds)
-        y = check_labels(y, len(x), model.num_classes or 10**9)
-        b = self._run(model, x, y, _eps_tensor(threat.eps, len(x), x), threat.norm, box_bounds)
-        with model.evaluating():
-            label = model.predict(x.to(model.device)).cpu() if len(x) else y.cpu()
+    def _certify(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor,
+                 threat: ThreatModel) -> CertResult:
+        b = self._run(model, x, y, _eps_tensor(threat.eps, len(x), x), threat.norm, threat.bounds)
+        label = model.predict(x).cpu()
         cert = b.certified().cpu()
         radius = torch.where(cert, torch.full_like(cert, threat.eps, dtype=torch.float32),
                              torch.zeros(len(cert)))
         return CertResult(label=label, radius=radius, abstain=torch.zeros_like(cert),
-                          certified=cert, y=b.y.cpu(), norm=threat.norm, eps=threat.eps,
-                          margin_lower=b.margin_lower.cpu(), meta={"certifier": self.name})
+                          certified=cert, margin_lower=b.margin_lower)
 
-    def certified_radius(self, model, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
-                         bounds: tuple[float, float] | None = None,
-                         max_eps: float | None = None) -> CertResult:
+    def _radius(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor,
+                threat: ThreatModel) -> CertResult:
         """Largest certified eps per sample by bisection (batched over samples).
 
         Every sample keeps an interval ``[lo, hi]`` with ``lo`` certified and
         ``hi`` not; each of ``radius_steps`` rounds certifies all the unsettled
         samples at their midpoints at once. ``radius`` is ``lo``: an eps
         actually certified (0 for a misclassified sample). The search starts at
-        ``max_eps`` (default: the whole input box, e.g. 1 for linf on [0, 1]).
+        ``threat.eps`` (inf: the whole input box, e.g. 1 for linf on [0, 1]).
         """
-        model, box_bounds = self._setup(model, x, norm, bounds)
-        n = len(x)
-        y = check_labels(y, n, model.num_classes or 10**9)
+        n, norm, box_bounds = len(x), threat.norm, threat.bounds
         width = box_bounds[1] - box_bounds[0]
         d = math.prod(x.shape[1:])
-        cap = float(max_eps) if max_eps is not None else width * (1 if norm == "linf" else d ** 0.5)
-        if not (math.isfinite(cap) and cap > 0):
-            raise InputError(f"max_eps must be a finite number > 0, got {max_eps!r}")
+        cap = threat.eps if math.isfinite(threat.eps) else \
+            width * (1 if norm == "linf" else d ** 0.5)
 
         def cert(idx: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
             if not len(idx):
@@ -314,21 +503,7 @@ class BoundCertifier(Certifier):
             ok = cert(idx, mid)
             lo[idx] = torch.where(ok, mid, lo[idx])
             hi[idx] = torch.where(ok, hi[idx], mid)
-        with model.evaluating():
-            label = model.predict(x.to(model.device)).cpu() if n else y.cpu()
-        return CertResult(label=label, radius=lo, abstain=torch.zeros(n, dtype=torch.bool),
-                          certified=correct, y=y.cpu(), norm=norm, eps=None,
-                          meta={"certifier": self.name, "max_eps": cap,
-                                "resolution": cap / 2 ** self.radius_steps})
-
-    def certified_accuracy(self, model, x: torch.Tensor, y: torch.Tensor, eps: list[float], *,
-                           norm: str = "linf", bounds: tuple[float, float] | None = None
-                           ) -> dict[float, float]:
-        """Certified accuracy at each radius of ``eps``: ``{eps: fraction}``."""
-        if isinstance(eps, int | float):
-            eps = [eps]
-        out = {}
-        for e in eps:
-            threat = ThreatModel(norm, e, bounds if bounds is not None else as_model(model).bounds)
-            out[float(e)] = self.certify(model, x, y, threat).certified_accuracy()
-        return out
+        return CertResult(label=model.predict(x).cpu(), radius=lo,
+                          abstain=torch.zeros(n, dtype=torch.bool), certified=correct,
+                          max_radius=cap, meta={"max_eps": cap,
+                                                "resolution": cap / 2 ** self.radius_steps})

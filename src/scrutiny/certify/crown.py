@@ -6,7 +6,7 @@ import torch
 
 from scrutiny.certify.base import BoundCertifier
 from scrutiny.certify.propagation import Interval, Network, crown_bounds
-from scrutiny.errors import InputError
+from scrutiny.params import param
 from scrutiny.registry import register
 
 RELAXATIONS = ("adaptive", "fastlin")
@@ -47,8 +47,6 @@ class CROWN(BoundCertifier):
         memory budget as well).
     radius_steps : int
         Bisection rounds of :meth:`certified_radius`.
-    progress : bool
-        Show a progress bar over the batches.
 
     Notes
     -----
@@ -85,18 +83,9 @@ class CROWN(BoundCertifier):
     True
     """
 
-    def __init__(self, *, relaxation: str = "adaptive", intersect_ibp: bool = True,
-                 batch_size: int = 32, radius_steps: int = 12, progress: bool = False) -> None:
-        if relaxation not in RELAXATIONS:
-            raise InputError(f"unknown relaxation {relaxation!r}; accepted: {', '.join(RELAXATIONS)}")
-        if not isinstance(intersect_ibp, bool):
-            raise InputError(f"intersect_ibp must be True or False, got {intersect_ibp!r}")
-        self.relaxation = relaxation
-        self.intersect_ibp = intersect_ibp
-        self.batch_size = batch_size
-        self.radius_steps = radius_steps
-        self.progress = progress
-        self._check_common()
+    relaxation: str = param("adaptive", choices=RELAXATIONS)
+    intersect_ibp: bool = param(True, kind=bool)
+    batch_size: int = param(32, integer=True, positive=True)
 
     def _lower(self, net: Network, spec: torch.Tensor, box: Interval, norm: str, x0: torch.Tensor,
                eps: torch.Tensor) -> torch.Tensor:

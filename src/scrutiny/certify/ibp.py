@@ -30,8 +30,6 @@ class IBP(BoundCertifier):
         Samples bounded at once.
     radius_steps : int
         Bisection rounds of :meth:`certified_radius`.
-    progress : bool
-        Show a progress bar over the batches.
 
     Notes
     -----
@@ -58,13 +56,6 @@ class IBP(BoundCertifier):
     >>> bool((b.logits_lower <= model.logits(data.x[:2])).all())
     True
     """
-
-    def __init__(self, *, batch_size: int = 64, radius_steps: int = 12,
-                 progress: bool = False) -> None:
-        self.batch_size = batch_size
-        self.radius_steps = radius_steps
-        self.progress = progress
-        self._check_common()
 
     def _lower(self, net: Network, spec: torch.Tensor, box: Interval, norm: str, x0: torch.Tensor,
                eps: torch.Tensor) -> torch.Tensor:

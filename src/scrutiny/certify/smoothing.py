@@ -7,14 +7,13 @@ import math
 import torch
 from scipy import stats
 
-from scrutiny.base import seeded
 from scrutiny.certify.base import Certifier, CertResult
-from scrutiny.errors import InputError
-from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.models.calls import prepare
+from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
-from scrutiny.types import Tags
-from scrutiny.validation import check_labels, check_positive, check_x
+from scrutiny.types import Tags, ThreatModel
 
 
 def lower_confidence_bound(k: torch.Tensor, n: int, alpha: float) -> torch.Tensor:
@@ -53,7 +52,14 @@ class RandomizedSmoothing(Certifier):
       lower-bounds ``p_A`` from ``n`` fresh ones with the one-sided ``(1 -
       alpha)`` Clopper-Pearson bound; abstains if it is < 1/2, else returns
       ``c_A`` and the radius ``sigma * Phi^-1(p_A_lower)``. The certificate
-      is wrong with probability at most ``alpha``.
+      is wrong with probability at most ``alpha``. A sample is ``certified``
+      at the threat's eps when ``c_A == y`` and its radius is >= eps; one run
+      gives the radius, so :meth:`certified_accuracy` at several radii costs
+      one CERTIFY (:attr:`gives_radius`).
+
+    :class:`~scrutiny.certify.base.Certifier` owns the calls (``certify(model,
+    x, y, threat, *, seed)``, ``certified_accuracy``, ``certified_radius``,
+    ``classify``, the same for every certifier); the threat model must be l2.
 
     Noisy copies of all the samples are drawn and classified in batches of
     ``batch_size`` (several samples share a batch).
@@ -71,8 +77,6 @@ class RandomizedSmoothing(Certifier):
         Failure probability (paper: 0.001).
     batch_size : int
         Noisy inputs per forward pass.
-    progress : bool
-        Show a progress bar over the batches.
 
     Notes
     -----
@@ -89,31 +93,24 @@ class RandomizedSmoothing(Certifier):
     --------
     >>> from scrutiny.models import pretrained
     >>> from scrutiny.data import load_digits
+    >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
     >>> rs = RandomizedSmoothing(sigma=0.25, n0=20, n=200)
-    >>> res = rs.certify(model, data.x[:8], data.y[:8], seed=0)
+    >>> res = rs.certify(model, data.x[:8], data.y[:8], ThreatModel("l2", 0.25), seed=0)
     >>> bool((res.radius[res.abstain] == 0).all()), res.radius.shape
     (True, torch.Size([8]))
+    >>> bool((res.certified == (res.label == data.y[:8]) & (res.radius >= 0.25)).all())
+    True
     """
 
     tags = Tags(norms=("l2",), stochastic=True)
+    gives_radius = True
 
-    def __init__(self, *, sigma: float = 0.25, n0: int = 100, n: int = 100_000,
-                 alpha: float = 0.001, batch_size: int = 1000, progress: bool = False) -> None:
-        check_positive("sigma", sigma)
-        check_positive("n0", n0, integer=True)
-        check_positive("n", n, integer=True)
-        if not (isinstance(alpha, int | float) and 0 < alpha < 1):
-            raise InputError(f"alpha must be in (0, 1), got {alpha!r}")
-        check_positive("batch_size", batch_size, integer=True)
-        if not isinstance(progress, bool):
-            raise InputError(f"progress must be True or False, got {progress!r}")
-        self.sigma = sigma
-        self.n0 = n0
-        self.n = n
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.progress = progress
+    sigma: float = param(0.25, positive=True)
+    n0: int = param(100, integer=True, positive=True)
+    n: int = param(100_000, integer=True, positive=True)
+    alpha: float = param(0.001, between=(0, 1), interval="()")
+    batch_size: int = param(1000, integer=True, positive=True)
 
     # ------------------------------------------------------------------ sampling
     def counts(self, model: TorchModel, x: torch.Tensor, num: int) -> torch.Tensor:
@@ -124,7 +121,7 @@ class RandomizedSmoothing(Certifier):
         k = model.num_classes
         out = torch.zeros(n * k, dtype=torch.long, device=x.device)
         bs = self.batch_size
-        with progress_bar(math.ceil(total / bs), "smoothing", enabled=self.progress) as bar:
+        with progress_bar(math.ceil(total / bs), "smoothing") as bar:
             for start in range(0, total, bs):
                 idx = torch.arange(start, min(start + bs, total), device=x.device) // num
                 noisy = x[idx] + torch.randn((len(idx), *x.shape[1:]), device=x.device,
@@ -134,24 +131,17 @@ class RandomizedSmoothing(Certifier):
                 bar.advance()
         return out.view(n, k)
 
-    def _prepare(self, model, x: torch.Tensor) -> tuple[TorchModel, torch.Tensor]:
-        model = as_model(model)
-        check_x(x, model.bounds)
-        x0 = x.detach().to(model.device)
-        if model.num_classes is None:  # one forward tells K (an empty batch's too)
-            with model.evaluating(), torch.no_grad():
-                model(x0[:1])
-        return model, x0
-
     # ------------------------------------------------------------------ the paper's two
     def predict(self, model, x: torch.Tensor, *, seed: int | None = 0) -> CertResult:
         """PREDICT: the smoothed classifier's class, or abstain (``label = -1``).
 
         ``meta["p_value"]`` holds the binomial test's p-values; ``radius`` is 0.
         """
-        model, x0 = self._prepare(model, x)
-        with model.evaluating(), torch.no_grad(), seeded(seed, model.device):
-            c = self.counts(model, x0, self.n).cpu()
+        with prepare(self, model, x, seed=seed, accepted=(), no_grad=True) as call:
+            return self._predict(call.model, call.x0)
+
+    def _predict(self, model: TorchModel, x: torch.Tensor) -> CertResult:
+        c = self.counts(model, x, self.n).cpu()
         top2 = c.topk(min(2, c.shape[1]), dim=1)
         na = top2.values[:, 0]
         nb = top2.values[:, 1] if c.shape[1] > 1 else torch.zeros_like(na)
@@ -164,19 +154,18 @@ class RandomizedSmoothing(Certifier):
                           certified=torch.zeros(len(label), dtype=torch.bool), norm="l2",
                           meta={"certifier": self.name, "counts": c, "p_value": pvals})
 
-    def certify(self, model, x: torch.Tensor, y: torch.Tensor | None = None, *,
-                seed: int | None = 0) -> CertResult:
+    def _classify(self, model: TorchModel, x: torch.Tensor) -> torch.Tensor:
+        return self._predict(model, x).label
+
+    def _certify(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor,
+                 threat: ThreatModel) -> CertResult:
         """CERTIFY: per sample the class ``c_A`` and the l2 radius, or abstain.
 
-        ``y`` (optional) is only stored for :meth:`CertResult.certified_accuracy`.
+        ``certified``: ``c_A == y`` with a radius >= ``threat.eps``.
         ``meta["p_lower"]`` holds the lower confidence bounds on ``p_A``.
         """
-        model, x0 = self._prepare(model, x)
-        if y is not None:
-            y = check_labels(y, len(x0), model.num_classes or 10**9).cpu()
-        with model.evaluating(), torch.no_grad(), seeded(seed, model.device):
-            c0 = self.counts(model, x0, self.n0).cpu()
-            c = self.counts(model, x0, self.n).cpu()
+        c0 = self.counts(model, x, self.n0).cpu()
+        c = self.counts(model, x, self.n).cpu()
         ca = c0.argmax(dim=1)
         na = c.gather(1, ca[:, None])[:, 0]
         p_lower = lower_confidence_bound(na, self.n, self.alpha)
@@ -184,12 +173,6 @@ class RandomizedSmoothing(Certifier):
         radius = self.sigma * torch.as_tensor(stats.norm.ppf(p_lower.clamp(0.5, 1).numpy()))
         radius = torch.where(abstain, torch.zeros_like(radius), radius).float()
         label = torch.where(abstain, torch.full_like(ca, -1), ca)
-        return CertResult(label=label, radius=radius, abstain=abstain, certified=~abstain, y=y,
-                          norm="l2", meta={"certifier": self.name, "p_lower": p_lower,
-                                           "counts": c, "sigma": self.sigma})
-
-    def certified_accuracy(self, model, x: torch.Tensor, y: torch.Tensor, radii: list[float], *,
-                           seed: int | None = 0) -> dict[float, float]:
-        """Certified accuracy at each l2 radius, from one CERTIFY run: ``{radius: fraction}``."""
-        res = self.certify(model, x, y, seed=seed)
-        return {float(r): res.certified_accuracy(r) for r in radii}
+        return CertResult(label=label, radius=radius, abstain=abstain,
+                          certified=~abstain & (radius >= threat.eps),
+                          meta={"p_lower": p_lower, "counts": c, "sigma": self.sigma})

@@ -45,11 +45,12 @@ from scrutiny.models.adaptive import (
     AVERAGES,
     EOT,
     adaptive,
+    declare,
     eot_input_gradient,
     is_non_differentiable,
     is_randomized,
     transforms_of,
 )
 
-__all__ = ["AVERAGES", "EOT", "adaptive", "eot_input_gradient", "is_non_differentiable",
+__all__ = ["AVERAGES", "EOT", "adaptive", "declare", "eot_input_gradient", "is_non_differentiable",
            "is_randomized", "transforms_of"]

@@ -16,9 +16,10 @@ from scrutiny.data import ArrayDataset
 from scrutiny.defenses.base import Defense
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import NORMS, ThreatModel
-from scrutiny.validation import check_positive, check_x
+from scrutiny.validation import check_x
 
 
 class FeatureMask(nn.Module):
@@ -38,6 +39,11 @@ def _last_linear(module: nn.Module) -> str:
         raise InputError("DeepCloak's default layer is the input of the last nn.Linear, and the "
                          "model has none; pass layer=")
     return names[-1]
+
+
+def _check_attack(name: str, attack: Any) -> None:
+    if not isinstance(attack, Attack):
+        _member(attack)  # fails early with the accepted forms
 
 
 @contextlib.contextmanager
@@ -80,8 +86,9 @@ class DeepCloak(Defense):
         The attack whose adversarial examples rank the features: a registered
         name, ``(name, params)`` or an Attack instance.
     norm : {"linf", "l2", "l1"}
+        Norm of the attack's threat model.
     eps : float
-        The attack's threat model.
+        Radius of the attack's threat model.
     batch_size : int
         Rows per forward while recording features.
 
@@ -111,22 +118,12 @@ class DeepCloak(Defense):
     >>> masked = cloak.wrap(model)
     """
 
-    def __init__(self, *, layer: str | None = None, fraction: float = 0.1, attack: Any = "fgsm",
-                 norm: str = "linf", eps: float = 0.1, batch_size: int = 512) -> None:
-        if not 0 < fraction < 1:
-            raise InputError(f"fraction must be in (0, 1), got {fraction!r}")
-        if norm not in NORMS:
-            raise InputError(f"unknown norm {norm!r}; accepted: {', '.join(NORMS)}")
-        check_positive("eps", eps)
-        check_positive("batch_size", batch_size, integer=True)
-        if not isinstance(attack, Attack):
-            _member(attack)  # fails early with the accepted forms
-        self.layer = layer
-        self.fraction = fraction
-        self.attack = attack
-        self.norm = norm
-        self.eps = eps
-        self.batch_size = batch_size
+    layer: str | None = param(None, kind=str)
+    fraction: float = param(0.1, between=(0, 1), interval="()")
+    attack: Any = param("fgsm", check=_check_attack)
+    norm: str = param("linf", choices=NORMS)
+    eps: float = param(0.1, positive=True)
+    batch_size: int = param(512, integer=True, positive=True)
 
     def _site(self, model: TorchModel) -> tuple[str, bool]:
         if self.layer is None:

@@ -18,14 +18,20 @@ from torch.nn import functional as F
 from scrutiny.defenses.base import Defense, Transform, preprocessed
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
-from scrutiny.validation import check_positive
 
 _XU = ("Xu, Evans, Qi. Feature squeezing: detecting adversarial examples in deep neural "
        "networks. NDSS 2018")
 _XIE = ("Xie, Wang, Zhang, Ren, Yuille. Mitigating adversarial effects through randomization. "
         "ICLR 2018")
 _MODES = ("nearest", "bilinear")
+
+
+def _check_scale(name: str, scale: tuple) -> None:
+    if (len(scale) != 2 or not all(isinstance(s, int | float) and not isinstance(s, bool)
+                                   for s in scale) or not 0 < scale[0] < scale[1]):
+        raise InputError(f"{name} must be (low, high) with 0 < low < high, got {scale!r}")
 
 
 def _images(x: torch.Tensor, what: str) -> None:
@@ -175,11 +181,7 @@ class BitDepthReduction(Defense):
     True
     """
 
-    def __init__(self, *, bits: int = 1) -> None:
-        check_positive("bits", bits, integer=True)
-        if bits > 16:
-            raise InputError(f"bits must be between 1 and 16, got {bits!r}")
-        self.bits = bits
+    bits: int = param(1, integer=True, between=(1, 16))
 
     def transform(self) -> BitDepth:
         """The input transform as an ``nn.Module``."""
@@ -218,9 +220,7 @@ class MedianSmoothing(Defense):
     torch.Size([3, 10])
     """
 
-    def __init__(self, *, size: int = 2) -> None:
-        check_positive("size", size, integer=True)
-        self.size = size
+    size: int = param(2, integer=True, positive=True)
 
     def transform(self) -> Median:
         """The input transform as an ``nn.Module``."""
@@ -276,21 +276,13 @@ class RandomResizePad(Defense):
     torch.Size([2, 1, 12, 12])
     """
 
-    def __init__(self, *, scale: tuple[float, float] = (310 / 299, 331 / 299), mode: str = "nearest",
-                 resize_back: bool = False) -> None:
-        if (not isinstance(scale, tuple | list) or len(scale) != 2
-                or not all(isinstance(s, int | float) for s in scale)
-                or not 0 < scale[0] < scale[1]):
-            raise InputError(f"scale must be (low, high) with 0 < low < high, got {scale!r}")
-        if mode not in _MODES:
-            raise InputError(f"unknown mode {mode!r}; accepted: {', '.join(_MODES)}")
-        self.scale = scale
-        self.mode = mode
-        self.resize_back = resize_back
+    scale: tuple[float, float] = param((310 / 299, 331 / 299), kind=tuple, check=_check_scale)
+    mode: str = param("nearest", choices=_MODES)
+    resize_back: bool = param(False, kind=bool)
 
     def transform(self) -> RandomResizePadding:
         """The input transform as an ``nn.Module``."""
-        return RandomResizePadding(tuple(self.scale), self.mode, self.resize_back)
+        return RandomResizePadding(self.scale, self.mode, self.resize_back)
 
     def wrap(self, model: Any) -> TorchModel:
         """``model`` with the random resize and pad in front (a :class:`TorchModel`)."""

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from scrutiny import progress
 from scrutiny.attacks.lp import steepest_direction
 from scrutiny.attacks.whitebox.pgd import FGSM, PGD
 from scrutiny.base import grad_wrt
@@ -28,9 +29,9 @@ from scrutiny.defenses.base import Defense
 from scrutiny.errors import InputError
 from scrutiny.models.training import TrainHistory, train
 from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import ThreatModel
-from scrutiny.validation import check_positive
 
 METHODS: tuple[str, ...] = ("fgsm_mix", "fast_fgsm", "pgd", "trades")
 
@@ -163,7 +164,9 @@ class AdversarialTraining(Defense):
     Parameters
     ----------
     method : {"fgsm_mix", "fast_fgsm", "pgd", "trades"}
+        The training objective (see above).
     norm : {"linf", "l2"}
+        Norm of the training threat model.
     eps : float
         Training radius, in input units.
     steps : int
@@ -175,12 +178,18 @@ class AdversarialTraining(Defense):
         Weight of the clean loss in ``fgsm_mix`` (the paper's 0.5).
     beta : float
         Weight of the KL term in ``trades`` (the paper's 1/lambda = 6).
-    epochs, lr, batch_size, weight_decay, seed
-        Of the training loop (Adam with a cosine schedule).
+    epochs : int
+        Passes over the training data.
+    lr : float
+        Learning rate of Adam (cosine schedule).
+    batch_size : int
+        Training mini-batch size.
+    weight_decay : float
+        Adam's weight decay.
+    seed : int
+        Seeds the training loop: shuffling and the inner attacks' random starts.
     checkpoint : str, optional
         ``.safetensors`` checkpoint path; an existing one is resumed.
-    progress : bool
-        Show a progress bar.
 
     Notes
     -----
@@ -210,40 +219,19 @@ class AdversarialTraining(Defense):
     1
     """
 
-    def __init__(self, *, method: str = "pgd", norm: str = "linf", eps: float = 0.1, steps: int = 10,
-                 rel_step_size: float | None = None, alpha: float = 0.5, beta: float = 6.0,
-                 epochs: int = 30, lr: float = 3e-3, batch_size: int = 64,
-                 weight_decay: float = 1e-4, seed: int = 0, checkpoint: str | None = None,
-                 progress: bool = False) -> None:
-        if method not in METHODS:
-            raise InputError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
-        if norm not in ("linf", "l2"):
-            raise InputError(f"norm must be 'linf' or 'l2', got {norm!r}")
-        check_positive("eps", eps)
-        check_positive("steps", steps, integer=True)
-        if rel_step_size is not None:
-            check_positive("rel_step_size", rel_step_size)
-        if not 0 <= alpha <= 1:
-            raise InputError(f"alpha must be in [0, 1], got {alpha!r}")
-        check_positive("beta", beta, allow_zero=True)
-        check_positive("epochs", epochs, integer=True)
-        check_positive("lr", lr)
-        check_positive("batch_size", batch_size, integer=True)
-        check_positive("weight_decay", weight_decay, allow_zero=True)
-        self.method = method
-        self.norm = norm
-        self.eps = eps
-        self.steps = steps
-        self.rel_step_size = rel_step_size
-        self.alpha = alpha
-        self.beta = beta
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.weight_decay = weight_decay
-        self.seed = seed
-        self.checkpoint = checkpoint
-        self.progress = progress
+    method: str = param("pgd", choices=METHODS)
+    norm: str = param("linf", choices=("linf", "l2"))
+    eps: float = param(0.1, positive=True)
+    steps: int = param(10, integer=True, positive=True)
+    rel_step_size: float | None = param(None, positive=True)
+    alpha: float = param(0.5, between=(0, 1))
+    beta: float = param(6.0, nonneg=True)
+    epochs: int = param(30, integer=True, positive=True)
+    lr: float = param(3e-3, positive=True)
+    batch_size: int = param(64, integer=True, positive=True)
+    weight_decay: float = param(1e-4, nonneg=True)
+    seed: int = param(0, integer=True)
+    checkpoint: str | None = param(None, kind=str)
 
     def objective(self, bounds: tuple[float, float] = (0.0, 1.0)) -> Any:
         """The per-batch objective for :func:`~scrutiny.models.training.train`."""
@@ -269,7 +257,7 @@ class AdversarialTraining(Defense):
         model = copy.deepcopy(as_model(model))
         self.history_: TrainHistory = train(
             model, data, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-            weight_decay=self.weight_decay, seed=self.seed, progress=self.progress,
+            weight_decay=self.weight_decay, seed=self.seed, progress=progress.enabled(),
             objective=self.objective(model.bounds), checkpoint=self.checkpoint)
         model.eval()
         self.model_: TorchModel | None = model

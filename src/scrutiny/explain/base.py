@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from scrutiny.base import Method, grad_wrt, seeded
-from scrutiny.errors import InputError
+from scrutiny.base import Method, grad_wrt
+from scrutiny.models.calls import check_call_data, prepare
 from scrutiny.models.hooks import capture  # noqa: F401  (re-exported: explainers import it from here)
-from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import Explanation, Tags
-from scrutiny.validation import check_labels, check_outputs, check_positive, check_x
 
 
 class Explainer(Method):
@@ -48,22 +48,11 @@ class Explainer(Method):
             Call-time data the method declares in ``call_data`` (for example
             ``background=`` rows for the surrogate explainers).
         """
-        unknown = [k for k in data if k not in self.call_data]
-        if unknown:
-            raise InputError(f"{type(self).__name__}.explain does not accept "
-                             f"{', '.join(map(repr, unknown))}; accepted data keywords: "
-                             f"{', '.join(self.call_data) or 'none'}")
-        model = as_model(model)
-        check_x(x, model.bounds, image=self.tags.image_only)
-        dev = model.device
-        x0 = x.detach().to(dev).clone()
-        with model.evaluating(), seeded(seed, dev):
-            with torch.no_grad():
-                logits = check_outputs(model(x0), len(x0))
-            if target is None:
-                target = logits.argmax(dim=1)
-            target = check_labels(target, len(x0), logits.shape[1], "target").to(dev)
-            attr, extra = self._explain(model, x0, target, **data)
+        data = {**self._bound_data, **data}
+        with prepare(self, model, x, seed=seed, data=data, entry="explain",
+                     image=self.tags.image_only) as call:
+            logits, target = call.logits, call.target(target)
+            attr, extra = self._explain(call.model, call.x0, target, **data)
         delta = extra.pop("delta", None)
         return Explanation(
             attributions=attr.detach().to(x.device),
@@ -74,13 +63,40 @@ class Explainer(Method):
 
     __call__ = explain
 
+    #: Call-time data bound by :meth:`with_data` (empty, and shared read-only, for an
+    #: explainer built directly; a bound copy gets its own dict).
+    _bound_data: dict[str, Any] = {}
+
+    def with_data(self, **data: Any) -> Explainer:
+        """This explainer with call-time data bound: every ``explain`` call passes ``data``.
+
+        A copy (this instance is unchanged); the keywords must be ones the
+        class declares in ``call_data``. Keywords given to ``explain`` itself
+        take precedence. A metric that re-explains (at perturbed inputs, for a
+        randomized model) judges ``explainer.with_data(background=rows)``, so
+        the data reaches each of its calls.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from scrutiny.explain import Saliency
+        >>> from scrutiny.explain.surrogate.lime import Lime
+        >>> lime = Lime().with_data(background=torch.rand(50, 4))
+        >>> sorted(lime._bound_data), Lime()._bound_data
+        (['background'], {})
+        >>> Saliency().with_data(background=torch.zeros(1, 4))
+        Traceback (most recent call last):
+        ...
+        scrutiny.errors.InputError: Saliency.explain does not accept 'background'; ...
+        """
+        check_call_data(f"{type(self).__name__}.explain", data, self.call_data)
+        bound = copy.copy(self)
+        bound._bound_data = {**self._bound_data, **data}
+        return bound
+
     def _explain(self, model: TorchModel, x: torch.Tensor, target: torch.Tensor
                  ) -> tuple[torch.Tensor, dict[str, Any]]:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def check_batch_size(batch_size: int) -> None:
-    check_positive("batch_size", batch_size, integer=True)
 
 
 def target_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor

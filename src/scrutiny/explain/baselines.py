@@ -29,6 +29,23 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, kw, groups=c)
 
 
+def check_baseline(name: str, value: object, extra: tuple[str, ...] = ()) -> None:
+    """Check of a baseline hyperparameter (``param(check=...)``): a name of
+    :data:`BASELINES` (or of ``extra``), a number or a tensor."""
+    if isinstance(value, torch.Tensor) or (isinstance(value, int | float)
+                                           and not isinstance(value, bool)):
+        return
+    names = extra + BASELINES
+    if not isinstance(value, str) or value not in names:
+        raise InputError(f"unknown {name} {value!r}; accepted: {', '.join(names)}, a number or "
+                         "a tensor")
+
+
+def check_fill(name: str, value: object) -> None:
+    """:func:`check_baseline` that also accepts ``"mean"`` (each input's own mean)."""
+    check_baseline(name, value, extra=("mean",))
+
+
 def make_baseline(spec: str | float | torch.Tensor, x: torch.Tensor,
                   bounds: tuple[float, float], blur_sigma: float = 2.0) -> torch.Tensor:
     """Baseline for ``x``: ``"zero"`` (the lower bound, black), ``"blur"`` (Gaussian

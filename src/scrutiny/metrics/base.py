@@ -9,6 +9,7 @@ attributions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,12 +17,12 @@ import torch
 from torch import nn
 
 from scrutiny import registry
-from scrutiny.base import Method, seeded
+from scrutiny.base import Method
 from scrutiny.errors import InputError
 from scrutiny.explain.base import Explainer
-from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.models.calls import prepare
+from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import Explanation, Tags
-from scrutiny.validation import check_labels, check_outputs, check_positive, check_x
 
 
 @dataclass(kw_only=True)
@@ -39,16 +40,30 @@ class MetricResult:
         (N,) the class whose explanation was judged.
     meta : dict
         Method name, hyperparameters worth reporting, timings.
+    undefined : str or None
+        Why some ``scores`` are NaN (the metric is undefined for those
+        samples, e.g. the rank correlation of a constant map) and, when all
+        are, why ``aggregate`` is NaN; None when every score is defined. A
+        metric states its own reason; :meth:`Metric.evaluate` writes a generic
+        one ("k of n samples ...") where a metric left NaN scores unexplained,
+        so a NaN never comes without a reason.
     """
 
     scores: torch.Tensor
     aggregate: float
     target: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    undefined: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Summary numbers (JSON-ready)."""
-        out: dict[str, Any] = {"n": len(self.scores), "aggregate": self.aggregate}
+        """Summary numbers (JSON-ready: an undefined or infinite aggregate is None, with
+        the reason under ``"undefined"``)."""
+        agg = self.aggregate
+        out: dict[str, Any] = {"n": len(self.scores),
+                               "aggregate": agg if math.isfinite(agg) else None}
+        why = self.undefined or ("infinite" if math.isinf(agg) else None)
+        if why is not None:
+            out["undefined"] = why
         out.update({k: v for k, v in self.meta.items() if isinstance(v, int | float | str | bool)})
         return out
 
@@ -57,6 +72,44 @@ def nanmean(t: torch.Tensor) -> float:
     """Mean over the finite entries (NaN when there are none)."""
     ok = torch.isfinite(t)
     return float(t[ok].double().mean()) if bool(ok.any()) else float("nan")
+
+
+#: What :func:`degenerate` tells apart, as read in a sentence ("3 of 16 maps are all zero").
+DEGENERATE: dict[str, str] = {"zero": "all zero", "constant": "constant",
+                              "non_finite": "non-finite (NaN or infinite values)"}
+
+
+def degenerate(maps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-sample masks ``(N,)`` of the maps ``(N, ...)`` that rank nothing.
+
+    Keys as in :data:`DEGENERATE`, mutually exclusive: ``"non_finite"`` (a NaN
+    or infinite value), ``"zero"`` (all zero), ``"constant"`` (one nonzero
+    value everywhere). Such a map says nothing about the prediction, and
+    similarities built on rankings (Spearman correlation) are undefined for it.
+    """
+    f = maps.detach().flatten(1)
+    finite = torch.isfinite(f)
+    bad = ~finite.all(dim=1)
+    safe = torch.where(finite, f, torch.zeros_like(f))
+    zero = ~bad & (safe == 0).all(dim=1)
+    flat = (safe.amax(dim=1) == safe.amin(dim=1)) if f.shape[1] else torch.ones_like(zero)
+    return {"zero": zero, "constant": ~bad & ~zero & flat, "non_finite": bad}
+
+
+def describe_degenerate(masks: dict[str, torch.Tensor], noun: str = "maps") -> str | None:
+    """``"16 of 16 maps are all zero"`` for the masks of :func:`degenerate` ("; "-joined);
+    None when no map is degenerate."""
+    parts = [f"{int(m.sum())} of {len(m)} {noun} are {DEGENERATE[k]}"
+             for k, m in masks.items() if bool(m.any())]
+    return "; ".join(parts) or None
+
+
+def unexplained_nan(scores: torch.Tensor) -> str | None:
+    """The generic reason for NaN ``scores`` that a metric did not explain (None if none)."""
+    if not len(scores):
+        return "no samples"
+    k = int(torch.isnan(scores).sum())
+    return f"{k} of {len(scores)} samples have no defined score" if k else None
 
 
 def resolve_explainer(explainer: object) -> Explainer:
@@ -139,6 +192,11 @@ class Metric(Method):
         models), so precomputed attributions are not enough.
     ``call_data``
         Names of further call-time data keywords (e.g. ``("masks",)``).
+
+    The judged explainer's own call-time data (its ``call_data``, e.g. LIME's
+    and KernelSHAP's ``background``) is accepted too and bound to it
+    (:meth:`Explainer.with_data`), so every explanation the metric computes
+    gets it.
     """
 
     kind = "metric"
@@ -167,15 +225,10 @@ class Metric(Method):
         seed : int, optional
             Seeds every random choice of the metric (and the explainer's).
         **data
-            Call-time data the metric declares in ``call_data``.
+            Call-time data the metric declares in ``call_data``, and the
+            explainer's (its ``call_data``, e.g. ``background=``), passed to
+            every ``explain`` call the metric makes.
         """
-        unknown = [k for k in data if k not in self.call_data]
-        if unknown:
-            raise InputError(f"{type(self).__name__} does not accept "
-                             f"{', '.join(map(repr, unknown))}; accepted data keywords: "
-                             f"{', '.join(self.call_data) or 'none'}")
-        model = as_model(model)
-        check_x(x, model.bounds, image=self.tags.image_only)
         if explainer is None and attributions is None:
             raise InputError(f"{type(self).__name__} needs explainer= (an Explainer or a "
                              "registered name such as 'saliency')"
@@ -186,17 +239,20 @@ class Metric(Method):
             raise InputError(f"{type(self).__name__} recomputes explanations, so it needs "
                              "explainer=, not precomputed attributions")
         exp = resolve_explainer(explainer) if explainer is not None else None
-        dev = model.device
-        x0 = x.detach().to(dev).clone()
-        attr = None if attributions is None else check_attributions(attributions, x0).detach().to(dev)
-        with model.evaluating(), seeded(seed, dev):
-            with torch.no_grad():
-                logits = check_outputs(model(x0), len(x0))
-            if target is None:
-                target = logits.argmax(dim=1)
-            target = check_labels(target, len(x0), logits.shape[1], "target").to(dev)
-            res = self._evaluate(model, x0, target, exp, attr, seed, **data)
+        exp_data = tuple(exp.call_data) if exp is not None else ()
+        accepted = (*self.call_data, *(k for k in exp_data if k not in self.call_data))
+        with prepare(self, model, x, seed=seed, data=data, accepted=accepted,
+                     image=self.tags.image_only) as call:
+            if exp is not None and any(k in exp_data for k in data):
+                exp = exp.with_data(**{k: v for k, v in data.items() if k in exp_data})
+            x0, target = call.x0, call.target(target)
+            attr = (None if attributions is None
+                    else check_attributions(attributions, x0).detach().to(call.device))
+            own = {k: v for k, v in data.items() if k in self.call_data}
+            res = self._evaluate(call.model, x0, target, exp, attr, seed, **own)
         res.meta = {"metric": self.name, **({"explainer": exp.name} if exp else {}), **res.meta}
+        if res.undefined is None:
+            res.undefined = unexplained_nan(res.scores)
         return res
 
     __call__ = evaluate
@@ -216,10 +272,6 @@ class Metric(Method):
         raise NotImplementedError
 
 
-def check_batch_size(batch_size: int) -> None:
-    check_positive("batch_size", batch_size, integer=True)
-
-
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(f"unknown {name} {value!r}; accepted: {', '.join(choices)}")
@@ -230,12 +282,16 @@ def metric_twin(cls: type[Metric], name: str):
 
     ``twin(model, x, target=None, *, explainer=None, attributions=None, seed=0, **kw)``
     builds ``cls`` from the hyperparameters in ``kw`` and passes its declared
-    call-time data (``cls.call_data``) to ``evaluate``.
+    call-time data (``cls.call_data``) and the explainer's (its ``call_data``) to
+    ``evaluate``.
     """
 
     def twin(model, x, target=None, *, explainer=None, attributions=None,
              seed: int | None = 0, **kw: Any):
-        data = {k: kw.pop(k) for k in cls.call_data if k in kw}
+        if explainer is not None:
+            explainer = resolve_explainer(explainer)
+        keys = (*cls.call_data, *(explainer.call_data if explainer is not None else ()))
+        data = {k: kw.pop(k) for k in keys if k in kw}
         return cls(**kw).evaluate(model, x, target, explainer=explainer,
                                   attributions=attributions, seed=seed, **data)
 

@@ -9,30 +9,19 @@ from typing import ClassVar
 
 import torch
 
-from scrutiny.errors import InputError
-from scrutiny.explain.baselines import BASELINES, make_baseline
+from scrutiny.explain.baselines import check_baseline, make_baseline
 from scrutiny.metrics.base import (
     Metric,
     MetricResult,
-    check_batch_size,
-    check_choice,
     metric_twin,
     nanmean,
     to_units,
     unit_map,
 )
+from scrutiny.params import param
 from scrutiny.registry import register
-from scrutiny.validation import check_positive
 
 OUTPUTS: tuple[str, ...] = ("probability", "logit")
-
-
-def _check_baseline(baseline: object) -> None:
-    if isinstance(baseline, str):
-        check_choice("baseline", baseline, BASELINES)
-    elif not isinstance(baseline, int | float | torch.Tensor) or isinstance(baseline, bool):
-        raise InputError(f"baseline must be one of {', '.join(BASELINES)}, a number or a tensor, "
-                         f"got {baseline!r}")
 
 
 def _target_output(model, x: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
@@ -76,24 +65,12 @@ class _CausalMetric(Metric):
     """Shared code of deletion and insertion (``mode`` set by the subclass)."""
 
     mode: ClassVar[str] = ""
-    default_baseline: ClassVar[str] = ""
 
-    def __init__(self, *, steps: int | None = None, baseline: str | float | torch.Tensor | None = None,
-                 blur_sigma: float | None = None, output: str = "probability",
-                 batch_size: int = 256) -> None:
-        if steps is not None:
-            check_positive("steps", steps, integer=True)
-        if baseline is not None:
-            _check_baseline(baseline)
-        if blur_sigma is not None:
-            check_positive("blur_sigma", blur_sigma)
-        check_choice("output", output, OUTPUTS)
-        check_batch_size(batch_size)
-        self.steps = steps
-        self.baseline = baseline
-        self.blur_sigma = blur_sigma
-        self.output = output
-        self.batch_size = batch_size
+    steps: int | None = param(None, integer=True, positive=True)
+    baseline: str | float | torch.Tensor = param("zero", check=check_baseline)
+    blur_sigma: float | None = param(None, positive=True)
+    output: str = param("probability", choices=OUTPUTS)
+    batch_size: int = param(256, integer=True, positive=True)
 
     def _evaluate(self, model, x, target, explainer, attributions, seed):
         attr = self._explain(explainer, attributions, model, x, target, seed)
@@ -104,8 +81,7 @@ class _CausalMetric(Metric):
         per_step = math.ceil(p / steps)
         ushape = x.shape[2:] if x.dim() == 4 else x.shape[1:]
         sigma = self.blur_sigma or max(1.0, 5.0 * x.shape[-1] / 224)
-        base = make_baseline(self.baseline if self.baseline is not None else self.default_baseline,
-                             x, model.bounds, blur_sigma=sigma)
+        base = make_baseline(self.baseline, x, model.bounds, blur_sigma=sigma)
         pos = _order(units)
         counts = torch.clamp(torch.arange(steps + 1, device=x.device) * per_step, max=p)
         start, end = (x, base) if self.mode == "deletion" else (base, x)
@@ -178,7 +154,6 @@ class Deletion(_CausalMetric):
     """
 
     mode = "deletion"
-    default_baseline = "zero"
 
 
 @register("metric", "insertion", paper=_RISE, test_params={"steps": 4})
@@ -227,7 +202,7 @@ class Insertion(_CausalMetric):
     """
 
     mode = "insertion"
-    default_baseline = "blur"
+    baseline: str | float | torch.Tensor = param("blur", check=check_baseline)
 
 
 deletion = metric_twin(Deletion, "deletion")

@@ -7,24 +7,28 @@ from dataclasses import dataclass
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.baselines import make_baseline
+from scrutiny.explain.baselines import check_baseline, make_baseline
 from scrutiny.metrics.base import (
     Metric,
     MetricResult,
     check_attributions,
-    check_batch_size,
-    check_choice,
     metric_twin,
     nanmean,
 )
-from scrutiny.metrics.faithfulness import OUTPUTS, _check_baseline, _target_output
+from scrutiny.metrics.faithfulness import OUTPUTS, _target_output
+from scrutiny.params import param
 from scrutiny.registry import register
-from scrutiny.validation import check_positive
 
 PERTURBATIONS: tuple[str, ...] = ("gaussian", "noisy_baseline", "square")
 NORMS: tuple[str, ...] = ("l2", "linf")
 _YEH = ("Yeh, Hsieh, Suggala, Inouye, Ravikumar. On the (in)fidelity and sensitivity of "
         "explanations. NeurIPS 2019")
+
+
+def _check_square_sizes(name: str, sizes: tuple) -> None:
+    if not (len(sizes) == 2 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                    for s in sizes) and sizes[0] <= sizes[1]):
+        raise InputError(f"{name} must be (smallest, largest) sides >= 1, got {sizes!r}")
 
 
 def _broadcast_attr(attr: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -45,12 +49,12 @@ class InfidelityResult(MetricResult):
     beta: torch.Tensor
 
 
-@register("metric", "infidelity", paper=_YEH, test_params={"n_perturbations": 4})
+@register("metric", "infidelity", paper=_YEH, test_params={"n_samples": 4})
 class Infidelity(Metric):
     """Infidelity: how well ``I . Phi`` predicts the output change ``f(x) - f(x - I)``.
 
     ``INFD(Phi, f, x) = E_I[(I^T Phi(x) - (f(x) - f(x - I)))^2]`` (Yeh et al.,
-    Definition 2.1), estimated with ``n_perturbations`` draws of the
+    Definition 2.1), estimated with ``n_samples`` draws of the
     perturbation ``I`` per sample, all scored in batches. The perturbations
     of the paper (Section 3; their code's settings):
 
@@ -73,15 +77,16 @@ class Infidelity(Metric):
     so before reporting infidelity), which makes the score invariant to the
     scale of the map.
 
-    The expectation is a Monte-Carlo estimate over ``n_perturbations``
-    draws; for square removal ``n_perturbations=None`` averages over every
+    The expectation is a Monte-Carlo estimate over ``n_samples``
+    draws; for square removal ``n_samples=None`` averages over every
     square of every allowed side at every position instead, as the authors
     do.
 
     Parameters
     ----------
     perturbation : {"gaussian", "noisy_baseline", "square"}
-    n_perturbations : int or None
+        The distribution of the perturbation ``I`` (see above).
+    n_samples : int or None
         Draws of ``I`` per sample; None (square removal only): every square.
     sigma : float
         Noise standard deviation (0.2 in the authors' code).
@@ -116,36 +121,19 @@ class Infidelity(Metric):
     True
     """
 
-    def __init__(self, *, perturbation: str = "gaussian", n_perturbations: int | None = 100,
-                 sigma: float = 0.2, square_sizes: tuple[int, int] | None = None,
-                 baseline: str | float | torch.Tensor = "zero", multiply_by_inputs: bool = False,
-                 optimal_scaling: bool = True, output: str = "logit",
-                 batch_size: int = 1024) -> None:
-        check_choice("perturbation", perturbation, PERTURBATIONS)
-        if n_perturbations is None:
-            if perturbation != "square":
-                raise InputError("n_perturbations=None (every square) needs perturbation='square'")
-        else:
-            check_positive("n_perturbations", n_perturbations, integer=True)
-        check_positive("sigma", sigma)
-        if square_sizes is not None:
-            ok = (len(square_sizes) == 2 and all(isinstance(s, int) and s >= 1 for s in square_sizes)
-                  and square_sizes[0] <= square_sizes[1])
-            if not ok:
-                raise InputError(f"square_sizes must be (smallest, largest) sides >= 1, got "
-                                 f"{square_sizes!r}")
-        _check_baseline(baseline)
-        check_choice("output", output, OUTPUTS)
-        check_batch_size(batch_size)
-        self.perturbation = perturbation
-        self.n_perturbations = n_perturbations
-        self.sigma = sigma
-        self.square_sizes = square_sizes
-        self.baseline = baseline
-        self.multiply_by_inputs = multiply_by_inputs
-        self.optimal_scaling = optimal_scaling
-        self.output = output
-        self.batch_size = batch_size
+    perturbation: str = param("gaussian", choices=PERTURBATIONS)
+    n_samples: int | None = param(100, integer=True, positive=True, optional=True)
+    sigma: float = param(0.2, positive=True)
+    square_sizes: tuple[int, int] | None = param(None, kind=tuple, check=_check_square_sizes)
+    baseline: str | float | torch.Tensor = param("zero", check=check_baseline)
+    multiply_by_inputs: bool = param(False, kind=bool)
+    optimal_scaling: bool = param(True, kind=bool)
+    output: str = param("logit", choices=OUTPUTS)
+    batch_size: int = param(1024, integer=True, positive=True)
+
+    def _post_init(self) -> None:
+        if self.n_samples is None and self.perturbation != "square":
+            raise InputError("n_samples=None (every square) needs perturbation='square'")
 
     def _sides(self, h: int, w: int) -> tuple[int, int]:
         smin, smax = self.square_sizes or (1, max(1, min(h, w) // 3))
@@ -191,9 +179,9 @@ class Infidelity(Metric):
         phi = _broadcast_attr(attr, x).to(x.dtype)
         base = make_baseline(self.baseline, x, model.bounds)
         fx = _target_output(model, x, target, self.output)
-        squares = self._squares(x) if self.n_perturbations is None else None
+        squares = self._squares(x) if self.n_samples is None else None
         n = len(x)
-        m = len(squares) if squares is not None else self.n_perturbations
+        m = len(squares) if squares is not None else self.n_samples
         dots, diffs = [], []
         for lo in range(0, max(n * m, 1), self.batch_size):  # an empty batch: one empty chunk
             j = torch.arange(lo, min(lo + self.batch_size, n * m), device=x.device)
@@ -216,7 +204,7 @@ class Infidelity(Metric):
         infid = (beta[:, None] * dot - diff).square().mean(dim=1)
         return InfidelityResult(scores=infid.cpu(), aggregate=nanmean(infid), target=target.cpu(),
                                 beta=beta.cpu(), meta={"perturbation": self.perturbation,
-                                                       "n_perturbations": m})
+                                                       "n_samples": m})
 
 
 @dataclass(kw_only=True)
@@ -227,7 +215,8 @@ class SensitivityResult(MetricResult):
     ----------
     samples : Tensor
         (N, n_samples) the (relative) change of the explanation at every
-        sampled neighbour; ``scores`` is its row maximum.
+        sampled neighbour (NaN for 0 / 0); ``scores`` is its row maximum
+        over the defined entries (NaN when there are none).
     """
 
     samples: torch.Tensor
@@ -243,9 +232,12 @@ class MaxSensitivity(Metric):
     around each input (clipped to the input bounds, as the authors' code
     samples), the explanation recomputed at each for the same target, all
     in batches of ``batch_size``. With ``normalize=True`` the change is
-    divided by ``||Phi(x)||``, as the authors' code reports it (0 when both
-    are 0, ``inf`` when only ``Phi(x)`` is 0). A random search gives a lower
-    bound of the true maximum.
+    divided by ``||Phi(x)||``, as the authors' code reports it (``inf`` when
+    only ``Phi(x)`` is 0; undefined, NaN, when both are: an all-zero
+    explanation that stays all zero is not stable but empty, and
+    ``undefined`` says so). A random search gives a lower bound of the true
+    maximum; ``aggregate`` is the mean over the defined samples (an ``inf``
+    counts).
 
     Parameters
     ----------
@@ -278,17 +270,11 @@ class MaxSensitivity(Metric):
 
     needs_explainer = True
 
-    def __init__(self, *, radius: float = 0.02, n_samples: int = 50, norm: str = "l2",
-                 normalize: bool = True, batch_size: int = 256) -> None:
-        check_positive("radius", radius)
-        check_positive("n_samples", n_samples, integer=True)
-        check_choice("norm", norm, NORMS)
-        check_batch_size(batch_size)
-        self.radius = radius
-        self.n_samples = n_samples
-        self.norm = norm
-        self.normalize = normalize
-        self.batch_size = batch_size
+    radius: float = param(0.02, positive=True)
+    n_samples: int = param(50, integer=True, positive=True)
+    norm: str = param("l2", choices=NORMS)
+    normalize: bool = param(True, kind=bool)
+    batch_size: int = param(256, integer=True, positive=True)
 
     def _size(self, t: torch.Tensor) -> torch.Tensor:
         f = t.flatten(1).double()
@@ -306,15 +292,23 @@ class MaxSensitivity(Metric):
                                        .attributions.to(x.device), y)
             changes.append(self._size(phi_y - phi[i]))
         change = torch.cat(changes).reshape(n, m)
+        undefined = None
         if self.normalize:
             ref = self._size(phi)[:, None]
             change = torch.where(ref > 0, change / torch.where(ref > 0, ref, 1),
-                                 torch.where(change > 0, float("inf"), 0.0))
-        scores = change.amax(dim=1)
-        agg = float(scores.mean()) if len(scores) else float("nan")  # inf counts here
+                                 torch.where(change > 0, float("inf"), float("nan")))
+        empty = torch.isnan(change)  # 0 / 0: the explanation is zero at x and at the neighbour
+        scores = torch.where(empty, float("-inf"), change).amax(dim=1)
+        scores = torch.where(empty.all(dim=1), float("nan"), scores)
+        known = ~torch.isnan(scores)
+        agg = float(scores[known].mean()) if bool(known.any()) else float("nan")  # inf counts
+        if not bool(known.all()):
+            undefined = (f"the explanation is all zero at x and at every neighbour for "
+                         f"{int((~known).sum())} of {len(scores)} samples: a relative change "
+                         "0 / 0; an empty explanation, not a stable one")
         return SensitivityResult(scores=scores.cpu(), aggregate=agg,
                                  target=target.cpu(), samples=change.cpu(),
-                                 meta={"radius": self.radius})
+                                 meta={"radius": self.radius}, undefined=undefined)
 
 
 infidelity = metric_twin(Infidelity, "infidelity")

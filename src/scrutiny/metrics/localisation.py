@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from scrutiny.errors import InputError
-from scrutiny.metrics.base import Metric, MetricResult, metric_twin, nanmean, unit_map
+from scrutiny.metrics.base import Metric, MetricResult, degenerate, metric_twin, nanmean, unit_map
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags
 
@@ -46,8 +47,9 @@ def dilate(masks: torch.Tensor, radius: float) -> torch.Tensor:
 
 @dataclass(kw_only=True)
 class PointingResult(MetricResult):
-    """``scores``: 1 for a hit, 0 for a miss, NaN for a sample without a region;
-    ``aggregate``: the hit rate over all samples with a region.
+    """``scores``: 1 for a hit, 0 for a miss, NaN for a sample without a region or
+    with a constant map (no maximum to point with; ``undefined`` says which);
+    ``aggregate``: the hit rate over the samples scored.
 
     Attributes
     ----------
@@ -59,7 +61,7 @@ class PointingResult(MetricResult):
         Their mean, the number the paper reports.
     chance : float
         Expected hit rate of a uniformly random point: the mean fraction of
-        the image within ``tolerance`` of the region.
+        the image within ``tolerance`` of the region, over the samples scored.
     """
 
     points: torch.Tensor
@@ -80,7 +82,8 @@ class PointingGame(Metric):
     ground-truth region, a *miss* otherwise (Zhang et al., Section 5.1: the
     accuracy ``hits / (hits + misses)``, computed per category and
     averaged). Samples whose region is empty are skipped (NaN score), as the
-    paper only scores categories present in the image.
+    paper only scores categories present in the image, and so are constant
+    maps (all zero, say), which point nowhere; ``undefined`` counts both.
 
     Parameters
     ----------
@@ -107,10 +110,7 @@ class PointingGame(Metric):
     tags = Tags(image_only=True)
     call_data = ("masks",)
 
-    def __init__(self, *, tolerance: float | None = None) -> None:
-        if tolerance is not None and (isinstance(tolerance, bool) or not tolerance >= 0):
-            raise InputError(f"tolerance must be a number of pixels >= 0, got {tolerance!r}")
-        self.tolerance = tolerance
+    tolerance: float | None = param(None, nonneg=True)
 
     def _evaluate(self, model, x, target, explainer, attributions, seed, masks=None):
         masks = check_masks(masks, x).to(x.device)
@@ -123,17 +123,23 @@ class PointingGame(Metric):
         near = dilate(masks, tol)
         hit = near[torch.arange(n, device=x.device), rows, cols]
         present = masks.flatten(1).any(dim=1)
-        scores = torch.where(present, hit.double(), torch.full_like(hit, float("nan"),
-                                                                       dtype=torch.float64))
-        per_class = {int(c): nanmean(scores[target == c]) for c in target[present].unique()}
+        flat_map = torch.stack(list(degenerate(maps).values())).any(dim=0)
+        scored = present & ~flat_map
+        scores = torch.where(scored, hit.double(),
+                             torch.full_like(hit, float("nan"), dtype=torch.float64))
+        why = [f"{int(m.sum())} of {n} samples {what}" for m, what in (
+            (~present, "have no ground-truth region"),
+            (present & flat_map, "have a constant map, which points nowhere")) if bool(m.any())]
+        per_class = {int(c): nanmean(scores[target == c]) for c in target[scored].unique()}
         mean_cls = sum(per_class.values()) / len(per_class) if per_class else float("nan")
-        chance = nanmean(torch.where(present, near.flatten(1).double().mean(dim=1),
+        chance = nanmean(torch.where(scored, near.flatten(1).double().mean(dim=1),
                                      torch.tensor(float("nan"), dtype=torch.float64,
                                                   device=x.device)))
         return PointingResult(scores=scores.cpu(), aggregate=nanmean(scores), target=target.cpu(),
                               points=torch.stack([rows, cols], dim=1).cpu(),
                               class_accuracy=per_class, mean_class_accuracy=mean_cls,
-                              chance=chance, tolerance=tol, meta={"tolerance": tol})
+                              chance=chance, tolerance=tol, meta={"tolerance": tol},
+                              undefined="; ".join(why) or None)
 
 
 pointing_game = metric_twin(PointingGame, "pointing_game")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,10 +14,11 @@ from scrutiny.base import seeded
 from scrutiny.data import ArrayDataset
 from scrutiny.errors import InputError
 from scrutiny.metrics.base import (
+    DEGENERATE,
     Metric,
     MetricResult,
-    check_batch_size,
     check_choice,
+    degenerate,
     metric_twin,
     nanmean,
     parametrized_layers,
@@ -25,9 +27,10 @@ from scrutiny.metrics.base import (
 )
 from scrutiny.models.training import train
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
+from scrutiny.progress import enabled as show_progress
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
-from scrutiny.validation import check_positive
 
 MEASURES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
 MODES: tuple[str, ...] = ("cascading", "independent")
@@ -110,13 +113,18 @@ def similarity(measure: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     raise InputError(f"unknown measure {measure!r}; accepted: {', '.join(MEASURES)}")
 
 
-def _check_measures(measures: tuple[str, ...]) -> None:
-    if isinstance(measures, str) or not len(measures):
-        raise InputError("measures must be a non-empty tuple of names, e.g. ('spearman_abs',)")
+def _check_measures(name: str, measures: tuple[str, ...]) -> None:
+    if not len(measures):
+        raise InputError(f"{name} must be a non-empty tuple of names, e.g. ('spearman_abs',)")
     for m in measures:
         check_choice("measure", m, MEASURES)
     if "spearman_abs" not in measures:
         raise InputError("measures must include 'spearman_abs' (the flagged measure)")
+
+
+def _check_layers(name: str, layers: tuple[str, ...]) -> None:
+    if not len(layers):
+        raise InputError(f"{name} must be a non-empty sequence of layer names or None")
 
 
 @dataclass(kw_only=True)
@@ -130,8 +138,17 @@ class RandomizationResult(MetricResult):
     its mean and ``flag`` says whether it stays above ``threshold``, i.e.
     the explanation does not depend on what the model learned.
 
+    A rank correlation is undefined for a constant map (all zero, e.g. the
+    gradient map of a model whose input gradient vanishes behind a
+    non-differentiable front end): that sample's score is NaN and
+    ``undefined`` says which maps were constant (the trained model's or the
+    randomized one's). When every score is undefined, ``aggregate`` is NaN
+    and ``flag`` is None: the check could not be made, which is not a pass.
+
     Attributes
     ----------
+    flag : bool or None
+        The mean correlation stays above ``threshold``; None when undefined.
     steps : list of str
         What was randomized at each step (layer names; ``"labels"`` for data).
     per_step : dict of str to Tensor
@@ -142,7 +159,7 @@ class RandomizationResult(MetricResult):
 
     steps: list[str]
     per_step: dict[str, torch.Tensor]
-    flag: bool
+    flag: bool | None
     threshold: float
     original_maps: torch.Tensor
     maps: torch.Tensor
@@ -171,6 +188,36 @@ def _sub_seed(seed: int | None, k: int) -> int | None:
 
 def _compare(measures, original, maps) -> dict[str, torch.Tensor]:
     return {m: torch.stack([similarity(m, original, mk) for mk in maps]) for m in measures}
+
+
+def _undefined(scores: torch.Tensor, original: torch.Tensor, after: list[torch.Tensor],
+               what: str) -> str | None:
+    """Why ``scores`` (rank correlations of absolute maps) are NaN: which maps are constant.
+
+    ``after`` holds the maps the scores compare with (all of them constant is what makes
+    a sample's score undefined when the original map is not)."""
+    nan = torch.isnan(scores)
+    if not bool(nan.any()):
+        return None
+    n = len(scores)
+    nan = nan.cpu()
+    orig = degenerate(original.abs().cpu())
+    parts = [f"the trained model's map is {DEGENERATE[k]} for {int((m & nan).sum())} of {n} "
+             "samples" for k, m in orig.items() if bool((m & nan).any())]
+    rest = nan.clone()
+    for m in orig.values():
+        rest &= ~m
+    if after and bool(rest.any()):
+        flat = torch.stack([torch.stack(list(degenerate(a.abs().cpu()).values())).any(0)
+                            for a in after])
+        k = int((rest & flat.all(0)).sum())
+        if k:
+            parts.append(f"the map of the {what} is constant for {k} of {n} samples")
+    if not parts:
+        return f"{int(nan.sum())} of {n} samples have no defined rank correlation"
+    hint = ("; all-zero gradient maps come from an input gradient masked to zero"
+            if bool((orig["zero"] & nan).any()) else "")
+    return "; ".join(parts) + f": a constant map has no ranking to correlate{hint}"
 
 
 @register("metric", "model_randomization", paper="Adebayo, Gilmer, Muelly, Goodfellow, Hardt, "
@@ -206,6 +253,7 @@ class ModelRandomization(Metric):
     Parameters
     ----------
     mode : {"cascading", "independent"}
+        Randomize the layers cumulatively from the top, or one at a time.
     layers : sequence of str, optional
         Layers to randomize, bottom to top (default: every layer of the
         wrapped module that owns parameters, in registration order, which is
@@ -217,8 +265,6 @@ class ModelRandomization(Metric):
         Flag when the final rank correlation of absolute maps is above it.
     batch_size : int
         Inputs per explainer call.
-    progress : bool
-        Show a progress bar over the steps.
 
     References
     ----------
@@ -240,22 +286,12 @@ class ModelRandomization(Metric):
 
     needs_explainer = True
 
-    def __init__(self, *, mode: str = "cascading", layers: tuple[str, ...] | None = None,
-                 measures: tuple[str, ...] = ("spearman_abs", "spearman", "ssim"),
-                 threshold: float = 0.5, batch_size: int = 256, progress: bool = False) -> None:
-        check_choice("mode", mode, MODES)
-        _check_measures(measures)
-        check_batch_size(batch_size)
-        if not -1 <= threshold <= 1:
-            raise InputError(f"threshold must be a correlation in [-1, 1], got {threshold!r}")
-        if layers is not None and (isinstance(layers, str) or not len(layers)):
-            raise InputError("layers must be a non-empty sequence of layer names or None")
-        self.mode = mode
-        self.layers = layers
-        self.measures = measures
-        self.threshold = threshold
-        self.batch_size = batch_size
-        self.progress = progress
+    mode: str = param("cascading", choices=MODES)
+    layers: tuple[str, ...] | None = param(None, kind=tuple, check=_check_layers)
+    measures: tuple[str, ...] = param(("spearman_abs", "spearman", "ssim"), kind=tuple,
+                                      check=_check_measures)
+    threshold: float = param(0.5, between=(-1, 1))
+    batch_size: int = param(256, integer=True, positive=True)
 
     def _layers(self, model: TorchModel) -> list[str]:
         if self.layers is None:
@@ -276,7 +312,7 @@ class ModelRandomization(Metric):
         original = _explain_chunks(explainer, model, x, target, seed, self.batch_size)
         maps = []
         running = copy.deepcopy(model) if self.mode == "cascading" else None
-        with progress_bar(len(order), f"{self.mode} randomization", enabled=self.progress) as bar:
+        with progress_bar(len(order), f"{self.mode} randomization") as bar:
             for k, name in enumerate(order):
                 rand = running if running is not None else copy.deepcopy(model)
                 with seeded(_sub_seed(seed, k), x.device):
@@ -289,9 +325,11 @@ class ModelRandomization(Metric):
         agg = nanmean(scores)
         return RandomizationResult(
             scores=scores, aggregate=agg, target=target.cpu(), steps=order, per_step=per_step,
-            flag=bool(agg > self.threshold), threshold=self.threshold,
-            original_maps=original.cpu(), maps=torch.stack(maps).cpu(),
-            meta={"mode": self.mode})
+            flag=None if math.isnan(agg) else bool(agg > self.threshold),
+            threshold=self.threshold, original_maps=original.cpu(), maps=torch.stack(maps).cpu(),
+            meta={"mode": self.mode},
+            undefined=_undefined(scores, original, maps[-1:] if self.mode == "cascading" else maps,
+                                 "randomized model"))
 
 
 @register("metric", "data_randomization", paper="Adebayo, Gilmer, Muelly, Goodfellow, Hardt, "
@@ -319,15 +357,18 @@ class DataRandomization(Metric):
 
     Parameters
     ----------
-    epochs, lr, weight_decay : training settings of the permuted-label model.
+    epochs : int
+        Training epochs of the permuted-label model.
+    lr : float
+        Its learning rate (Adam).
+    weight_decay : float
+        Its weight decay.
     measures : tuple of str
         As in :class:`ModelRandomization`.
     threshold : float
         Flag when the mean rank correlation of absolute maps is above it.
     batch_size : int
         Training mini-batch size and inputs per explainer call.
-    progress : bool
-        Show the training progress bar.
 
     References
     ----------
@@ -348,23 +389,13 @@ class DataRandomization(Metric):
     needs_explainer = True
     call_data = ("train_data",)
 
-    def __init__(self, *, epochs: int = 50, lr: float = 1e-2, weight_decay: float = 0.0,
-                 measures: tuple[str, ...] = ("spearman_abs", "spearman", "ssim"),
-                 threshold: float = 0.5, batch_size: int = 64, progress: bool = False) -> None:
-        check_positive("epochs", epochs, integer=True)
-        check_positive("lr", lr)
-        check_positive("weight_decay", weight_decay, allow_zero=True)
-        _check_measures(measures)
-        check_batch_size(batch_size)
-        if not -1 <= threshold <= 1:
-            raise InputError(f"threshold must be a correlation in [-1, 1], got {threshold!r}")
-        self.epochs = epochs
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.measures = measures
-        self.threshold = threshold
-        self.batch_size = batch_size
-        self.progress = progress
+    epochs: int = param(50, integer=True, positive=True)
+    lr: float = param(1e-2, positive=True)
+    weight_decay: float = param(0.0, nonneg=True)
+    measures: tuple[str, ...] = param(("spearman_abs", "spearman", "ssim"), kind=tuple,
+                                      check=_check_measures)
+    threshold: float = param(0.5, between=(-1, 1))
+    batch_size: int = param(64, integer=True, positive=True)
 
     def _evaluate(self, model, x, target, explainer, attributions, seed, train_data=None):
         if not isinstance(train_data, ArrayDataset):
@@ -392,7 +423,7 @@ class DataRandomization(Metric):
             p.requires_grad_(True)
         with torch.enable_grad():
             train(net, permuted, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                  weight_decay=self.weight_decay, seed=s, threads=1, progress=self.progress)
+                  weight_decay=self.weight_decay, seed=s, threads=1, progress=show_progress())
         for p in net.parameters():
             p.requires_grad_(False)
         pred = rand.predict(train_data.x, batch_size=1024).cpu()
@@ -406,9 +437,10 @@ class DataRandomization(Metric):
         agg = nanmean(scores)
         return RandomizationResult(
             scores=scores, aggregate=agg, target=target.cpu(), steps=["labels"],
-            per_step=per_step, flag=bool(agg > self.threshold), threshold=self.threshold,
-            original_maps=original.cpu(), maps=torch.stack(maps).cpu(), extra=extra,
-            meta=dict(extra))
+            per_step=per_step, flag=None if math.isnan(agg) else bool(agg > self.threshold),
+            threshold=self.threshold, original_maps=original.cpu(), maps=torch.stack(maps).cpu(),
+            extra=extra, meta=dict(extra),
+            undefined=_undefined(scores, original, maps, "permuted-label model"))
 
 
 model_randomization = metric_twin(ModelRandomization, "model_randomization")

@@ -20,10 +20,12 @@ The example is in :mod:`scrutiny.defenses.adaptive`, where users meet it.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
@@ -70,6 +72,78 @@ class StraightThrough(nn.Module):
 
 AVERAGES: tuple[str, ...] = ("log_probs", "logits", "probs")
 
+#: The torch operations whose gradient is zero almost everywhere that BPDA makes
+#: straight-through in a model that declares no front end (:func:`declare`).
+ROUNDING_OPS: tuple[Any, ...] = (
+    torch.round, torch.floor, torch.ceil, torch.trunc, torch.fix, torch.sign,
+    torch.Tensor.round, torch.Tensor.floor, torch.Tensor.ceil, torch.Tensor.trunc,
+    torch.Tensor.fix, torch.Tensor.sign)
+
+
+_ROUNDING = frozenset(ROUNDING_OPS)
+
+
+class StraightThroughOps(TorchFunctionMode):
+    """BPDA for front ends nobody declared: every rounding op runs straight-through.
+
+    Inside this mode each call of an op of :data:`ROUNDING_OPS` on a tensor
+    that needs a gradient returns ``x + (op(x) - x).detach()``: the op's value,
+    the identity's gradient (Athalye et al. 2018, 4.1, applied op by op, so a
+    quantiser written as ``torch.round(x * 3) / 3`` anywhere in a forward is
+    handled). ``calls`` counts the ops made straight-through. Integer casts
+    (``x.to(torch.uint8)``) cut the graph and are not covered: the black-box
+    stage is the answer there.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in _ROUNDING and args and isinstance(args[0], torch.Tensor) \
+                and args[0].requires_grad and torch.is_grad_enabled() \
+                and args[0].is_floating_point() and not kwargs.get("out"):
+            x = args[0]
+            with torch.no_grad():
+                value = func(*args, **kwargs)
+            name = getattr(func, "__name__", str(func)).strip("_")
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return x + (value - x).detach()
+        return func(*args, **kwargs)
+
+
+class UndeclaredStraightThrough(nn.Module):
+    """Run ``module`` under :class:`StraightThroughOps`; record which ops it made straight-through.
+
+    Warns once when a forward that needs gradients met none of the ops: BPDA
+    then cannot help (the gradient is masked some other way).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = module
+        self.calls: dict[str, int] = {}
+        self._warned = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = StraightThroughOps()
+        with mode:
+            out = self.inner(x)
+        for k, v in mode.calls.items():
+            self.calls[k] = self.calls.get(k, 0) + v
+        if x.requires_grad and not self.calls and not self._warned:
+            self._warned = True
+            warnings.warn("adaptive(): the model calls none of the rounding ops BPDA knows "
+                          f"({', '.join(sorted({_op_name(f) for f in ROUNDING_OPS}))}), so its "
+                          "gradients are unchanged; if they are masked (e.g. an integer cast), "
+                          "use a black-box attack (square)", stacklevel=2)
+        return out
+
+
+def _op_name(func: Any) -> str:
+    return getattr(func, "__name__", str(func)).strip("_")
+
 
 def transforms_of(model: nn.Module) -> list[Transform]:
     """Every :class:`Transform` inside ``model`` (the defense front ends)."""
@@ -77,13 +151,63 @@ def transforms_of(model: nn.Module) -> list[Transform]:
 
 
 def is_randomized(model: nn.Module) -> bool:
-    """Whether some front end of ``model`` declares itself ``randomized`` (EOT needed)."""
-    return any(t.randomized for t in transforms_of(model))
+    """Whether ``model`` needs EOT: a front end declares ``randomized``, or :func:`declare` said so."""
+    return bool(getattr(model, "randomized", False)) or any(t.randomized
+                                                            for t in transforms_of(model))
 
 
 def is_non_differentiable(model: nn.Module) -> bool:
-    """Whether some front end declares itself ``non_differentiable`` (BPDA needed)."""
-    return any(t.non_differentiable for t in transforms_of(model))
+    """Whether ``model`` needs BPDA: a front end declares ``non_differentiable``, or
+    :func:`declare` said so."""
+    return bool(getattr(model, "non_differentiable", False)) or any(
+        t.non_differentiable for t in transforms_of(model))
+
+
+def declare(model: Any, *, non_differentiable: bool = False, randomized: bool = False,
+            eot_samples: int | None = None) -> TorchModel:
+    """The model with what it does to gradients declared, for a front end that is no :class:`Transform`.
+
+    Returns a new :class:`TorchModel` sharing ``model``'s module; white-box
+    attacks on it differentiate :func:`adaptive` of it: BPDA on every rounding
+    op the forward calls (:class:`StraightThroughOps`) when
+    ``non_differentiable``, EOT over ``eot_samples`` draws (default 16) when
+    ``randomized``. The audit declares what its probe of the model finds.
+
+    Examples
+    --------
+    A 4-level quantiser written inside ``forward`` (not a scrutiny defense) has
+    zero input gradients; declared, PGD runs straight through it and breaks it.
+
+    >>> import torch
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.attacks import PGD
+    >>> from scrutiny.types import ThreatModel
+    >>> cnn, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
+    >>> class Quantised(torch.nn.Module):
+    ...     def __init__(self, net):
+    ...         super().__init__()
+    ...         self.net = net
+    ...     def forward(self, x):
+    ...         return self.net(torch.round(x * 3) / 3)
+    >>> model, tm = Quantised(cnn), ThreatModel("linf", 0.3)
+    >>> x, y = data.x[:64], data.y[:64]
+    >>> import warnings; warnings.simplefilter("ignore")
+    >>> plain = PGD(steps=20)(model, x, y, threat=tm).robust_accuracy()
+    >>> bpda = PGD(steps=20)(declare(model, non_differentiable=True), x, y, threat=tm)
+    >>> bpda.meta["adaptive"], plain > 0.5, bpda.robust_accuracy() < 0.2
+    ('BPDA', True, True)
+    """
+    if eot_samples is not None:
+        check_positive("eot_samples", eot_samples, integer=True)
+    model = as_model(model)
+    new = _copy(model)
+    new.non_differentiable = bool(non_differentiable) or bool(getattr(model, "non_differentiable",
+                                                                      False))
+    new.randomized = bool(randomized) or bool(getattr(model, "randomized", False))
+    new.eot_samples = eot_samples if eot_samples is not None else getattr(model, "eot_samples",
+                                                                           None)
+    return new
 
 
 class EOT(nn.Module):
@@ -136,7 +260,7 @@ def _rewrite(module: nn.Module) -> nn.Module:
     return new
 
 
-def adaptive(model: Any, *, eot_samples: int = 16, average: str = "log_probs",
+def adaptive(model: Any, *, eot_samples: int | None = None, average: str = "log_probs",
              batch_size: int | None = None) -> TorchModel:
     """The model an adaptive white-box attack should differentiate (BPDA and EOT).
 
@@ -149,14 +273,21 @@ def adaptive(model: Any, *, eot_samples: int = 16, average: str = "log_probs",
     * if a front end declares ``randomized``, the whole model is wrapped in
       :class:`EOT`: each forward averages ``eot_samples`` draws, batched.
 
-    A model without declared front ends is returned unchanged (as a TorchModel).
+    * a model whose gradients :func:`declare` marked ``non_differentiable``
+      (a front end that is no :class:`Transform`) runs under
+      :class:`StraightThroughOps`: every rounding op it calls is straight-through.
+
+    A model with nothing declared is returned unchanged (as a TorchModel), with
+    a warning: ``adaptive`` cannot know what masks its gradients (use
+    :func:`declare`, or a black-box attack).
 
     Parameters
     ----------
     model : nn.Module or TorchModel
         A defended model, e.g. from ``BitDepthReduction().wrap(model)``.
-    eot_samples : int
-        Draws per forward for randomized defenses.
+    eot_samples : int, optional
+        Draws per forward for randomized defenses (default: the model's
+        declared ``eot_samples``, else 16).
     average : {"log_probs", "logits", "probs"}
         What EOT averages over draws. ``"log_probs"`` makes the true-class
         term of the cross-entropy exactly the mean per-draw loss, so the
@@ -183,15 +314,25 @@ def adaptive(model: Any, *, eot_samples: int = 16, average: str = "log_probs",
     .. [2] Athalye, Engstrom, Ilyas, Kwok. "Synthesizing robust adversarial
        examples". ICML 2018 (EOT).
     """
+    if eot_samples is None:
+        eot_samples = getattr(model, "eot_samples", None) or 16
     check_positive("eot_samples", eot_samples, integer=True)
     if batch_size is not None:
         check_positive("batch_size", batch_size, integer=True)
     if average not in AVERAGES:
         raise InputError(f"unknown average {average!r}; accepted: {', '.join(AVERAGES)}")
     model = as_model(model)
-    if not transforms_of(model):
+    undeclared_bpda = bool(getattr(model, "non_differentiable", False))
+    if not transforms_of(model) and not undeclared_bpda and not getattr(model, "randomized", False):
+        warnings.warn(f"adaptive(): {model.name} declares no front end (no scrutiny Transform, "
+                      "nothing declared with scrutiny.models.adaptive.declare), so it is returned "
+                      "unchanged and BPDA/EOT cannot help; declare(model, non_differentiable=True) "
+                      "makes its rounding ops straight-through, and a black-box attack (square) "
+                      "needs no gradients", stacklevel=2)
         return model
     inner = _rewrite(model.module)
+    if undeclared_bpda:
+        inner = UndeclaredStraightThrough(inner)
     if is_randomized(model) and eot_samples > 1:
         inner = EOT(inner, eot_samples, average, batch_size)
     new = _copy(model)

@@ -11,6 +11,7 @@ from torch import nn
 
 from scrutiny.errors import InputError, QueryBudgetExceeded
 from scrutiny.models.wrapper import TorchModel, as_model
+from scrutiny.validation import DEFAULT_BOUNDS, check_bounds
 
 OUTPUTS: tuple[str, ...] = ("logits", "probs", "label")
 #: How much each output kind reveals: a label < probabilities < logits (the logits
@@ -34,20 +35,37 @@ class QueryModel:
     budget : int, optional
         Total number of inputs that may be queried; a query that would go past
         it raises :class:`~scrutiny.errors.QueryBudgetExceeded` and is not run.
-    bounds : (float, float)
-        Valid input range.
+    bounds : (float, float), optional
+        Valid input range; default a TorchModel's own bounds (it owns them:
+        other bounds are an error), else [0, 1].
     name : str, optional
         Shown in reports.
     num_classes : int, optional
         Number of classes; needed only for a label-only callable (scores and
         torch models tell it).
 
+    Attributes
+    ----------
+    queries : int
+        Inputs the attacker has queried through :meth:`predict` (what the
+        budget limits).
+    evaluations : int
+        Inputs the evaluator looked at through :meth:`_evaluate`: outside the
+        budget, by design.
+
     Notes
     -----
     ``predict`` is the attacker's only door and every input through it is
-    counted. :meth:`_evaluate` is the evaluator's: the attack base classes use
-    it, uncounted, to recompute the prediction at the returned ``x_adv``
-    (success, norms, robust accuracy). Attacks must never call it.
+    counted in :attr:`queries` and limited by the budget. :meth:`_evaluate` is
+    the evaluator's: the attack base classes use it to check the prediction
+    at the clean inputs and at the returned ``x_adv`` (success, norms, robust
+    accuracy), one row per sample each, so an attack on ``N`` samples costs
+    the black box ``2 N`` inputs on top of its queries. As in AutoAttack
+    (whose Square attack checks the clean prediction and the returned points
+    outside its query count), these looks are not part of the attack's
+    queries and not limited by the budget: they are counted separately in
+    :attr:`evaluations` and reported as ``AttackResult.meta["evaluator_queries"]``.
+    Attacks must never call it.
 
     Examples
     --------
@@ -56,10 +74,13 @@ class QueryModel:
     >>> qm = QueryModel(nn.Linear(4, 3), output="label", budget=10)
     >>> qm.predict(torch.rand(4, 4)).shape, qm.queries
     (torch.Size([4]), 4)
+    >>> _ = qm._evaluate(torch.rand(4, 4))  # the evaluator's look: outside the budget
+    >>> qm.queries, qm.evaluations, qm.remaining
+    (4, 4, 6)
     """
 
     def __init__(self, fn: nn.Module | Callable[[Any], Any], *, output: str = "logits",
-                 budget: int | None = None, bounds: tuple[float, float] = (0.0, 1.0),
+                 budget: int | None = None, bounds: tuple[float, float] | None = None,
                  name: str | None = None, num_classes: int | None = None) -> None:
         if output not in OUTPUTS:
             raise InputError(f"unknown output {output!r}; accepted: {', '.join(OUTPUTS)}")
@@ -70,11 +91,16 @@ class QueryModel:
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise InputError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
         self._torch = as_model(fn, bounds) if isinstance(fn, nn.Module) else None
+        own = self._torch.bounds if self._torch is not None else None
+        if bounds is not None and own is not None and check_bounds(bounds) != own:
+            raise InputError(f"bounds {tuple(bounds)!r} differ from the model's bounds {own!r}; "
+                             "the model owns its bounds: leave bounds= out")
         self._fn = fn
         self.output = output
         self.budget = budget
-        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.bounds = own or check_bounds(DEFAULT_BOUNDS if bounds is None else bounds)
         self.queries = 0
+        self.evaluations = 0
         self.name = name or getattr(fn, "name", None) or type(fn).__name__
         self._num_classes = num_classes
 
@@ -102,8 +128,9 @@ class QueryModel:
         return None if self.budget is None else self.budget - self.queries
 
     def reset(self) -> None:
-        """Set the counter back to zero."""
+        """Set the counters (:attr:`queries`, :attr:`evaluations`) back to zero."""
         self.queries = 0
+        self.evaluations = 0
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Query a batch; returns scores ``(N, K)`` or labels ``(N,)`` on ``x``'s device.
@@ -143,15 +170,17 @@ class QueryModel:
         return out.long() if self.output == "label" else out.float()
 
     def _evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The evaluator's uncounted view: ``(scores (N, K), labels (N,))``.
+        """The evaluator's view: ``(scores (N, K), labels (N,))``, outside the budget.
 
-        Not a query and not counted: the attack base classes call it to verify
-        the prediction at the clean input and at ``x_adv``, as whoever scores
-        the attack would. Scores are the logits of a torch model (also when
-        queries reveal less), the callable's scores, or, for a label-only
-        callable, the one-hot labels (needs ``num_classes``). Attacks must use
-        :meth:`predict`.
+        Not a query: not in :attr:`queries`, never refused by the budget, and
+        counted in :attr:`evaluations` instead. The attack base classes call
+        it to verify the prediction at the clean input and at ``x_adv``, as
+        whoever scores the attack would. Scores are the logits of a torch
+        model (also when queries reveal less), the callable's scores, or, for
+        a label-only callable, the one-hot labels (needs ``num_classes``).
+        Attacks must use :meth:`predict`.
         """
+        self.evaluations += int(x.shape[0])
         if isinstance(self._torch, TorchModel):
             scores = self._forward(x, "logits")
             return scores, scores.argmax(dim=1)

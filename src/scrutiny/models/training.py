@@ -122,7 +122,7 @@ def _load_checkpoint(path: Path, module: nn.Module, opt: torch.optim.Optimizer, 
 
 def train(module: nn.Module, data: ArrayDataset, *, epochs: int = 10, lr: float = 3e-3,
           batch_size: int = 64, weight_decay: float = 1e-4, seed: int = 0, threads: int | None = 1,
-          progress: bool = True, objective: Objective | None = None,
+          progress: bool | None = None, objective: Objective | None = None,
           checkpoint: str | Path | None = None, resume: bool = True) -> TrainHistory:
     """Training with Adam and a cosine schedule; cross-entropy unless ``objective`` is given.
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from scrutiny.errors import InputError, NotDifferentiableError
+from scrutiny.validation import DEFAULT_BOUNDS, check_bounds
 
 
 class TorchModel(nn.Module):
@@ -22,7 +23,9 @@ class TorchModel(nn.Module):
     module : nn.Module
         The classifier; returns logits ``(N, K)``.
     bounds : (float, float)
-        Range of valid inputs.
+        Range of valid inputs. The model owns them: a
+        :class:`~scrutiny.types.ThreatModel` without bounds takes these, and
+        every method checks its inputs against them.
     mean, std : sequence of float, optional
         Per-channel normalisation applied before ``module``.
     num_classes : int, optional
@@ -39,7 +42,7 @@ class TorchModel(nn.Module):
     torch.Size([2, 3])
     """
 
-    def __init__(self, module: nn.Module, *, bounds: tuple[float, float] = (0.0, 1.0),
+    def __init__(self, module: nn.Module, *, bounds: tuple[float, float] = DEFAULT_BOUNDS,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  num_classes: int | None = None, name: str | None = None) -> None:
         super().__init__()
@@ -49,11 +52,8 @@ class TorchModel(nn.Module):
                 "wrap a black box in QueryModel instead")
         if isinstance(module, TorchModel):
             raise InputError("module is already a TorchModel")
-        lo, hi = (float(b) for b in bounds)
-        if not lo < hi:
-            raise InputError(f"bounds must be (low, high) with low < high, got {bounds!r}")
         self.module = module
-        self.bounds = (lo, hi)
+        self.bounds = check_bounds(bounds)
         self.num_classes = num_classes
         self.name = name or type(module).__name__
         if (mean is None) != (std is None):
@@ -136,11 +136,15 @@ class TorchModel(nn.Module):
 
 
 def as_model(model: nn.Module | TorchModel, bounds: tuple[float, float] | None = None) -> TorchModel:
-    """Wrap a plain ``nn.Module`` (bounds default to [0, 1]); pass a TorchModel through."""
+    """Wrap a plain ``nn.Module`` with ``bounds`` (default [0, 1]); pass a TorchModel through.
+
+    A TorchModel keeps its own bounds (it owns them); ``bounds`` declares those
+    of a plain module, which has none.
+    """
     if isinstance(model, TorchModel):
         return model
     if isinstance(model, nn.Module):
-        return TorchModel(model, bounds=bounds or (0.0, 1.0))
+        return TorchModel(model, bounds=DEFAULT_BOUNDS if bounds is None else bounds)
     raise NotDifferentiableError(
         f"a white-box method needs a torch.nn.Module or TorchModel, got {type(model).__name__}; "
         "use a black-box method for models you can only query")

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from scrutiny import registry
 from scrutiny.data import ArrayDataset
+from scrutiny.defenses.base import Detector
 from scrutiny.errors import InputError, ModelOutputError
 from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel
@@ -225,17 +226,15 @@ def check_empty_batch(spec: str) -> None:
             assert math.isnan(res.aggregate) and res.to_dict()["n"] == 0
     elif kind == "certifier":
         model = tiny_linear(0)  # a chain every bound certifier supports
-        if "threat" in inspect.signature(m.certify).parameters:
-            res = m.certify(model, x, y, ThreatModel(m.tags.norms[0], 0.1))
-        else:
-            res = m.certify(model, x, y)
-        for t in (res.label, res.radius, res.abstain, res.certified):
-            assert t.shape == (0,)
-        assert math.isnan(res.certified_accuracy()) and res.to_dict()["n"] == 0
-        acc = m.certified_accuracy(model, x, y, [0.1])
-        assert list(acc) == [0.1] and math.isnan(acc[0.1])
-        if hasattr(m, "certified_radius"):
-            assert m.certified_radius(model, x, y).radius.shape == (0,)
+        for norm in m.tags.norms:
+            for res in (m.certify(model, x, y, ThreatModel(norm, 0.1)),
+                        m.certified_radius(model, x, y, norm=norm)):
+                for t in (res.label, res.radius, res.abstain, res.certified, res.y):
+                    assert t.shape == (0,)
+                assert math.isnan(res.certified_accuracy()) and res.to_dict()["n"] == 0
+            acc = m.certified_accuracy(model, x, y, [0.1], norm=norm)
+            assert list(acc) == [0.1] and math.isnan(acc[0.1])
+            assert m.classify(model, x).shape == (0,)
         if hasattr(m, "bounds"):
             b = m.bounds(model, x, 0.1)
             assert b.logits_lower.shape == b.margin_lower.shape == (0, 3)
@@ -243,7 +242,7 @@ def check_empty_batch(spec: str) -> None:
         defended = m.fit(model, _tiny_dataset(8)).wrap(model)
         with defended.evaluating(), torch.no_grad():
             assert defended(x).shape == (0, 3)
-        if hasattr(m, "detect"):
+        if isinstance(m, Detector):
             assert m.detect(x).shape == (0,) and m.score(x).shape == (0,)
         # fitting on no data at all: fitted, or a clear InputError (never a crash)
         empty = ArrayDataset(x=x, y=y, classes=("a", "b", "c"), name="empty")
@@ -251,6 +250,76 @@ def check_empty_batch(spec: str) -> None:
             _make(spec).fit(model, empty)
         except InputError:
             pass
+
+
+# ---------------------------------------------------------------- certifiers
+def _cert_problem():
+    """A tiny CNN with labels that are partly wrong: 12 samples, 3 classes."""
+    model = tiny_cnn(0)
+    x = tiny_images(12, seed=3)
+    y = model.predict(x)
+    y[::4] = (y[::4] + 1) % 3
+    return model, x, y
+
+
+def check_certifier_api(spec: str) -> None:
+    """One API for every certifier: the base's signatures, the declared norms (others refused
+    with an InputError), certified accuracy from a ThreatModel or radii alike, labels and
+    ``certified`` consistent, the same seed giving the same result."""
+    from scrutiny.certify.base import Certifier, CertResult
+
+    m = _make(spec)
+    assert isinstance(m, Certifier) and m.tags.norms
+    for name in ("certify", "certified_at", "certified_accuracy", "certified_radius", "classify"):
+        assert inspect.signature(getattr(type(m), name)) == \
+            inspect.signature(getattr(Certifier, name)), f"{name} is not the protocol's"
+    model, x, y = _cert_problem()
+    x0 = x.clone()
+    for norm in ("linf", "l2", "l1"):
+        if norm not in m.tags.norms:
+            with pytest.raises(InputError, match="norms"):
+                m.certify(model, x, y, ThreatModel(norm, 0.1))
+            with pytest.raises(InputError, match="norms"):
+                m.certified_accuracy(model, x, y, [0.1], norm=norm)
+    norm = m.tags.norms[0]
+    threat = ThreatModel(norm, 0.05)
+    res = m.certify(model, x, y, threat, seed=1)
+    assert isinstance(res, CertResult) and res.eps == 0.05 and res.norm == norm
+    assert torch.equal(res.y, y) and res.radius.shape == res.label.shape == (12,)
+    assert not (res.certified & ((res.label != y) | res.abstain)).any()
+    assert torch.equal(res.certified, res.certified_at())
+    acc = m.certified_accuracy(model, x, y, threat, seed=1)
+    assert acc == m.certified_accuracy(model, x, y, [0.05], norm=norm, seed=1)
+    assert acc == {0.05: res.certified_accuracy()}
+    again = m.certify(model, x, y, threat, seed=1)
+    assert torch.equal(again.certified, res.certified) and torch.equal(again.radius, res.radius)
+    assert torch.equal(x, x0)
+    with pytest.raises(InputError, match="ThreatModel"):
+        m.certify(model, x, y, 0.05)
+    with pytest.raises(InputError, match="classes"):
+        m.certify(model, x, torch.full_like(y, 7), threat)
+
+
+def check_certified_is_sound(spec: str) -> None:
+    """A sample certified at eps is classified correctly at x and is not broken by PGD within
+    eps (for each declared norm), as judged by the classifier the certificate is about
+    (:meth:`Certifier.classify`: the model, or smoothing's smoothed classifier, which may
+    abstain but never answers another class). eps is the median certified radius, so
+    some samples are certified and some are not."""
+    m = _make(spec)
+    model, x, y = _cert_problem()
+    pgd = registry.create("attack:pgd", steps=20)
+    for norm in m.tags.norms:
+        radius = m.certified_radius(model, x, y, norm=norm).radius
+        assert (radius > 0).any(), "nothing certified: the property would be vacuous"
+        eps = float(radius[radius > 0].median())
+        res = m.certify(model, x, y, ThreatModel(norm, eps))
+        cert = res.certified
+        assert cert.any()
+        assert (m.classify(model, x)[cert] == y[cert]).all()
+        adv = pgd(model, x[cert], y[cert], threat=ThreatModel(norm, eps))
+        at_adv = m.classify(model, adv.x_adv, seed=1)
+        assert ((at_adv == y[cert]) | (at_adv == -1)).all()
 
 
 # ---------------------------------------------------------------- attacks
@@ -350,6 +419,39 @@ def check_query_budget(spec: str) -> None:
     prop()
 
 
+def check_budget_cut_reported(spec: str) -> None:
+    """Property: a budget that cut the attack short says so, per sample and in ``meta``.
+
+    One run without a budget, then runs (same seed) with budgets below and at what it
+    spent: the budget stopped the attack (``meta["stopped_by_budget"]``) exactly when the
+    free run spent more than the budget; every sample the budgeted run did not break and
+    that the free run went on querying is in ``budget_exhausted`` (no broken sample is);
+    a budget the free run fits in changes nothing. The evaluator's two looks per sample
+    are reported in ``meta["evaluator_queries"]``, outside the budget."""
+    m = _make(spec)
+    model, x, y = _problem()
+    norm = m.tags.norms[0]
+    threat = ThreatModel(norm, 0.3 if norm == "linf" else 1.0)
+    free_qm = _query_model(model, m.tags.output)
+    free = m(free_qm, x, y, threat=threat, seed=0)
+    total = int(free.queries.sum())
+    assert free.meta["evaluator_queries"] == 2 * len(x) == free_qm._fn.rows - free_qm.queries
+    assert free.meta["stopped_by_budget"] is False and not free.budget_exhausted.any()
+    for budget in sorted({0, 1, len(x), total // 2, total}):
+        qm = _query_model(model, m.tags.output, budget)
+        res = m(qm, x, y, threat=threat, seed=0)
+        cut = res.budget_exhausted
+        assert qm.queries <= budget and int(res.queries.sum()) == qm.queries
+        assert cut is not None and cut.dtype == torch.bool and cut.shape == (len(x),)
+        assert res.meta["stopped_by_budget"] is (total > budget), (budget, total)
+        assert res.meta["evaluator_queries"] == 2 * len(x) == qm.evaluations
+        assert not (cut & res.success).any()
+        if total <= budget:
+            assert torch.equal(res.queries, free.queries) and not cut.any()
+        left = free.queries > res.queries  # the free run went on querying these samples
+        assert bool((cut | res.success)[left].all()), (budget, cut, res.success, left)
+
+
 def check_refuses_too_little_output(spec: str) -> None:
     """A QueryModel revealing less than the attack needs is refused with a clear InputError;
     one revealing more is accepted."""
@@ -415,19 +517,21 @@ COMMON: tuple[Check, ...] = (check_params_roundtrip, check_unknown_param_rejecte
 ATTACK: tuple[Check, ...] = (check_threat_invariants, check_results_recomputed,
                              check_robust_needs_clean_correct, check_targeted)
 #: Added for attacks with ``tags.white_box=False``.
-BLACK_BOX: tuple[Check, ...] = (check_query_budget, check_refuses_too_little_output)
+BLACK_BOX: tuple[Check, ...] = (check_query_budget, check_budget_cut_reported,
+                                check_refuses_too_little_output)
 EXPLAINER: tuple[Check, ...] = (check_shapes, check_batched_equals_single, check_linear_oracle,
                                 check_randomization_changes_map)
 
 
 PARAMS: tuple[Check, ...] = (check_params_roundtrip, check_unknown_param_rejected)
 #: Checks per kind; metrics, defenses and certifiers get the constructor contract, the empty
-#: batch (and metrics the refusal of non-finite outputs) here, and their invariants in their
-#: own test modules.
+#: batch (metrics the refusal of non-finite outputs; certifiers the shared API and soundness
+#: against PGD) here, and their other invariants in their own test modules.
 KIND_CHECKS: dict[str, tuple[Check, ...]] = {
     "attack": COMMON + ATTACK, "explainer": COMMON + EXPLAINER,
     "metric": PARAMS + (check_rejects_nonfinite_outputs, check_empty_batch),
-    "certifier": PARAMS + (check_empty_batch,), "defense": PARAMS + (check_empty_batch,)}
+    "certifier": PARAMS + (check_empty_batch, check_certifier_api, check_certified_is_sound),
+    "defense": PARAMS + (check_empty_batch,)}
 
 
 def checks_for(spec: str) -> tuple[Check, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
 
 
@@ -89,3 +90,61 @@ def dropout_mlp(seed: int = 0, in_features: int = 64, num_classes: int = 10, hid
                                / layer.weight.shape[1] ** 0.5)
             layer.bias.zero_()
     return TorchModel(net, name="dropout_mlp")
+
+
+class Quantized(nn.Module):
+    """A front end unknown to scrutiny: rounds inputs in [0, 1] to ``levels`` levels, then ``inner``.
+
+    ``torch.round`` has a zero derivative, so the input gradient of the whole
+    model is exactly zero (masked gradients), and it is not one of the
+    defenses' declared non-differentiable transforms.
+    """
+
+    def __init__(self, inner: nn.Module, levels: int = 4) -> None:
+        super().__init__()
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise InputError(f"levels must be an integer >= 2, got {levels!r}")
+        self.inner = inner
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.levels - 1
+        return self.inner(torch.round(x * k) / k)
+
+
+def quantized_cnn(levels: int = 4) -> TorchModel:
+    """The digits CNN (shipped weights, or retrained with ``SCRUTINY_RETRAIN_SEED``) behind a
+    :class:`Quantized` front end of ``levels`` levels: a gradient-masked model for tests,
+    loadable with ``--model scrutiny.testing.models:quantized_cnn``."""
+    from scrutiny.models import pretrained
+
+    cnn = pretrained("digits-cnn", progress=False)
+    return TorchModel(Quantized(cnn.module, levels), bounds=cnn.bounds,
+                      name=f"digits-cnn-quantized{levels}")
+
+
+class Noisy(nn.Module):
+    """Gaussian noise of std ``sigma`` added to the input inside every forward, then ``inner``.
+
+    A randomized model that declares nothing: two passes of the same input
+    differ, and gradient attacks without EOT are misled.
+    """
+
+    def __init__(self, inner: nn.Module, sigma: float = 0.1) -> None:
+        super().__init__()
+        if not sigma > 0:
+            raise InputError(f"sigma must be > 0, got {sigma!r}")
+        self.inner = inner
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x + self.sigma * torch.randn_like(x))
+
+
+def noisy_cnn(sigma: float = 0.1) -> TorchModel:
+    """The digits CNN behind a :class:`Noisy` front end: a randomized model for tests,
+    loadable with ``--model scrutiny.testing.models:noisy_cnn``."""
+    from scrutiny.models import pretrained
+
+    cnn = pretrained("digits-cnn", progress=False)
+    return TorchModel(Noisy(cnn.module, sigma), bounds=cnn.bounds, name=f"digits-cnn-noisy{sigma:g}")

@@ -24,10 +24,10 @@ import torch
 
 from scrutiny.attacks.base import Attack, BlackBox
 from scrutiny.errors import InputError
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel, lp_norm
-from scrutiny.validation import check_positive
 
 
 def _v(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -174,8 +174,7 @@ class _Ring:
 def boundary_attack(is_adv: LabelOracle, x0: torch.Tensor, x: torch.Tensor,
                     active: torch.Tensor, best: torch.Tensor, *, steps: int,
                     spherical_step: float, source_step: float, step_adaptation: float,
-                    convergence: float, eps: float, bounds: tuple[float, float],
-                    progress: bool = False) -> dict:
+                    convergence: float, eps: float, bounds: tuple[float, float]) -> dict:
     """Brendel et al.'s boundary attack (l2) from adversarial points ``x`` (rows ``active``).
 
     Each step draws, per sample, a Gaussian proposal made orthogonal to the
@@ -198,7 +197,7 @@ def boundary_attack(is_adv: LabelOracle, x0: torch.Tensor, x: torch.Tensor,
     x = x.clone()
     dist = _distance(x0, x, "l2")
     done_steps = 0
-    with progress_bar(steps, "boundary attack", enabled=progress) as bar:
+    with progress_bar(steps, "boundary attack") as bar:
         for step in range(1, steps + 1):
             run = active & (src >= convergence) & _outside(dist, eps)
             idx = run.nonzero().flatten()
@@ -278,8 +277,8 @@ def _hsja_boundary(is_adv: LabelOracle, x0: torch.Tensor, xp: torch.Tensor, rows
 
 def hop_skip_jump(is_adv: LabelOracle, x0: torch.Tensor, x: torch.Tensor, active: torch.Tensor,
                   best: torch.Tensor, *, norm: str, steps: int, init_evals: int,
-                  max_evals: int, gamma: float, eps: float, bounds: tuple[float, float],
-                  progress: bool = False) -> dict:
+                  max_evals: int, gamma: float, eps: float, bounds: tuple[float, float]
+                  ) -> dict:
     """HopSkipJumpAttack (Chen, Jordan, Wainwright) from adversarial points ``x``.
 
     Iteration ``t``: (1) binary search to the boundary between ``x0`` and the
@@ -306,7 +305,7 @@ def hop_skip_jump(is_adv: LabelOracle, x0: torch.Tensor, x: torch.Tensor, active
     dist = torch.where(active, _distance(x0, x, norm), torch.full((n,), math.inf, device=x0.device))
     best_dist = dist.clone()
     evals_used = 0
-    with progress_bar(steps, "HopSkipJump", enabled=progress) as bar:
+    with progress_bar(steps, "HopSkipJump") as bar:
         for t in range(1, steps + 1):
             idx = (active & _outside(best_dist, eps)).nonzero().flatten()
             if not len(idx):
@@ -480,8 +479,7 @@ def opt_initial_direction(is_adv: LabelOracle, x0: torch.Tensor, x_start: torch.
 
 def opt_attack(is_adv: LabelOracle, x0: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,
                best: torch.Tensor, *, estimator: str, steps: int, alpha: float, beta: float,
-               directions: int, eps: float, bounds: tuple[float, float],
-               progress: bool = False) -> dict:
+               directions: int, eps: float, bounds: tuple[float, float]) -> dict:
     """OPT (``estimator="rgf"``) and Sign-OPT (``estimator="sign"``) on ``g(theta)``.
 
     Minimises ``g(theta)``, the distance to the boundary along the unit
@@ -508,7 +506,7 @@ def opt_attack(is_adv: LabelOracle, x0: torch.Tensor, theta: torch.Tensor, g: to
     best[ok] = _opt_point(x0[ok], theta[ok], g[ok] * _MARGIN, bounds)
     best_g = g.clone()
     q = directions
-    with progress_bar(steps, "Sign-OPT" if estimator == "sign" else "OPT", enabled=progress) as bar:
+    with progress_bar(steps, "Sign-OPT" if estimator == "sign" else "OPT") as bar:
         for _ in range(steps):
             idx = (live & _outside(best_g, eps)).nonzero().flatten()
             if not len(idx):
@@ -578,18 +576,17 @@ def opt_attack(is_adv: LabelOracle, x0: torch.Tensor, theta: torch.Tensor, g: to
 
 # ---------------------------------------------------------------- the registered attacks
 class _DecisionAttack(Attack):
-    """Shared parts: label-only tags, starting points, hyperparameter checks."""
+    """Shared parts: label-only tags, starting points.
+
+    Subclasses declare ``init_tries`` (rounds of uniform noise tried as
+    starting points) and ``batch_size``.
+    """
 
     tags = Tags(white_box=False, output="label", norms=("l2",), targeted=True, stochastic=True,
                 minimum_norm=True)
     #: ``starting_points=`` (N, ...) adversarial inputs to start from (e.g. images of the
     #: target class); checked with one query each, the others found as usual.
     call_data = ("starting_points",)
-
-    def _check_common(self, init_tries: int, batch_size: int | None) -> None:
-        check_positive("init_tries", init_tries, integer=True)
-        if batch_size is not None:
-            check_positive("batch_size", batch_size, integer=True)
 
     def _start(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                target: torch.Tensor | None, given: torch.Tensor | None, blend: bool = True
@@ -644,9 +641,12 @@ class BoundaryAttack(_DecisionAttack):
     steps : int
         Steps per sample (2 queries each). Foolbox's default; set a budget
         on the QueryModel to bound the cost.
-    spherical_step, source_step : float
-        Initial relative sizes of the orthogonal step and the step towards
-        the input (fractions of the current distance).
+    spherical_step : float
+        Initial relative size of the orthogonal step (a fraction of the
+        current distance).
+    source_step : float
+        Initial relative size of the step towards the input (a fraction of
+        the current distance).
     step_adaptation : float
         Factor by which step sizes grow or shrink.
     source_step_convergence : float
@@ -655,8 +655,6 @@ class BoundaryAttack(_DecisionAttack):
         Rounds of uniform noise tried as starting points.
     batch_size : int, optional
         Largest number of inputs per query call.
-    progress : bool
-        Show a progress bar.
 
     Notes
     -----
@@ -670,25 +668,13 @@ class BoundaryAttack(_DecisionAttack):
        reliable attacks against black-box machine learning models". ICLR 2018.
     """ + _EXAMPLE.format(call="BoundaryAttack(steps=100)", norm="l2")
 
-    def __init__(self, *, steps: int = 25000, spherical_step: float = 0.01,
-                 source_step: float = 0.01, step_adaptation: float = 1.5,
-                 source_step_convergence: float = 1e-7, init_tries: int = 25,
-                 batch_size: int | None = 1024, progress: bool = False) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("spherical_step", spherical_step)
-        check_positive("source_step", source_step)
-        check_positive("source_step_convergence", source_step_convergence)
-        if not step_adaptation > 1:
-            raise InputError(f"step_adaptation must be > 1, got {step_adaptation!r}")
-        self._check_common(init_tries, batch_size)
-        self.steps = steps
-        self.spherical_step = spherical_step
-        self.source_step = source_step
-        self.step_adaptation = step_adaptation
-        self.source_step_convergence = source_step_convergence
-        self.init_tries = init_tries
-        self.batch_size = batch_size
-        self.progress = progress
+    steps: int = param(25000, integer=True, positive=True)
+    spherical_step: float = param(0.01, positive=True)
+    source_step: float = param(0.01, positive=True)
+    step_adaptation: float = param(1.5, between=(1, math.inf), interval="()")
+    source_step_convergence: float = param(1e-7, positive=True)
+    init_tries: int = param(25, integer=True, positive=True)
+    batch_size: int | None = param(1024, integer=True, positive=True, optional=True)
 
     def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None, starting_points: torch.Tensor | None = None):
@@ -697,7 +683,7 @@ class BoundaryAttack(_DecisionAttack):
                                spherical_step=self.spherical_step, source_step=self.source_step,
                                step_adaptation=self.step_adaptation,
                                convergence=self.source_step_convergence, eps=threat.eps,
-                               bounds=threat.bounds, progress=self.progress)
+                               bounds=threat.bounds)
         return box.best, {"steps_run": meta["steps_run"], "start_found": found.cpu()}
 
 
@@ -729,8 +715,6 @@ class HopSkipJump(_DecisionAttack):
         Rounds of uniform noise tried as starting points.
     batch_size : int, optional
         Largest number of inputs per query call.
-    progress : bool
-        Show a progress bar.
 
     References
     ----------
@@ -741,21 +725,12 @@ class HopSkipJump(_DecisionAttack):
     tags = Tags(white_box=False, output="label", norms=("l2", "linf"), targeted=True,
                 stochastic=True, minimum_norm=True)
 
-    def __init__(self, *, steps: int = 40, init_evals: int = 100, max_evals: int = 10000,
-                 gamma: float = 1.0, init_tries: int = 25, batch_size: int | None = 1024,
-                 progress: bool = False) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("init_evals", init_evals, integer=True)
-        check_positive("max_evals", max_evals, integer=True)
-        check_positive("gamma", gamma)
-        self._check_common(init_tries, batch_size)
-        self.steps = steps
-        self.init_evals = init_evals
-        self.max_evals = max_evals
-        self.gamma = gamma
-        self.init_tries = init_tries
-        self.batch_size = batch_size
-        self.progress = progress
+    steps: int = param(40, integer=True, positive=True)
+    init_evals: int = param(100, integer=True, positive=True)
+    max_evals: int = param(10000, integer=True, positive=True)
+    gamma: float = param(1.0, positive=True)
+    init_tries: int = param(25, integer=True, positive=True)
+    batch_size: int | None = param(1024, integer=True, positive=True, optional=True)
 
     def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None, starting_points: torch.Tensor | None = None):
@@ -765,30 +740,22 @@ class HopSkipJump(_DecisionAttack):
         meta = hop_skip_jump(is_adv, x, start, found, box.best, norm=threat.norm,
                              steps=self.steps, init_evals=self.init_evals,
                              max_evals=self.max_evals, gamma=self.gamma, eps=threat.eps,
-                             bounds=threat.bounds, progress=self.progress)
+                             bounds=threat.bounds)
         return box.best, {**meta, "start_found": found.cpu()}
 
 
 class _OptFamily(_DecisionAttack):
+    """OPT and Sign-OPT: the same parameters and loop; the estimator differs."""
+
     estimator = "rgf"
 
-    def __init__(self, *, steps: int, alpha: float, beta: float, directions: int,
-                 init_directions: int, init_tries: int, batch_size: int | None,
-                 progress: bool) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("alpha", alpha)
-        check_positive("beta", beta)
-        check_positive("directions", directions, integer=True)
-        check_positive("init_directions", init_directions, integer=True)
-        self._check_common(init_tries, batch_size)
-        self.steps = steps
-        self.alpha = alpha
-        self.beta = beta
-        self.directions = directions
-        self.init_directions = init_directions
-        self.init_tries = init_tries
-        self.batch_size = batch_size
-        self.progress = progress
+    steps: int = param(1000, integer=True, positive=True)
+    step_size: float = param(0.2, positive=True)
+    beta: float = param(0.001, positive=True)
+    n_samples: int = param(10, integer=True, positive=True)
+    init_directions: int = param(100, integer=True, positive=True)
+    init_tries: int = param(25, integer=True, positive=True)
+    batch_size: int | None = param(1024, integer=True, positive=True, optional=True)
 
     def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None, starting_points: torch.Tensor | None = None):
@@ -797,9 +764,8 @@ class _OptFamily(_DecisionAttack):
         theta, g = opt_initial_direction(is_adv, x, start, found, todo,
                                          directions=self.init_directions, bounds=threat.bounds)
         meta = opt_attack(is_adv, x, theta, g, box.best, estimator=self.estimator,
-                          steps=self.steps, alpha=self.alpha, beta=self.beta,
-                          directions=self.directions, eps=threat.eps, bounds=threat.bounds,
-                          progress=self.progress)
+                          steps=self.steps, alpha=self.step_size, beta=self.beta,
+                          directions=self.n_samples, eps=threat.eps, bounds=threat.bounds)
         return box.best, {"g": meta["g"]}
 
 
@@ -808,11 +774,12 @@ _OPT_PARAMS = """
     ----------
     steps : int
         Iterations (the reference code's 1000; set a budget to bound the cost).
-    alpha : float
-        Initial step size on ``theta`` (0.2), adapted by the line search.
+    step_size : float
+        Initial step size on ``theta`` (the papers' ``alpha``, 0.2), adapted by
+        the line search.
     beta : float
         Smoothing radius of the directional estimates (0.001).
-    directions : int
+    n_samples : int
         Random directions per gradient estimate ({q}).
     init_directions : int
         Random Gaussian directions tried for the initial ``theta`` (100).
@@ -820,14 +787,12 @@ _OPT_PARAMS = """
         Rounds of uniform noise tried as starting points.
     batch_size : int, optional
         Largest number of inputs per query call.
-    progress : bool
-        Show a progress bar.
 """
 
 
 @register("attack", "opt", paper="Cheng, Le, Chen, Yi, Zhang, Hsieh. Query-efficient hard-label "
           "black-box attack: an optimization-based approach. ICLR 2019",
-          test_params={"steps": 1, "directions": 3, "init_directions": 3,
+          test_params={"steps": 1, "n_samples": 3, "init_directions": 3,
                        "init_tries": 3})
 class OPT(_OptFamily):
     __doc__ = """OPT attack: hard-label attack as minimisation of the boundary distance g(theta).
@@ -835,9 +800,9 @@ class OPT(_OptFamily):
     ``g(theta)`` is the distance from the input to the decision boundary
     along the unit direction ``theta``, computed by a fine-grained search and
     bisection (queries only labels). OPT minimises it with the random
-    gradient-free (RGF) estimate averaged over ``directions`` Gaussian
+    gradient-free (RGF) estimate averaged over ``n_samples`` Gaussian
     directions and a line search on the step (see :func:`opt_attack`). The
-    ``directions`` local searches of all samples are batched into one
+    ``n_samples`` local searches of all samples are batched into one
     query call per search step. l2, minimum norm.
     """ + _OPT_PARAMS.format(q="10, the reference code's") + """
     References
@@ -848,17 +813,10 @@ class OPT(_OptFamily):
 
     estimator = "rgf"
 
-    def __init__(self, *, steps: int = 1000, alpha: float = 0.2, beta: float = 0.001,
-                 directions: int = 10, init_directions: int = 100, init_tries: int = 25,
-                 batch_size: int | None = 1024, progress: bool = False) -> None:
-        super().__init__(steps=steps, alpha=alpha, beta=beta, directions=directions,
-                         init_directions=init_directions, init_tries=init_tries,
-                         batch_size=batch_size, progress=progress)
-
 
 @register("attack", "sign_opt", paper="Cheng, Singh, Chen, Chen, Liu, Hsieh. Sign-OPT: a "
           "query-efficient hard-label adversarial attack. ICLR 2020",
-          test_params={"steps": 1, "directions": 10, "init_directions": 3,
+          test_params={"steps": 1, "n_samples": 10, "init_directions": 3,
                        "init_tries": 3})
 class SignOPT(_OptFamily):
     __doc__ = """Sign-OPT: OPT with the sign of each directional derivative from a single query.
@@ -866,7 +824,7 @@ class SignOPT(_OptFamily):
     The sign of ``g(theta + beta u) - g(theta)`` is read from one query at
     ``x0 + g(theta) (theta + beta u) / ||theta + beta u||``: adversarial means
     the boundary is nearer along the perturbed direction (sign -1). The
-    estimate ``mean_u sign * u`` over ``directions`` directions (all samples'
+    estimate ``mean_u sign * u`` over ``n_samples`` directions (all samples'
     in one query call) drives the same line search as OPT
     (:func:`opt_attack`). l2, minimum norm.
     """ + _OPT_PARAMS.format(q="200, the paper's K") + """
@@ -874,13 +832,8 @@ class SignOPT(_OptFamily):
     ----------
     .. [1] Cheng, Singh, Chen, Chen, Liu, Hsieh. "Sign-OPT: a query-efficient
        hard-label adversarial attack". ICLR 2020.
-    """ + _EXAMPLE.format(call="SignOPT(steps=2, directions=20)", norm="l2")
+    """ + _EXAMPLE.format(call="SignOPT(steps=2, n_samples=20)", norm="l2")
 
     estimator = "sign"
 
-    def __init__(self, *, steps: int = 1000, alpha: float = 0.2, beta: float = 0.001,
-                 directions: int = 200, init_directions: int = 100, init_tries: int = 25,
-                 batch_size: int | None = 1024, progress: bool = False) -> None:
-        super().__init__(steps=steps, alpha=alpha, beta=beta, directions=directions,
-                         init_directions=init_directions, init_tries=init_tries,
-                         batch_size=batch_size, progress=progress)
+    n_samples: int = param(200, integer=True, positive=True)

@@ -15,8 +15,8 @@ import torch
 from scrutiny.base import Method, seeded
 from scrutiny.errors import InputError
 from scrutiny.models.query import QueryModel
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
-from scrutiny.validation import check_positive
 
 OPTIMIZERS = ("adam", "sgd")
 LABEL_MAPPINGS = ("frequency", "fixed")
@@ -146,19 +146,20 @@ class BlackBoxReprogramming(Method):
     its gradient in ``W`` is estimated from queries only:
     ``g = d / (q beta) * sum_j [L(W + beta U_j) - L(W)] U_j`` with ``U_j``
     uniform on the unit sphere of the program's ``d`` parameters, averaged
-    over ``q`` directions (all ``(q + 1) * batch`` inputs in one query call);
+    over ``q = n_samples`` directions (all ``(q + 1) * batch`` inputs in one
+    query call);
     ``W`` follows Adam (or the paper's plain descent) on this estimate.
 
     Parameters
     ----------
     steps : int
         Optimisation steps (one minibatch each).
-    q : int
-        Random directions per gradient estimate.
+    n_samples : int
+        Random directions per gradient estimate (the paper's ``q``).
     beta : float
         Smoothing radius of the estimate.
     lr : float
-        Step size.
+        Learning rate of the optimiser.
     optimizer : {"adam", "sgd"}
         Adam on the estimate (default, robust to its scale) or the paper's
         ``W <- W - lr * g``.
@@ -179,8 +180,6 @@ class BlackBoxReprogramming(Method):
         finds no slope.
     gamma : float
         Focal-loss exponent (0: cross-entropy).
-    progress : bool
-        Show a progress bar.
 
     Notes
     -----
@@ -208,33 +207,15 @@ class BlackBoxReprogramming(Method):
     True
     """
 
-    def __init__(self, *, steps: int = 200, q: int = 10, beta: float = 0.01, lr: float = 0.1,
-                 optimizer: str = "adam", batch_size: int = 32,
-                 labels_per_class: int | None = None, label_mapping: str = "frequency",
-                 gamma: float = 2.0, progress: bool = False) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("q", q, integer=True)
-        check_positive("beta", beta)
-        check_positive("lr", lr)
-        check_positive("batch_size", batch_size, integer=True)
-        check_positive("gamma", gamma, allow_zero=True)
-        if labels_per_class is not None:
-            check_positive("labels_per_class", labels_per_class, integer=True)
-        if optimizer not in OPTIMIZERS:
-            raise InputError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
-        if label_mapping not in LABEL_MAPPINGS:
-            raise InputError(f"unknown label_mapping {label_mapping!r}; accepted: "
-                             f"{', '.join(LABEL_MAPPINGS)}")
-        self.steps = steps
-        self.q = q
-        self.beta = beta
-        self.lr = lr
-        self.optimizer = optimizer
-        self.batch_size = batch_size
-        self.labels_per_class = labels_per_class
-        self.label_mapping = label_mapping
-        self.gamma = gamma
-        self.progress = progress
+    steps: int = param(200, integer=True, positive=True)
+    n_samples: int = param(10, integer=True, positive=True)
+    beta: float = param(0.01, positive=True)
+    lr: float = param(0.1, positive=True)
+    optimizer: str = param("adam", choices=OPTIMIZERS)
+    batch_size: int = param(32, integer=True, positive=True)
+    labels_per_class: int | None = param(None, integer=True, positive=True)
+    label_mapping: str = param("frequency", choices=LABEL_MAPPINGS)
+    gamma: float = param(2.0, nonneg=True)
 
     @staticmethod
     def _check_model(model: QueryModel) -> None:
@@ -302,20 +283,21 @@ class BlackBoxReprogramming(Method):
             mom, vel = torch.zeros(d), torch.zeros(d)
             losses: list[float] = []
             y = y.long().cpu()
-            with progress_bar(self.steps, "BAR", enabled=self.progress) as bar:
+            with progress_bar(self.steps, "BAR") as bar:
                 for t in range(1, self.steps + 1):
                     idx = torch.randperm(len(x))[:self.batch_size]
-                    u = torch.randn(self.q, d)
+                    q = self.n_samples
+                    u = torch.randn(q, d)
                     u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
                     params = torch.cat([theta[None], theta[None] + self.beta * u])  # (q+1, d)
-                    w = torch.zeros(self.q + 1, mask.numel())
+                    w = torch.zeros(q + 1, mask.numel())
                     w[:, frame] = params
-                    w = w.view(self.q + 1, *mask.shape)
+                    w = w.view(q + 1, *mask.shape)
                     xq = _program(emb[idx][None], w[:, None], mask, model.bounds)  # (q+1, b, ...)
-                    probs = self._probs(model, xq.flatten(0, 1)).view(self.q + 1, len(idx), -1)
+                    probs = self._probs(model, xq.flatten(0, 1)).view(q + 1, len(idx), -1)
                     loss = self._loss(self._mapped(probs.flatten(0, 1), label_map)
-                                      .view(self.q + 1, len(idx), k_new), y[idx])
-                    g = d / (self.q * self.beta) * ((loss[1:] - loss[0])[:, None] * u).sum(dim=0)
+                                      .view(q + 1, len(idx), k_new), y[idx])
+                    g = d / (q * self.beta) * ((loss[1:] - loss[0])[:, None] * u).sum(dim=0)
                     if self.optimizer == "adam":
                         mom = 0.9 * mom + 0.1 * g
                         vel = 0.999 * vel + 0.001 * g * g

@@ -8,10 +8,10 @@ import torch
 
 from scrutiny.attacks.base import Attack, BlackBox, margin_loss_terms
 from scrutiny.errors import InputError
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 #: Iterations (of 10000) after which the square's area fraction p is halved.
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -66,7 +66,7 @@ def _place(pattern: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor) -> torch.T
 
 @register("attack", "square", paper="Andriushchenko, Croce, Flammarion, Hein. Square Attack: a "
           "query-efficient black-box adversarial attack via random search. ECCV 2020",
-          test_params={"n_queries": 20})
+          test_params={"max_queries": 20})
 class Square(Attack):
     """Square Attack: random search with square-shaped updates at the boundary of the ball.
 
@@ -85,16 +85,16 @@ class Square(Attack):
 
     The side ``s = round(sqrt(p * H * W))`` follows the schedule of ``p``
     (:func:`p_schedule`: ``p_init`` halved at iterations 10, 50, 200, 500,
-    1000, 2000, 4000, 6000 and 8000, rescaled to ``n_queries``). The loss is
+    1000, 2000, 4000, 6000 and 8000, rescaled to ``max_queries``). The loss is
     the margin ``log p_y - max_{k != y} log p_k`` (untargeted; equal to the
     logit margin) or the cross-entropy of the target (targeted). Only
     samples not yet fooled are queried; a sample stops at its first
     success. The initial point costs one query; ``AttackResult.queries``
-    holds each sample's count (at most ``n_queries``).
+    holds each sample's count (at most ``max_queries``).
 
     Parameters
     ----------
-    n_queries : int
+    max_queries : int
         Query budget per sample (the paper uses 10000, AutoAttack 5000).
     p_init : float
         Initial fraction of pixels in the square, in (0, 1]. The paper tunes
@@ -102,8 +102,6 @@ class Square(Attack):
         uses 0.8 on CIFAR-10/MNIST); 0.8 suits small images such as 8x8 digits.
     batch_size : int, optional
         Largest number of inputs per query call.
-    progress : bool
-        Show a progress bar.
 
     Notes
     -----
@@ -126,7 +124,7 @@ class Square(Attack):
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
     >>> black_box = QueryModel(model, output="probs")
-    >>> res = Square(n_queries=300)(black_box, data.x[:32], data.y[:32],
+    >>> res = Square(max_queries=300)(black_box, data.x[:32], data.y[:32],
     ...                             threat=ThreatModel("linf", 0.2))
     >>> res.success_rate() > 0.5, int(res.queries.max()) <= 300
     (True, True)
@@ -135,17 +133,9 @@ class Square(Attack):
     tags = Tags(white_box=False, output="probs", norms=("linf", "l2"), targeted=True,
                 stochastic=True, image_only=True)
 
-    def __init__(self, *, n_queries: int = 5000, p_init: float = 0.8,
-                 batch_size: int | None = None, progress: bool = False) -> None:
-        check_positive("n_queries", n_queries, integer=True)
-        if not (isinstance(p_init, int | float) and 0 < p_init <= 1):
-            raise InputError(f"p_init must be in (0, 1], got {p_init!r}")
-        if batch_size is not None:
-            check_positive("batch_size", batch_size, integer=True)
-        self.n_queries = n_queries
-        self.p_init = p_init
-        self.batch_size = batch_size
-        self.progress = progress
+    max_queries: int = param(5000, integer=True, positive=True)
+    p_init: float = param(0.8, between=(0, 1), interval="(]")
+    batch_size: int | None = param(None, integer=True, positive=True)
 
     # ------------------------------------------------------------------ losses
     @staticmethod
@@ -230,7 +220,7 @@ class Square(Attack):
         loss = torch.full((n,), float("inf"), device=x.device)
         margin = torch.full((n,), float("inf"), device=x.device)
         idx = torch.arange(n, device=x.device)
-        live = idx[: max(box.remaining, 0)] if box.remaining is not None else idx
+        live = box.fit(idx)
         if len(live):
             logp = box.log_probs(best[live], live)
             t = None if target is None else target[live]
@@ -238,14 +228,12 @@ class Square(Attack):
             box.best[live] = best[live]
         step = self._step_linf if threat.norm == "linf" else self._step_l2
         iters = 0
-        with progress_bar(self.n_queries - 1, "square", enabled=self.progress) as bar:
-            for it in range(self.n_queries - 1):
-                live = idx[(margin > 0) & (box.counts < self.n_queries)]
-                if box.remaining is not None:
-                    live = live[: max(box.remaining, 0)]
+        with progress_bar(self.max_queries - 1, "square") as bar:
+            for it in range(self.max_queries - 1):
+                live = box.fit(idx[(margin > 0) & (box.counts < self.max_queries)])
                 if not len(live):
                     break
-                p = p_schedule(self.p_init, it, self.n_queries)
+                p = p_schedule(self.p_init, it, self.max_queries)
                 cand = step(x[live], best[live], eps, p, lo, hi)
                 cand = threat.project(x[live], cand)
                 logp = box.log_probs(cand, live)

@@ -15,11 +15,16 @@ from scrutiny import registry
 from scrutiny.attacks.base import Attack, BlackBox
 from scrutiny.attacks.lp import steepest_direction
 from scrutiny.errors import InputError
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel, lp_norm
-from scrutiny.validation import check_positive
 
 DISTRIBUTIONS = ("uniform", "gaussian")
+
+
+def _mapping(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise InputError(f"{name} must be a dict of constructor arguments or None, got {value!r}")
 
 
 def _v(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -83,11 +88,7 @@ class NoiseAttack(Attack):
 
     tags = Tags(white_box=False, output="label", norms=("linf", "l2", "l1"), stochastic=True)
 
-    def __init__(self, *, distribution: str = "uniform") -> None:
-        if distribution not in DISTRIBUTIONS:
-            raise InputError(f"unknown distribution {distribution!r}; accepted: "
-                             f"{', '.join(DISTRIBUTIONS)}")
-        self.distribution = distribution
+    distribution: str = param("uniform", choices=DISTRIBUTIONS)
 
     def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
@@ -141,9 +142,6 @@ class ClassMeans(Attack):
     tags = Tags(white_box=False, output="label", norms=("linf", "l2", "l1"), targeted=True)
     #: ``data=`` reference inputs with labels (ArrayDataset or ``(x, y)``) for the class means.
     call_data = ("data",)
-
-    def __init__(self) -> None:
-        pass
 
     def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None, data: Any = None) -> tuple[torch.Tensor, dict]:
@@ -238,29 +236,23 @@ class Transfer(Attack):
     #: ``data=`` the attacker's seed inputs (tensor, ``(x, y)`` or ArrayDataset; labels ignored).
     call_data = ("data",)
 
-    def __init__(self, *, attack: str = "pgd", attack_params: dict[str, Any] | None = None,
-                 surrogate: str = "auto", epochs: int = 20, lr: float = 3e-3,
-                 augmentation_rounds: int = 0, augmentation_step: float = 0.1) -> None:
-        info = registry.get(attack, "attack")
+    attack: str = param("pgd", kind=str)
+    attack_params: dict[str, Any] | None = param(None, kind=dict, check=_mapping)
+    surrogate: str = param("auto", choices=("auto", "cnn", "mlp"))
+    epochs: int = param(20, integer=True, positive=True)
+    lr: float = param(3e-3, positive=True)
+    augmentation_rounds: int = param(0, integer=True, nonneg=True)
+    augmentation_step: float = param(0.1, positive=True)
+
+    def _post_init(self) -> None:
+        info = registry.get(self.attack, "attack")
         if not info.cls.tags.white_box:
             raise InputError(f"attack must be a white-box attack to run on the surrogate; "
                              f"{info.spec} is black-box")
-        registry.create(info.spec, **(attack_params or {}))  # rejects unknown parameters now
-        if surrogate not in ("auto", "cnn", "mlp"):
-            raise InputError(f"unknown surrogate {surrogate!r}; accepted: auto, cnn, mlp")
-        check_positive("epochs", epochs, integer=True)
-        check_positive("lr", lr)
-        check_positive("augmentation_rounds", augmentation_rounds, allow_zero=True, integer=True)
-        check_positive("augmentation_step", augmentation_step)
-        self.attack = attack
-        self.attack_params = attack_params
-        self.surrogate = surrogate
-        self.epochs = epochs
-        self.lr = lr
-        self.augmentation_rounds = augmentation_rounds
-        self.augmentation_step = augmentation_step
+        registry.create(info.spec, **(self.attack_params or {}))  # rejects unknown parameters now
 
-    def _train(self, x: torch.Tensor, labels: torch.Tensor, k: int, seed: int):
+    def _train(self, x: torch.Tensor, labels: torch.Tensor, k: int, seed: int,
+               bounds: tuple[float, float]):
         from scrutiny.base import seeded
         from scrutiny.data import ArrayDataset
         from scrutiny.models.training import train
@@ -275,7 +267,7 @@ class Transfer(Attack):
         data = ArrayDataset(x=x.float().cpu(), y=labels.long().cpu(),
                             classes=tuple(str(i) for i in range(k)), name="transfer")
         train(net, data, epochs=self.epochs, lr=self.lr, seed=seed, progress=False)
-        return TorchModel(net, num_classes=k, name=f"surrogate-{arch}")
+        return TorchModel(net, num_classes=k, name=f"surrogate-{arch}", bounds=bounds)
 
     def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None, data: Any = None) -> tuple[torch.Tensor, dict]:
@@ -290,7 +282,7 @@ class Transfer(Attack):
         used = len(xs)
         k = box.model.num_classes or int(max(int(labels.max()), int(y.max()))) + 1
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        surrogate = self._train(xs, labels, k, seed)
+        surrogate = self._train(xs, labels, k, seed, threat.bounds)
         for r in range(self.augmentation_rounds):
             xg = xs.detach().clone().requires_grad_(True)
             with surrogate.evaluating():
@@ -300,7 +292,7 @@ class Transfer(Attack):
             new_labels = box.labels(new, charge(len(new))).long()
             used += len(new)
             xs, labels = torch.cat([xs, new]), torch.cat([labels, new_labels])
-            surrogate = self._train(xs, labels, k, seed + r + 1)
+            surrogate = self._train(xs, labels, k, seed + r + 1, threat.bounds)
         agreement = float((surrogate.predict(xs) == labels.to(xs.device)).float().mean())
         wb = registry.create(f"attack:{self.attack}", **(self.attack_params or {}))
         kw = {"target": target} if target is not None else {}

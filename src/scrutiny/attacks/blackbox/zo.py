@@ -21,6 +21,7 @@ from scrutiny.attacks.blackbox.estimators import (
 )
 from scrutiny.attacks.lp import steepest_direction
 from scrutiny.errors import InputError
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
@@ -52,14 +53,9 @@ def _fooled(logp: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) ->
     return pred == target if target is not None else pred != y
 
 
-def _check_loss(loss: str) -> None:
-    if loss not in LOSSES:
-        raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
-
-
-def _check_batch(batch_size: int | None) -> None:
-    if batch_size is not None:
-        check_positive("batch_size", batch_size, integer=True)
+def _even(name: str, value: int) -> None:
+    if value % 2:
+        raise InputError(f"{name} must be even (antithetic pairs), got {value!r}")
 
 
 # ---------------------------------------------------------------- FD-FGSM
@@ -87,7 +83,8 @@ class FDFGSM(Attack):
     Notes
     -----
     Samples the global budget cannot pay for (``2 d`` queries each) are left
-    unchanged, with no query spent on them.
+    unchanged, with no query spent on them, and reported as cut short
+    (``AttackResult.budget_exhausted``).
 
     References
     ----------
@@ -111,22 +108,16 @@ class FDFGSM(Attack):
 
     tags = Tags(white_box=False, output="probs", norms=("linf", "l2"), targeted=True)
 
-    def __init__(self, *, h: float = 1e-4, loss: str = "ce", batch_size: int | None = None) -> None:
-        check_positive("h", h)
-        _check_loss(loss)
-        _check_batch(batch_size)
-        self.h = h
-        self.loss = loss
-        self.batch_size = batch_size
+    h: float = param(1e-4, positive=True)
+    loss: str = param("ce", choices=LOSSES)
+    batch_size: int | None = param(None, integer=True, positive=True)
 
     def _run(self, box: BlackBox, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
-        cost = 2 * x[0].numel()
-        n = len(x) if box.remaining is None else min(len(x), box.remaining // cost)
+        idx = box.fit(torch.arange(len(x), device=x.device), 2 * x[0].numel())
         out = x.clone()
-        if n <= 0:
+        if not len(idx):
             return out
-        idx = torch.arange(n, device=x.device)
 
         def f(pts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             t = None if target is None else target[rows]
@@ -200,8 +191,7 @@ class _ZOAttack(Attack):
         snap = torch.zeros_like(v)
         g_snap = torch.zeros_like(v)
         f_snap = torch.zeros(n, device=x.device)
-        start = idx_all if box.remaining is None else idx_all[:max(box.remaining, 0)]
-        start = start[box.counts[start] < self.max_queries]
+        start = box.fit(idx_all)
         if len(start):
             val, logp = values(v[start], start)
             fx[start] = val
@@ -210,13 +200,12 @@ class _ZOAttack(Attack):
         started = torch.zeros(n, dtype=torch.bool, device=x.device)
         started[start] = True
         it = 0
-        with progress_bar(self.steps, self.name or "zo", enabled=self.progress) as bar:
+        with progress_bar(self.steps, self.name or "zo") as bar:
             for it in range(self.steps):
                 snap_now = svrg and it % s.get("epoch_length", 10) == 0
                 cost = (2 * q + 1 + (q_snap if snap_now else 0)) if svrg else per_est + 1
-                live = idx_all[started & ~done & (box.counts + cost <= self.max_queries)]
-                if box.remaining is not None:
-                    live = live[: max(box.remaining // cost, 0)]
+                live = box.fit(idx_all[started & ~done & (box.counts + cost <= self.max_queries)],
+                               cost)
                 if not len(live):
                     break
                 if svrg:
@@ -258,55 +247,50 @@ class _ZOAttack(Attack):
         return opt.step(v, g, live, v_full)
 
 
-def _check_common(steps: int, q: int, mu: float, lr: float, max_queries: int) -> None:
-    check_positive("steps", steps, integer=True)
-    check_positive("q", q, integer=True)
-    check_positive("mu", mu)
-    check_positive("lr", lr)
-    check_positive("max_queries", max_queries, integer=True)
-
-
 @register("attack", "zo", paper="Liu, Chen, Chen, Hong. signSGD via zeroth-order oracle. ICLR "
           "2019; Chen et al. ZO-AdaMM: zeroth-order adaptive momentum method for black-box "
           "optimization. NeurIPS 2019; Liu, Kailkhura, Chen, Ting, Chang, Amini. Zeroth-order "
           "stochastic variance reduction for nonconvex optimization. NeurIPS 2018",
-          test_params={"steps": 3, "q": 2})
+          test_params={"steps": 3, "n_samples": 2})
 class ZO(_ZOAttack):
     """Projected zeroth-order optimisation of a score loss: ZO-signSGD, ZO-AdaMM or ZO-SVRG.
 
     Each step estimates the gradient of the loss (:func:`score_loss`, the
-    C&W hinge on log-probabilities by default) from ``q`` random directions
-    on the unit sphere (forward differences, ``scale = d``), updates the
-    perturbation with the chosen optimiser and projects it into the threat
-    set:
+    C&W hinge on log-probabilities by default) from ``n_samples`` random
+    directions (the papers' ``q``) on the unit sphere (forward differences,
+    ``scale = d``), updates the perturbation with the chosen optimiser and
+    projects it into the threat set:
 
     * ``"signsgd"``: ``x - lr * sign(g)`` (Liu et al. ICLR 2019);
     * ``"adam"``: ZO-AdaMM, AMSGrad moments (Chen et al. NeurIPS 2019);
     * ``"svrg"``: ZO-SVRG (Liu et al. NeurIPS 2018), a fine estimate with
-      ``q_snapshot`` directions every ``epoch_length`` steps and the control
-      variate ``g(x; u) - g(x~; u) + g~`` in between;
+      ``snapshot_samples`` directions every ``epoch_length`` steps and the
+      control variate ``g(x; u) - g(x~; u) + g~`` in between;
     * ``"sgd"``: plain ZO-SGD.
 
     Parameters
     ----------
     optimizer : {"signsgd", "adam", "svrg", "sgd"}
+        The zeroth-order optimiser: ZO-signSGD, ZO-AdaMM, ZO-SVRG or plain ZO-SGD.
     steps : int
         Iterations.
     lr : float
-        Step size (input units; for signSGD the per-coordinate move).
-    q : int
-        Random directions per estimate.
+        Learning rate of the optimiser (input units; for signSGD the
+        per-coordinate move).
+    n_samples : int
+        Random directions per estimate (the papers' ``q``).
     mu : float
         Smoothing radius of the estimate.
-    epoch_length, q_snapshot : int
-        ZO-SVRG's epoch and snapshot directions (default ``10 q``).
+    epoch_length : int
+        ZO-SVRG's epoch: steps between two snapshot estimates.
+    snapshot_samples : int, optional
+        Random directions of ZO-SVRG's snapshot estimate (default ``10 n_samples``).
     max_queries : int
         Per-sample query limit.
     loss : {"cw", "ce"}
+        The loss minimised (see :func:`score_loss`).
     batch_size : int, optional
         Largest number of inputs per query call.
-    progress : bool
-        Show a progress bar.
 
     Notes
     -----
@@ -331,76 +315,63 @@ class ZO(_ZOAttack):
     >>> from scrutiny.data import load_digits
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
-    >>> attack = ZO(optimizer="signsgd", steps=30, q=10, lr=0.02)
+    >>> attack = ZO(optimizer="signsgd", steps=30, n_samples=10, lr=0.02)
     >>> res = attack(QueryModel(model, output="probs"), data.x[:32], data.y[:32],
     ...              threat=ThreatModel("linf", 0.2))
     >>> res.robust_accuracy() < res.clean_accuracy()
     True
     """
 
-    def __init__(self, *, optimizer: str = "adam", steps: int = 100, lr: float = 0.01,
-                 q: int = 10, mu: float = 0.005, epoch_length: int = 10,
-                 q_snapshot: int | None = None, max_queries: int = 10000, loss: str = "cw",
-                 batch_size: int | None = None, progress: bool = False) -> None:
-        if optimizer not in OPTIMIZERS:
-            raise InputError(f"unknown optimizer {optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
-        _check_common(steps, q, mu, lr, max_queries)
-        check_positive("epoch_length", epoch_length, integer=True)
-        if q_snapshot is not None:
-            check_positive("q_snapshot", q_snapshot, integer=True)
-        _check_loss(loss)
-        _check_batch(batch_size)
-        self.optimizer = optimizer
-        self.steps = steps
-        self.lr = lr
-        self.q = q
-        self.mu = mu
-        self.epoch_length = epoch_length
-        self.q_snapshot = q_snapshot
-        self.max_queries = max_queries
-        self.loss = loss
-        self.batch_size = batch_size
-        self.progress = progress
+    optimizer: str = param("adam", choices=OPTIMIZERS)
+    steps: int = param(100, integer=True, positive=True)
+    lr: float = param(0.01, positive=True)
+    n_samples: int = param(10, integer=True, positive=True)
+    mu: float = param(0.005, positive=True)
+    epoch_length: int = param(10, integer=True, positive=True)
+    snapshot_samples: int | None = param(None, integer=True, positive=True)
+    max_queries: int = param(10000, integer=True, positive=True)
+    loss: str = param("cw", choices=LOSSES)
+    batch_size: int | None = param(None, integer=True, positive=True)
 
     def _settings(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer, "lr": self.lr, "q": self.q, "mu": self.mu,
-                "epoch_length": self.epoch_length, "q_snapshot": self.q_snapshot}
+        return {"optimizer": self.optimizer, "lr": self.lr, "q": self.n_samples, "mu": self.mu,
+                "epoch_length": self.epoch_length, "q_snapshot": self.snapshot_samples}
 
 
 @register("attack", "nes", paper="Ilyas, Engstrom, Athalye, Lin. Black-box adversarial attacks "
-          "with limited queries and information. ICML 2018", test_params={"steps": 3, "samples": 4})
+          "with limited queries and information. ICML 2018",
+          test_params={"steps": 3, "n_samples": 4})
 class NES(_ZOAttack):
     """NES gradient estimation with antithetic Gaussian sampling and PGD steps (query-limited).
 
     ``g = 1 / (n sigma) * sum_j (L(x + sigma u_j) - L(x - sigma u_j)) / 2 * u_j``
     with ``n / 2`` antithetic pairs of Gaussian directions ``u_j`` (``n``
-    queries), then a projected step against the loss: ``x - lr * sign(g)``
-    (linf) or ``x - lr * g / ||g||_2`` (l2), with optional momentum on ``g``
+    queries), then a projected step against the loss: ``x - step_size * sign(g)``
+    (linf) or ``x - step_size * g / ||g||_2`` (l2), with optional momentum on ``g``
     as in the paper's query-limited attack. The loss is the cross-entropy
     (``log p_y`` lowered; targeted, ``-log p_t``). Each iteration costs
-    ``samples + 1`` queries per sample; a sample stops at its first success
+    ``n_samples + 1`` queries per sample; a sample stops at its first success
     or at ``max_queries``.
 
     Parameters
     ----------
     steps : int
         Iterations.
-    samples : int
+    n_samples : int
         Queries per gradient estimate ``n`` (even: ``n / 2`` antithetic pairs);
         the paper uses 50.
     sigma : float
         Search variance (paper: 0.001 on images in [0, 1]).
-    lr : float
-        Step size in input units (paper: 0.01).
+    step_size : float
+        Absolute step in input units (the paper's learning rate, 0.01).
     momentum : float
         Momentum on the estimate, in [0, 1); 0 disables it.
     max_queries : int
         Per-sample query limit (the paper's budget is 100000).
     loss : {"ce", "cw"}
+        The loss minimised (see :func:`score_loss`).
     batch_size : int, optional
         Largest number of inputs per query call.
-    progress : bool
-        Show a progress bar.
 
     References
     ----------
@@ -414,8 +385,8 @@ class NES(_ZOAttack):
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
     >>> qm = QueryModel(model, output="probs", budget=32 * 500)
-    >>> res = NES(steps=40, samples=10, lr=0.02)(qm, data.x[:32], data.y[:32],
-    ...                                          threat=ThreatModel("linf", 0.2))
+    >>> res = NES(steps=40, n_samples=10, step_size=0.02)(qm, data.x[:32], data.y[:32],
+    ...                                                   threat=ThreatModel("linf", 0.2))
     >>> res.robust_accuracy() < res.clean_accuracy(), qm.queries <= 32 * 500
     (True, True)
     """
@@ -423,35 +394,25 @@ class NES(_ZOAttack):
     dist = "gaussian"
     antithetic = True
 
-    def __init__(self, *, steps: int = 1000, samples: int = 50, sigma: float = 0.001,
-                 lr: float = 0.01, momentum: float = 0.0, max_queries: int = 100000,
-                 loss: str = "ce", batch_size: int | None = None, progress: bool = False) -> None:
-        _check_common(steps, samples, sigma, lr, max_queries)
-        if samples % 2:
-            raise InputError(f"samples must be even (antithetic pairs), got {samples!r}")
-        if not 0 <= momentum < 1:
-            raise InputError(f"momentum must be in [0, 1), got {momentum!r}")
-        _check_loss(loss)
-        _check_batch(batch_size)
-        self.steps = steps
-        self.samples = samples
-        self.sigma = sigma
-        self.lr = lr
-        self.momentum = momentum
-        self.max_queries = max_queries
-        self.loss = loss
-        self.batch_size = batch_size
-        self.progress = progress
+    steps: int = param(1000, integer=True, positive=True)
+    n_samples: int = param(50, integer=True, positive=True, check=_even)
+    sigma: float = param(0.001, positive=True)
+    step_size: float = param(0.01, positive=True)
+    momentum: float = param(0.0, between=(0, 1), interval="[)")
+    max_queries: int = param(100000, integer=True, positive=True)
+    loss: str = param("ce", choices=LOSSES)
+    batch_size: int | None = param(None, integer=True, positive=True)
 
     def _settings(self) -> dict[str, Any]:
-        return {"optimizer": "sgd", "lr": self.lr, "q": self.samples // 2, "mu": self.sigma}
+        return {"optimizer": "sgd", "lr": self.step_size, "q": self.n_samples // 2,
+                "mu": self.sigma}
 
     def _update(self, opt, v, g, live, v_full, threat):
         if self.momentum:
             m = opt._buf("momentum", v_full)
             m[live] = self.momentum * m[live] + (1 - self.momentum) * g
             g = m[live]
-        return v - self.lr * steepest_direction(g, threat.norm)
+        return v - self.step_size * steepest_direction(g, threat.norm)
 
 
 @register("attack", "autozoom", paper="Tu, Ting, Chen, Liu, Zhang, Yi, Hsieh, Cheng. AutoZOOM: "
@@ -469,19 +430,20 @@ class AutoZOOM(_ZOAttack):
     Each step estimates the gradient of the penalised objective
     ``||delta||_2^2 + c * loss`` (the C&W hinge on log-probabilities) with
     respect to ``z`` by the random-direction estimator
-    ``g = b / q * sum_j (f(z + beta u_j) - f(z)) / beta * u_j`` (``u_j``
+    ``g = b / q * sum_j (f(z + beta u_j) - f(z)) / beta * u_j`` (``q =
+    n_samples``, ``u_j``
     uniform on the unit sphere, ``b`` = dimension of ``z``, unbiased up to
     ``O(beta)``), then takes an Adam step and projects the point into the
     threat set. Each sample stops at its first success (AutoZOOM's first
-    stage, whose query count the paper reports); each iteration costs ``q + 1``
-    queries per sample.
+    stage, whose query count the paper reports); each iteration costs
+    ``n_samples + 1`` queries per sample.
 
     Parameters
     ----------
     steps : int
         Iterations.
-    q : int
-        Random directions per estimate (AutoZOOM: 1 until the first success).
+    n_samples : int
+        Random directions per estimate (the paper's ``q``: 1 until the first success).
     beta : float
         Smoothing radius of the estimate.
     lr : float
@@ -494,8 +456,6 @@ class AutoZOOM(_ZOAttack):
         Per-sample query limit.
     batch_size : int, optional
         Largest number of inputs per query call.
-    progress : bool
-        Show a progress bar.
 
     Notes
     -----
@@ -524,28 +484,19 @@ class AutoZOOM(_ZOAttack):
                 stochastic=True)
     call_data = ("decoder",)
 
-    def __init__(self, *, steps: int = 1000, q: int = 1, beta: float = 0.005, lr: float = 0.05,
-                 c: float = 10.0, reduced: int | None = None, max_queries: int = 10000,
-                 batch_size: int | None = None, progress: bool = False) -> None:
-        _check_common(steps, q, beta, lr, max_queries)
-        check_positive("c", c)
-        if reduced is not None:
-            check_positive("reduced", reduced, integer=True)
-        _check_batch(batch_size)
-        self.steps = steps
-        self.q = q
-        self.beta = beta
-        self.lr = lr
-        self.c = c
-        self.reduced = reduced
-        self.max_queries = max_queries
-        self.batch_size = batch_size
-        self.progress = progress
+    steps: int = param(1000, integer=True, positive=True)
+    n_samples: int = param(1, integer=True, positive=True)
+    beta: float = param(0.005, positive=True)
+    lr: float = param(0.05, positive=True)
+    c: float = param(10.0, positive=True)
+    reduced: int | None = param(None, integer=True, positive=True)
+    max_queries: int = param(10000, integer=True, positive=True)
+    batch_size: int | None = param(None, integer=True, positive=True)
 
     loss = "cw"
 
     def _settings(self) -> dict[str, Any]:
-        return {"optimizer": "adam", "lr": self.lr, "q": self.q, "mu": self.beta,
+        return {"optimizer": "adam", "lr": self.lr, "q": self.n_samples, "mu": self.beta,
                 "penalty": self.c, "project_variable": self.reduced is None}
 
     def _decoder(self, x: torch.Tensor, decoder: nn.Module | None = None):

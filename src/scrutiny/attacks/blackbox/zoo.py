@@ -10,19 +10,18 @@ from torch.nn import functional as F
 from scrutiny.attacks.base import Attack, BlackBox
 from scrutiny.attacks.blackbox.estimators import fd_derivatives
 from scrutiny.attacks.blackbox.zo import _fooled, score_loss
-from scrutiny.errors import InputError
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 SOLVERS = ("adam", "newton")
 
 
 @register("attack", "zoo", paper="Chen, Zhang, Sharma, Yi, Hsieh. ZOO: zeroth order optimization "
           "based black-box attacks to deep neural networks without training substitute models. "
-          "AISec 2017", test_params={"max_iterations": 3, "coords_per_iteration": 8,
-                                        "binary_search_steps": 1})
+          "AISec 2017", test_params={"steps": 3, "coords_per_iteration": 8,
+                                        "search_steps": 1})
 class ZOO(Attack):
     """ZOO: stochastic coordinate descent on the C&W objective with log-probabilities.
 
@@ -41,25 +40,26 @@ class ZOO(Attack):
       ``h_i > 0`` else ``delta_i -= lr * g_i``;
 
     then projects onto the box and the threat set. ``c`` is found by binary
-    search as in C&W (``binary_search_steps`` rounds: a success halves the
+    search as in C&W (``search_steps`` rounds: a success halves the
     interval downwards, a failure multiplies ``c`` by 10 until bracketed);
     the result per sample is the smallest-norm success, else the lowest loss.
 
     Parameters
     ----------
     solver : {"adam", "newton"}
-    max_iterations : int
+        ZOO-ADAM (Algorithm 2) or ZOO-Newton (Algorithm 1) coordinate updates.
+    steps : int
         Iterations per binary-search round.
     coords_per_iteration : int
         Coordinates updated per iteration (the paper: 128).
     lr : float
-        Step size (the paper: 0.01 for ADAM).
+        Learning rate of the ADAM or Newton update (the paper: 0.01 for ADAM).
     h : float
         Finite-difference step (the paper: 1e-4).
     initial_const : float
         First ``c``.
-    binary_search_steps : int
-        Rounds of the search over ``c``.
+    search_steps : int
+        Rounds of the binary search over ``c``.
     kappa : float
         Confidence margin of the hinge.
     importance_sampling : bool
@@ -77,8 +77,6 @@ class ZOO(Attack):
         Per-sample query limit.
     batch_size : int, optional
         Largest number of inputs per query call.
-    progress : bool
-        Show a progress bar.
 
     Notes
     -----
@@ -98,7 +96,7 @@ class ZOO(Attack):
     >>> from scrutiny.data import load_digits
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
-    >>> zoo = ZOO(max_iterations=40, coords_per_iteration=32, lr=0.1, binary_search_steps=1)
+    >>> zoo = ZOO(steps=40, coords_per_iteration=32, lr=0.1, search_steps=1)
     >>> res = zoo(QueryModel(model, output="probs"), data.x[:16], data.y[:16],
     ...           threat=ThreatModel("l2", 3.0))
     >>> res.robust_accuracy() < res.clean_accuracy()
@@ -108,40 +106,20 @@ class ZOO(Attack):
     tags = Tags(white_box=False, output="probs", norms=("l2",), targeted=True, stochastic=True,
                 minimum_norm=True)
 
-    def __init__(self, *, solver: str = "adam", max_iterations: int = 1000,
-                 coords_per_iteration: int = 128, lr: float = 0.01, h: float = 1e-4,
-                 initial_const: float = 10.0, binary_search_steps: int = 4, kappa: float = 0.0,
-                 importance_sampling: bool = False, region: int = 8, importance_every: int = 10,
-                 early_stop: bool = True, max_queries: int = 100000,
-                 batch_size: int | None = None, progress: bool = False) -> None:
-        if solver not in SOLVERS:
-            raise InputError(f"unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
-        for name, val in (("max_iterations", max_iterations),
-                          ("coords_per_iteration", coords_per_iteration),
-                          ("binary_search_steps", binary_search_steps), ("region", region),
-                          ("importance_every", importance_every), ("max_queries", max_queries)):
-            check_positive(name, val, integer=True)
-        check_positive("lr", lr)
-        check_positive("h", h)
-        check_positive("initial_const", initial_const)
-        check_positive("kappa", kappa, allow_zero=True)
-        if batch_size is not None:
-            check_positive("batch_size", batch_size, integer=True)
-        self.solver = solver
-        self.max_iterations = max_iterations
-        self.coords_per_iteration = coords_per_iteration
-        self.lr = lr
-        self.h = h
-        self.initial_const = initial_const
-        self.binary_search_steps = binary_search_steps
-        self.kappa = kappa
-        self.importance_sampling = importance_sampling
-        self.region = region
-        self.importance_every = importance_every
-        self.early_stop = early_stop
-        self.max_queries = max_queries
-        self.batch_size = batch_size
-        self.progress = progress
+    solver: str = param("adam", choices=SOLVERS)
+    steps: int = param(1000, integer=True, positive=True)
+    coords_per_iteration: int = param(128, integer=True, positive=True)
+    lr: float = param(0.01, positive=True)
+    h: float = param(1e-4, positive=True)
+    initial_const: float = param(10.0, positive=True)
+    search_steps: int = param(4, integer=True, positive=True)
+    kappa: float = param(0.0, nonneg=True)
+    importance_sampling: bool = param(False, kind=bool)
+    region: int = param(8, integer=True, positive=True)
+    importance_every: int = param(10, integer=True, positive=True)
+    early_stop: bool = param(True, kind=bool)
+    max_queries: int = param(100000, integer=True, positive=True)
+    batch_size: int | None = param(None, integer=True, positive=True)
 
     def _weights(self, delta: torch.Tensor) -> torch.Tensor:
         """Coordinate sampling weights ``(n, d)``."""
@@ -177,21 +155,19 @@ class ZOO(Attack):
             dist = (pts - x[rows]).flatten(1).pow(2).sum(1)
             return const[rows] * hinge + dist, logp
 
-        total = self.binary_search_steps * self.max_iterations
-        with progress_bar(total, "zoo", enabled=self.progress) as bar:
-            for _ in range(self.binary_search_steps):
+        total = self.search_steps * self.steps
+        with progress_bar(total, "zoo") as bar:
+            for _ in range(self.search_steps):
                 delta = torch.zeros_like(x)
                 m = torch.zeros(n, d, device=x.device)
                 v = torch.zeros(n, d, device=x.device)
                 steps_i = torch.zeros(n, d, device=x.device)
                 weights = self._weights(delta)
                 hit_round = torch.zeros(n, dtype=torch.bool, device=x.device)
-                for it in range(self.max_iterations):
+                for it in range(self.steps):
                     bar.advance()
-                    live = idx_all[~(hit_round & self.early_stop) & (box.counts + cost
-                                                                   <= self.max_queries)]
-                    if box.remaining is not None:
-                        live = live[: max(box.remaining // cost, 0)]
+                    live = box.fit(idx_all[~(hit_round & self.early_stop)
+                                           & (box.counts + cost <= self.max_queries)], cost)
                     if not len(live):
                         break
                     if self.importance_sampling and it % self.importance_every == 0:

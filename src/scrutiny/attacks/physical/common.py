@@ -14,12 +14,6 @@ from scrutiny.types import ThreatModel
 LOSSES: tuple[str, ...] = ("ce", "margin")
 
 
-def check_loss(loss: str) -> None:
-    """Clear error for an unknown ``loss``."""
-    if loss not in LOSSES:
-        raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
-
-
 def apply_perturbation(x: torch.Tensor, perturbation: torch.Tensor,
                        bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     """``clip(x + perturbation)``: add one shared perturbation to every input of ``x``."""

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
 from scrutiny.attacks.base import Attack
-from scrutiny.attacks.physical.common import check_loss, universal_objective
-from scrutiny.attacks.physical.transforms import warp
+from scrutiny.attacks.physical.common import LOSSES, universal_objective
+from scrutiny.attacks.physical.transforms import check_scale, warp
 from scrutiny.base import seeded
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive, check_x
+from scrutiny.validation import check_x
 
 SHAPES: tuple[str, ...] = ("square", "circle")
 
@@ -46,14 +46,8 @@ def patch_mask(shape: str, size: float, height: int, width: int) -> torch.Tensor
     return m.float()[None]
 
 
-def _check_range(name: str, value: Sequence[float]) -> None:
-    if (not isinstance(value, tuple | list) or len(value) != 2
-            or not all(isinstance(v, int | float) for v in value) or not 0 < value[0] <= value[1]):
-        raise InputError(f"{name} must be a pair (low, high) with 0 < low <= high, got {value!r}")
-
-
 @register("attack", "patch", paper="Brown, Mane, Roy, Abadi, Gilmer. Adversarial patch. "
-          "arXiv:1712.09665 (NIPS 2017 workshop)", test_params={"steps": 3, "samples": 2})
+          "arXiv:1712.09665 (NIPS 2017 workshop)", test_params={"steps": 3, "n_samples": 2})
 class AdversarialPatch(Attack):
     """A universal patch that, pasted anywhere on any image, makes the model output the target.
 
@@ -62,11 +56,11 @@ class AdversarialPatch(Attack):
     | A(p, x, l, t))`` over the images ``X`` given at call time, random
     locations ``l`` and transformations ``t`` (rotation and scale), where the
     patch application ``A`` pastes the transformed patch at ``l`` (EOT over
-    placements). Here each step draws ``samples`` placements per image
+    placements). Here each step draws ``n_samples`` placements per image
     (uniform location keeping the patch centre inside the image so the
     unrotated patch fits, rotation ``U(-rotation, rotation)`` degrees, scale
     ``U(scale)`` of the base size), pastes with a bilinear warp of the patch and
-    its mask (one forward pass of ``samples * N`` rows), and takes an Adam step
+    its mask (one forward pass of ``n_samples * N`` rows), and takes an Adam step
     on the patch, clipped to the input bounds. Untargeted (no ``target=``),
     the cross-entropy of the true label is maximised instead.
 
@@ -89,11 +83,12 @@ class AdversarialPatch(Attack):
     size : float
         Fraction of the image area the patch covers at scale 1.
     shape : {"square", "circle"}
+        Shape of the patch.
     steps : int
         Adam iterations.
     lr : float
         Adam learning rate, in input units.
-    samples : int
+    n_samples : int
         Placements per image and step.
     rotation : float
         Maximum rotation of the patch in degrees.
@@ -103,8 +98,6 @@ class AdversarialPatch(Attack):
         Log-probability of the target (the paper's) or the logit margin.
     batch_size : int
         Most patched rows per forward pass (gradients are accumulated).
-    progress : bool
-        Show a progress bar over the steps.
 
     References
     ----------
@@ -118,7 +111,7 @@ class AdversarialPatch(Attack):
     >>> from scrutiny.types import ThreatModel
     >>> model = pretrained("digits-cnn", progress=False)
     >>> train, test = load_digits(split="train"), load_digits(split="test")
-    >>> attack = AdversarialPatch(size=0.4, steps=20, samples=2)
+    >>> attack = AdversarialPatch(size=0.4, steps=20, n_samples=2)
     >>> res = attack(model, train.x[:32], train.y[:32], threat=ThreatModel("linf", float("inf")),
     ...              target=3)
     >>> pasted = attack.apply(test.x, res.meta["patch"], seed=1)  # on unseen test images
@@ -128,32 +121,15 @@ class AdversarialPatch(Attack):
 
     tags = Tags(norms=("linf",), targeted=True, stochastic=True, image_only=True)
 
-    def __init__(self, *, size: float = 0.1, shape: str = "square", steps: int = 200,
-                 lr: float = 0.1, samples: int = 8, rotation: float = 22.5,
-                 scale: Sequence[float] = (0.8, 1.2), loss: str = "ce", batch_size: int = 1024,
-                 progress: bool = False) -> None:
-        if not isinstance(size, int | float) or not 0 < size <= 1:
-            raise InputError(f"size must be a fraction of the image area in (0, 1], got {size!r}")
-        if shape not in SHAPES:
-            raise InputError(f"unknown shape {shape!r}; accepted: {', '.join(SHAPES)}")
-        check_positive("steps", steps, integer=True)
-        check_positive("lr", lr)
-        check_positive("samples", samples, integer=True)
-        check_positive("batch_size", batch_size, integer=True)
-        if not isinstance(rotation, int | float) or not 0 <= rotation <= 180:
-            raise InputError(f"rotation must be a number of degrees in [0, 180], got {rotation!r}")
-        _check_range("scale", scale)
-        check_loss(loss)
-        self.size = size
-        self.shape = shape
-        self.steps = steps
-        self.lr = lr
-        self.samples = samples
-        self.rotation = rotation
-        self.scale = scale
-        self.loss = loss
-        self.batch_size = batch_size
-        self.progress = progress
+    size: float = param(0.1, between=(0, 1), interval="(]")
+    shape: str = param("square", choices=SHAPES)
+    steps: int = param(200, integer=True, positive=True)
+    lr: float = param(0.1, positive=True)
+    n_samples: int = param(8, integer=True, positive=True)
+    rotation: float = param(22.5, between=(0, 180))
+    scale: tuple = param((0.8, 1.2), kind=tuple, check=check_scale)
+    loss: str = param("ce", choices=LOSSES)
+    batch_size: int = param(1024, integer=True, positive=True)
 
     def mask(self, height: int, width: int) -> torch.Tensor:
         """The centred patch support ``(1, H, W)`` for images of this size."""
@@ -225,7 +201,7 @@ class AdversarialPatch(Attack):
         mask = self.mask(h, w).to(x)
         patch = (lo + (hi - lo) * torch.rand_like(x[0])).requires_grad_(True)
         opt = torch.optim.Adam([patch], lr=self.lr)
-        chunk = max(1, self.batch_size // self.samples)
+        chunk = max(1, self.batch_size // self.n_samples)
         ones = [1] * (x.dim() - 1)
 
         def pasted(xs: torch.Tensor, p: torch.Tensor, k: int) -> torch.Tensor:
@@ -233,15 +209,15 @@ class AdversarialPatch(Attack):
             out = self.paste(rows, p * mask, mask, self.sample_placements(len(rows), h, w, x.device, x.dtype))
             return threat.project(rows, out) if threat.eps < float("inf") else out.clamp(lo, hi)
 
-        with progress_bar(self.steps, "patch", enabled=self.progress) as bar:
+        with progress_bar(self.steps, "patch") as bar:
             for _ in range(self.steps):
                 opt.zero_grad(set_to_none=True)
                 for i in range(0, n, chunk):  # mean over images and placements
-                    logits = model(pasted(x[i:i + chunk], patch, self.samples))
-                    t = None if target is None else target[i:i + chunk].repeat(self.samples)
-                    obj = universal_objective(logits, y[i:i + chunk].repeat(self.samples), t,
+                    logits = model(pasted(x[i:i + chunk], patch, self.n_samples))
+                    t = None if target is None else target[i:i + chunk].repeat(self.n_samples)
+                    obj = universal_objective(logits, y[i:i + chunk].repeat(self.n_samples), t,
                                               self.loss)
-                    (-obj.sum() / (n * self.samples)).backward()
+                    (-obj.sum() / (n * self.n_samples)).backward()
                 opt.step()
                 with torch.no_grad():
                     patch.clamp_(lo, hi)

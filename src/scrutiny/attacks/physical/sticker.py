@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from scrutiny.attacks.base import Attack
 from scrutiny.attacks.physical.common import (
+    LOSSES,
     apply_perturbation,
     ball_projector,
-    check_loss,
     universal_objective,
 )
-from scrutiny.attacks.physical.transforms import check_transform_params, random_transform
-from scrutiny.errors import InputError
+from scrutiny.attacks.physical.transforms import check_scale, random_transform
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 
 @register("attack", "sticker", paper="Eykholt, Evtimov, Fernandes, Li, Rahmati, Xiao, Prakash, "
           "Kohno, Song. Robust physical-world attacks on deep learning visual classification. "
-          "CVPR 2018", test_params={"steps": 3, "samples": 2})
+          "CVPR 2018", test_params={"steps": 3, "n_samples": 2})
 class Sticker(Attack):
     """RP2: one perturbation ``delta``, confined to a mask ``M``, that fools many images.
 
@@ -62,9 +59,9 @@ class Sticker(Attack):
         Adam iterations (per stage).
     lr : float
         Adam learning rate, in input units.
-    samples : int
+    n_samples : int
         Random transformations per image and step (one forward pass of
-        ``samples * N`` rows, chunked by ``batch_size``).
+        ``n_samples * N`` rows, chunked by ``batch_size``).
     lam : float
         Weight of the l2 penalty on ``M delta`` (0: the eps-ball alone bounds it).
     mask_keep : float, optional
@@ -73,13 +70,17 @@ class Sticker(Attack):
         Weight of the l1 penalty in the refinement stage.
     loss : {"ce", "margin"}
         ``J``: (log-)probability objective or the logit margin.
-    rotation, scale, translate, brightness
-        The transformation distribution
+    rotation : float
+        Maximum rotation in degrees of the transformations
         (:func:`~scrutiny.attacks.physical.transforms.random_transform`).
+    scale : (float, float)
+        Range of the scale factor.
+    translate : float
+        Maximum shift per axis, as a fraction of the image side.
+    brightness : float
+        Maximum additive brightness change, as a fraction of the input range.
     batch_size : int
         Most transformed rows per forward pass (gradients are accumulated).
-    progress : bool
-        Show a progress bar over the steps.
 
     References
     ----------
@@ -107,34 +108,18 @@ class Sticker(Attack):
 
     tags = Tags(norms=("linf", "l2", "l1"), targeted=True, stochastic=True, image_only=True)
 
-    def __init__(self, *, steps: int = 200, lr: float = 0.1, samples: int = 8, lam: float = 0.0,
-                 mask_keep: float | None = None, lam_l1: float = 0.01, loss: str = "ce",
-                 rotation: float = 10.0, scale: Sequence[float] = (0.9, 1.1),
-                 translate: float = 0.05, brightness: float = 0.1, batch_size: int = 1024,
-                 progress: bool = False) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("lr", lr)
-        check_positive("samples", samples, integer=True)
-        check_positive("lam", lam, allow_zero=True)
-        check_positive("lam_l1", lam_l1, allow_zero=True)
-        check_positive("batch_size", batch_size, integer=True)
-        if mask_keep is not None and not (isinstance(mask_keep, int | float) and 0 < mask_keep <= 1):
-            raise InputError(f"mask_keep must be a fraction in (0, 1] or None, got {mask_keep!r}")
-        check_loss(loss)
-        check_transform_params(rotation, scale, translate, brightness)
-        self.steps = steps
-        self.lr = lr
-        self.samples = samples
-        self.lam = lam
-        self.mask_keep = mask_keep
-        self.lam_l1 = lam_l1
-        self.loss = loss
-        self.rotation = rotation
-        self.scale = scale
-        self.translate = translate
-        self.brightness = brightness
-        self.batch_size = batch_size
-        self.progress = progress
+    steps: int = param(200, integer=True, positive=True)
+    lr: float = param(0.1, positive=True)
+    n_samples: int = param(8, integer=True, positive=True)
+    lam: float = param(0.0, nonneg=True)
+    mask_keep: float | None = param(None, between=(0, 1), interval="(]")
+    lam_l1: float = param(0.01, nonneg=True)
+    loss: str = param("ce", choices=LOSSES)
+    rotation: float = param(10.0, between=(0, 180))
+    scale: tuple = param((0.9, 1.1), kind=tuple, check=check_scale)
+    translate: float = param(0.05, between=(0, 1))
+    brightness: float = param(0.1, nonneg=True)
+    batch_size: int = param(1024, integer=True, positive=True)
 
     @staticmethod
     def apply(x: torch.Tensor, perturbation: torch.Tensor,
@@ -151,7 +136,7 @@ class Sticker(Attack):
               "brightness": self.brightness, "bounds": threat.bounds}
         delta = torch.zeros_like(x[:1]).requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=self.lr)
-        n, chunk = len(x), max(1, self.batch_size // self.samples)
+        n, chunk = len(x), max(1, self.batch_size // self.n_samples)
         ones = [1] * (x.dim() - 1)
         for _ in range(self.steps):
             opt.zero_grad(set_to_none=True)
@@ -160,11 +145,12 @@ class Sticker(Attack):
                 (lam * (md.abs().sum() if penalty == "l1" else md.norm())).backward()
             for i in range(0, n, chunk):  # gradient of the mean over images and transforms
                 xs = x[i:i + chunk]
-                rows = (xs + mask * delta).clamp(*threat.bounds).repeat(self.samples, *ones)
+                rows = (xs + mask * delta).clamp(*threat.bounds).repeat(self.n_samples, *ones)
                 logits = model(random_transform(rows, **tf))
-                t = None if target is None else target[i:i + chunk].repeat(self.samples)
-                obj = universal_objective(logits, y[i:i + chunk].repeat(self.samples), t, self.loss)
-                (-obj.sum() / (n * self.samples)).backward()
+                t = None if target is None else target[i:i + chunk].repeat(self.n_samples)
+                obj = universal_objective(logits, y[i:i + chunk].repeat(self.n_samples), t,
+                                          self.loss)
+                (-obj.sum() / (n * self.n_samples)).backward()
             opt.step()
             with torch.no_grad():
                 delta.copy_(project(mask * delta))
@@ -176,7 +162,7 @@ class Sticker(Attack):
         mask = threat.mask_for(x)
         mask = torch.ones_like(x[0]) if mask is None else mask.clone()
         stages = 2 if self.mask_keep is not None else 1
-        with progress_bar(stages * self.steps, "sticker", enabled=self.progress) as bar:
+        with progress_bar(stages * self.steps, "sticker") as bar:
             if self.mask_keep is not None:  # RP2's l1 stage: where is the model sensitive?
                 sparse = self._optimise(model, x, y, target, threat, mask, "l1", self.lam_l1, bar)
                 score = sparse.abs().sum(dim=0).flatten() + mask[0].flatten() * 1e-12

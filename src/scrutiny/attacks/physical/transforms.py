@@ -19,18 +19,13 @@ from torch.nn import functional as F
 from scrutiny.errors import InputError
 
 
-def check_transform_params(rotation: float, scale: Sequence[float], translate: float,
-                           brightness: float) -> None:
-    """Clear errors for the four transformation hyperparameters."""
-    if not isinstance(rotation, int | float) or not 0 <= rotation <= 180:
-        raise InputError(f"rotation must be a number of degrees in [0, 180], got {rotation!r}")
-    if (not isinstance(scale, tuple | list) or len(scale) != 2
-            or not all(isinstance(s, int | float) for s in scale) or not 0 < scale[0] <= scale[1]):
-        raise InputError(f"scale must be a pair (low, high) with 0 < low <= high, got {scale!r}")
-    if not isinstance(translate, int | float) or not 0 <= translate <= 1:
-        raise InputError(f"translate must be a fraction of the image side in [0, 1], got {translate!r}")
-    if not isinstance(brightness, int | float) or not brightness >= 0:
-        raise InputError(f"brightness must be >= 0, got {brightness!r}")
+def check_scale(name: str, value: Sequence[float]) -> tuple[float, float]:
+    """A scale range ``(low, high)`` with ``0 < low <= high``, as a tuple (a ``param`` check)."""
+    if (not isinstance(value, tuple | list) or len(value) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            or not 0 < value[0] <= value[1]):
+        raise InputError(f"{name} must be a pair (low, high) with 0 < low <= high, got {value!r}")
+    return (value[0], value[1])
 
 
 def sample_affine(n: int, *, rotation: float, scale: Sequence[float], translate: float,

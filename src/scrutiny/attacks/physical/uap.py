@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn import functional as F
 
@@ -12,16 +14,16 @@ from scrutiny.attacks.whitebox.deepfool import DeepFool
 from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 
 @register("attack", "uap", paper="Moosavi-Dezfooli, Fawzi, Fawzi, Frossard. Universal adversarial "
           "perturbations. CVPR 2017; targeted: Hirano, Takemoto. Simple iterative method for "
           "generating targeted universal adversarial perturbations. Algorithms 2020",
-          test_params={"max_passes": 2, "max_iter_df": 3, "candidates": 3})
+          test_params={"max_passes": 2, "deepfool_steps": 3, "candidates": 3})
 class UAP(Attack):
     """Universal adversarial perturbation: one ``v`` with ``||v||_p <= xi`` that fools most inputs.
 
@@ -39,7 +41,7 @@ class UAP(Attack):
 
     Targeted (``target=``, Hirano & Takemoto 2020): the same loop, the
     per-point step being a targeted fast gradient step
-    ``x_adv = x_i + v - fgsm_step * d`` (``d`` the steepest-descent direction
+    ``x_adv = x_i + v - step_size * d`` (``d`` the steepest-descent direction
     of ``CE(x_i + v, target)`` in the threat's norm, sign for linf); when
     ``x_adv`` is classified as the target, ``v <- P(x_adv - x_i)``. Passes stop
     when the targeted success rate reaches ``1 - delta``. The paper uses one
@@ -61,18 +63,16 @@ class UAP(Attack):
         Maximum number of passes over the data.
     overshoot : float
         DeepFool's overshoot.
-    max_iter_df : int
+    deepfool_steps : int
         DeepFool's maximum number of linearisation steps per point.
     candidates : int
-        Classes DeepFool considers (the predicted one included).
-    fgsm_step : float, optional
+        Classes DeepFool considers (the predicted one included, so at least 2).
+    step_size : float, optional
         Step of the targeted fast gradient method, in input units (the norm
         of the step in the threat's norm); default ``eps / 5`` (on the digits
         CNN, ``eps / 10`` stalls for hard targets: no single step reaches them).
     batch_size : int
         Points whose steps are computed together.
-    progress : bool
-        Show a progress bar over the passes.
 
     References
     ----------
@@ -97,24 +97,13 @@ class UAP(Attack):
 
     tags = Tags(norms=("l2", "linf"), targeted=True, stochastic=True)
 
-    def __init__(self, *, delta: float = 0.2, max_passes: int = 10, overshoot: float = 0.02,
-                 max_iter_df: int = 10, candidates: int = 10, fgsm_step: float | None = None,
-                 batch_size: int = 32, progress: bool = False) -> None:
-        if not isinstance(delta, int | float) or not 0 <= delta <= 1:
-            raise InputError(f"delta must be in [0, 1], got {delta!r}")
-        check_positive("max_passes", max_passes, integer=True)
-        check_positive("batch_size", batch_size, integer=True)
-        if fgsm_step is not None:
-            check_positive("fgsm_step", fgsm_step)
-        DeepFool(candidates=candidates, overshoot=overshoot, max_iter=max_iter_df)  # validates
-        self.delta = delta
-        self.max_passes = max_passes
-        self.overshoot = overshoot
-        self.max_iter_df = max_iter_df
-        self.candidates = candidates
-        self.fgsm_step = fgsm_step
-        self.batch_size = batch_size
-        self.progress = progress
+    delta: float = param(0.2, between=(0, 1))
+    max_passes: int = param(10, integer=True, positive=True)
+    overshoot: float = param(0.02, nonneg=True)
+    deepfool_steps: int = param(10, integer=True, positive=True)
+    candidates: int = param(10, integer=True, between=(2, math.inf), interval="[)")
+    step_size: float | None = param(None, positive=True)
+    batch_size: int = param(32, integer=True, positive=True)
 
     @staticmethod
     def apply(x: torch.Tensor, perturbation: torch.Tensor,
@@ -128,7 +117,7 @@ class UAP(Attack):
         lo, hi = threat.bounds
         if target is None:
             df = DeepFool(candidates=self.candidates, overshoot=self.overshoot,
-                          max_iter=self.max_iter_df)
+                          steps=self.deepfool_steps)
             l2 = ThreatModel("l2", float("inf"), threat.bounds, threat.mask)
             x_new = df._run(model, xv, label, l2, None)
             with torch.no_grad():
@@ -139,7 +128,7 @@ class UAP(Attack):
             m = threat.mask_for(xv)
             if m is not None:
                 grad = grad * m
-            step = self.fgsm_step if self.fgsm_step is not None else threat.eps / 5
+            step = self.step_size if self.step_size is not None else threat.eps / 5
             x_new = (xv - step * steepest_direction(grad, threat.norm)).clamp(lo, hi)
             with torch.no_grad():
                 ok = model(x_new).argmax(1) == target
@@ -168,7 +157,7 @@ class UAP(Attack):
             return float(torch.cat(hits).float().mean())
 
         fooling, passes = rate(), 0
-        with progress_bar(self.max_passes, "uap", enabled=self.progress) as bar:
+        with progress_bar(self.max_passes, "uap") as bar:
             while fooling < 1 - self.delta and passes < self.max_passes:
                 perm = torch.randperm(n, device=x.device)
                 for s in range(0, n, self.batch_size):

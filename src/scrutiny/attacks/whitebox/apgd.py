@@ -7,14 +7,14 @@ import math
 
 import torch
 
-from scrutiny.attacks.base import Attack, margin_loss_terms
+from scrutiny.attacks.base import Attack, margin_loss_terms, warn_if_masked
 from scrutiny.attacks.lp import random_start, steepest_direction
 from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 LOSSES = ("ce", "dlr")
 PAPER = ("Croce, Hein. Reliable evaluation of adversarial robustness with an ensemble of "
@@ -161,6 +161,8 @@ class APGD(Attack):
         Start from a uniformly random point of the ball (the paper's setting);
         False starts at the clean input, which makes the attack deterministic.
 
+    Notes
+    -----
     With ``norm="l1"`` the run is l1-APGD (Croce & Hein 2021), which replaces
     the dense step, the momentum and the halving schedule by the paper's
     sparse scheme for the effective threat set, the l1-ball intersected with
@@ -181,8 +183,6 @@ class APGD(Attack):
 
     ``rho`` and ``momentum`` apply to linf and l2 only.
 
-    Notes
-    -----
     The random start is uniform in the ball (linf) or a random point of the
     ball (l2, l1) rather than the reference code's sampling. The paper's
     l1-AutoAttack variant that runs l1-APGD at ``3 eps``, ``2 eps`` then
@@ -211,24 +211,13 @@ class APGD(Attack):
 
     tags = Tags(norms=("linf", "l2", "l1"), targeted=True, stochastic=True)
 
-    def __init__(self, *, steps: int = 100, restarts: int = 1, loss: str = "ce", targets: int = 0,
-                 rho: float = 0.75, momentum: float = 0.75, random_start: bool = True) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("restarts", restarts, integer=True)
-        check_positive("targets", targets, allow_zero=True, integer=True)
-        if loss not in LOSSES:
-            raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
-        if not 0 < rho <= 1:
-            raise InputError(f"rho must be in (0, 1], got {rho!r}")
-        if not 0 < momentum <= 1:
-            raise InputError(f"momentum must be in (0, 1], got {momentum!r}")
-        self.steps = steps
-        self.restarts = restarts
-        self.loss = loss
-        self.targets = targets
-        self.rho = rho
-        self.momentum = momentum
-        self.random_start = random_start
+    steps: int = param(100, integer=True, positive=True)
+    restarts: int = param(1, integer=True, positive=True)
+    loss: str = param("ce", choices=LOSSES)
+    targets: int = param(0, integer=True, nonneg=True)
+    rho: float = param(0.75, between=(0, 1), interval="(]")
+    momentum: float = param(0.75, between=(0, 1), interval="(]")
+    random_start: bool = param(True, kind=bool)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
@@ -273,6 +262,7 @@ class APGD(Attack):
             tt = None if t is None else t[idx]
             obj = _objective(logits, y[idx], tt, self.loss)
             g = grad_wrt(obj, xs)
+            warn_if_masked(g)
             pred = logits.detach().argmax(1)
             succ = pred == tt if explicit else pred != y[idx]
             return obj.detach(), g, succ
@@ -339,6 +329,7 @@ class APGD(Attack):
             tt = None if t is None else t[idx]
             obj = _objective(logits, y[idx], tt, self.loss)
             g = grad_wrt(obj, xs)
+            warn_if_masked(g)
             pred = logits.detach().argmax(1)
             succ = pred == tt if explicit else pred != y[idx]
             return obj.detach(), g, succ
@@ -392,6 +383,23 @@ class APGDT(APGD):
     targets when the model has fewer classes). The untargeted goal is kept:
     a sample is broken by any misclassification.
 
+    Parameters
+    ----------
+    steps : int
+        Iterations per run (the paper's ``N_iter``, 100).
+    restarts : int
+        Runs from new random starts; each attacks only the still-robust samples.
+    loss : {"ce", "dlr"}
+        Cross-entropy or the Difference of Logits Ratio (:func:`dlr_loss`, the default).
+    targets : int
+        Number of top classes attacked in turn (9); 0 runs the untargeted attack.
+    rho : float
+        Condition 1's fraction of loss-increasing steps (0.75).
+    momentum : float
+        Weight ``a`` of the new step against the previous one (0.75).
+    random_start : bool
+        Start from a uniformly random point of the ball (the paper's setting).
+
     References
     ----------
     .. [1] Croce, Hein. "Reliable evaluation of adversarial robustness with an
@@ -409,7 +417,5 @@ class APGDT(APGD):
     True
     """
 
-    def __init__(self, *, steps: int = 100, restarts: int = 1, loss: str = "dlr", targets: int = 9,
-                 rho: float = 0.75, momentum: float = 0.75, random_start: bool = True) -> None:
-        super().__init__(steps=steps, restarts=restarts, loss=loss, targets=targets, rho=rho,
-                         momentum=momentum, random_start=random_start)
+    loss: str = param("dlr", choices=LOSSES)
+    targets: int = param(9, integer=True, nonneg=True)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from scrutiny.attacks.base import Attack
 from scrutiny.base import grad_wrt
-from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,7 @@ def candidate_gradients(model: TorchModel, x: torch.Tensor, classes: torch.Tenso
 
 @register("attack", "deepfool", paper="Moosavi-Dezfooli, Fawzi, Frossard. DeepFool: a simple and "
           "accurate method to fool deep neural networks. CVPR 2016",
-          test_params={"max_iter": 5, "candidates": 3})
+          test_params={"steps": 5, "candidates": 3})
 class DeepFool(Attack):
     """DeepFool: the minimal perturbation to the linearised nearest decision boundary.
 
@@ -60,7 +61,7 @@ class DeepFool(Attack):
     ``r_i = |f'_l| w_l / ||w_l||_2^2``; for linf (``q = 1``)
     ``r_i = |f'_l| sign(w_l) / ||w_l||_1``. The steps add up to ``r``, and the
     iterate is ``x_{i+1} = clip(x + (1 + overshoot) r)`` until the label changes
-    or ``max_iter`` steps are done; the output is ``x + (1 + overshoot) r``,
+    or ``steps`` steps are done; the output is ``x + (1 + overshoot) r``,
     as in the paper. With two classes this is the paper's binary algorithm
     (``r = -f(x) w / ||w||_2^2`` for ``f = f_1 - f_0``). For an affine
     classifier the first step is already the exact minimal perturbation.
@@ -85,10 +86,10 @@ class DeepFool(Attack):
     Parameters
     ----------
     candidates : int
-        Number of classes considered (the true class included).
+        Number of classes considered (the true class included, so at least 2).
     overshoot : float
         The total perturbation is multiplied by ``1 + overshoot`` to cross the boundary.
-    max_iter : int
+    steps : int
         Maximum number of linearisation steps.
 
     References
@@ -109,15 +110,9 @@ class DeepFool(Attack):
 
     tags = Tags(norms=("l2", "linf"), minimum_norm=True)
 
-    def __init__(self, *, candidates: int = 10, overshoot: float = 0.02, max_iter: int = 50) -> None:
-        check_positive("candidates", candidates, integer=True)
-        check_positive("overshoot", overshoot, allow_zero=True)
-        check_positive("max_iter", max_iter, integer=True)
-        if candidates < 2:
-            raise InputError(f"candidates must be >= 2 (the true class and one other), got {candidates!r}")
-        self.candidates = candidates
-        self.overshoot = overshoot
-        self.max_iter = max_iter
+    candidates: int = param(10, integer=True, between=(2, math.inf), interval="[)")
+    overshoot: float = param(0.02, nonneg=True)
+    steps: int = param(50, integer=True, positive=True)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
@@ -131,7 +126,7 @@ class DeepFool(Attack):
         r_tot = torch.zeros_like(x)
         active = clean.argmax(dim=1) == y
         scale = 1 + self.overshoot
-        for it in range(self.max_iter + 1):
+        for it in range(self.steps + 1):
             idx = active.nonzero()[:, 0]
             if not len(idx):
                 break
@@ -139,7 +134,7 @@ class DeepFool(Attack):
             logits, grads = candidate_gradients(model, xi, classes[idx])
             still = logits.argmax(dim=1) == y[idx]
             active[idx] = still
-            if not still.any() or it == self.max_iter:
+            if not still.any() or it == self.steps:
                 break
             idx, logits, grads = idx[still], logits[still], grads[still]
             cls = classes[idx]

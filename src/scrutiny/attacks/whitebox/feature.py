@@ -10,9 +10,10 @@ from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
 from scrutiny.models.hooks import capture
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive, check_x
+from scrutiny.validation import check_x
 
 
 def default_feature_layer(model: TorchModel) -> str:
@@ -54,8 +55,13 @@ def default_guides(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x[cand[torch.arange(n, device=y.device), first]]
 
 
+def _layer_name(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{name} must be a layer name (str) or None, got {value!r}")
+
+
 @register("attack", "feature_adversary", paper="Sabour, Cao, Faghri, Fleet. Adversarial "
-          "manipulation of deep representations. ICLR 2016", test_params={"max_iter": 5})
+          "manipulation of deep representations. ICLR 2016", test_params={"steps": 5})
 class FeatureAdversary(Attack):
     """Feature adversaries: an image that looks like the source but is represented like the guide.
 
@@ -87,13 +93,13 @@ class FeatureAdversary(Attack):
         Name of the layer whose output is matched (``model.layer_names()``
         lists them); default :func:`default_feature_layer`, the last
         convolution (else the penultimate layer).
-    max_iter : int
+    steps : int
         L-BFGS-B iterations.
 
     Notes
     -----
     The paper tunes ``eps`` per experiment (10/255 on ImageNet) and stops
-    L-BFGS-B at convergence; here ``max_iter`` caps the iterations.
+    L-BFGS-B at convergence; here ``steps`` caps the iterations.
 
     References
     ----------
@@ -107,7 +113,7 @@ class FeatureAdversary(Attack):
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
     >>> x, y, g = data.x[:16], data.y[:16], data.x[16:32]
-    >>> res = FeatureAdversary(max_iter=50)(model, x, y, threat=ThreatModel("linf", 0.3), guide=g)
+    >>> res = FeatureAdversary(steps=50)(model, x, y, threat=ThreatModel("linf", 0.3), guide=g)
     >>> bool(res.meta["relative_distance"].median() < 0.5)
     True
     """
@@ -115,12 +121,8 @@ class FeatureAdversary(Attack):
     tags = Tags(norms=("linf",))
     call_data = ("guide",)
 
-    def __init__(self, *, layer: str | None = None, max_iter: int = 100) -> None:
-        if layer is not None and (not isinstance(layer, str) or not layer):
-            raise InputError(f"layer must be a layer name (str) or None, got {layer!r}")
-        check_positive("max_iter", max_iter, integer=True)
-        self.layer = layer
-        self.max_iter = max_iter
+    layer: str | None = param(None, check=_layer_name)
+    steps: int = param(100, integer=True, positive=True)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None, guide: torch.Tensor | None = None
@@ -163,7 +165,7 @@ class FeatureAdversary(Attack):
 
             res = minimize(fun, x.detach().double().cpu().numpy().ravel(), jac=True,
                            method="L-BFGS-B", bounds=list(zip(lower, upper, strict=True)),
-                           options={"maxiter": self.max_iter})
+                           options={"maxiter": self.steps})
             x_adv = torch.from_numpy(res.x.copy()).view(shape).to(device=x.device, dtype=dtype)
             with torch.no_grad():
                 phi_a = features(x_adv)

@@ -8,9 +8,9 @@ import torch
 
 from scrutiny.attacks.base import Attack, input_gradient
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel, lp_norm, project_l1_box
-from scrutiny.validation import check_positive
 
 _DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
 
@@ -58,12 +58,15 @@ class FMN(Attack):
     steps : int
         Iterations (the paper's experiments use 1000; 100 is usually enough on
         small models).
-    alpha_init : float
-        Initial step size (l2 norm of the step); annealed to ``alpha_final``.
-    alpha_final : float, optional
-        Final step size; default ``alpha_init / 100``.
-    gamma_init, gamma_final : float
-        Initial and final relative change of the radius (0.05 and 0.001).
+    step_size : float
+        Initial step size (the paper's ``alpha_0``, l2 norm of the step);
+        annealed to ``final_step_size``.
+    final_step_size : float, optional
+        Final step size; default ``step_size / 100``.
+    gamma_init : float
+        Initial relative change of the radius (the paper's ``gamma_0``, 0.05).
+    gamma_final : float
+        Final relative change of the radius (0.001).
 
     Notes
     -----
@@ -95,20 +98,11 @@ class FMN(Attack):
 
     tags = Tags(norms=("linf", "l2", "l1"), targeted=True, minimum_norm=True)
 
-    def __init__(self, *, steps: int = 100, alpha_init: float = 1.0,
-                 alpha_final: float | None = None, gamma_init: float = 0.05,
-                 gamma_final: float = 0.001) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("alpha_init", alpha_init)
-        if alpha_final is not None:
-            check_positive("alpha_final", alpha_final)
-        check_positive("gamma_init", gamma_init)
-        check_positive("gamma_final", gamma_final)
-        self.steps = steps
-        self.alpha_init = alpha_init
-        self.alpha_final = alpha_final
-        self.gamma_init = gamma_init
-        self.gamma_final = gamma_final
+    steps: int = param(100, integer=True, positive=True)
+    step_size: float = param(1.0, positive=True)
+    final_step_size: float | None = param(None, positive=True)
+    gamma_init: float = param(0.05, positive=True)
+    gamma_final: float = param(0.001, positive=True)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
@@ -117,8 +111,8 @@ class FMN(Attack):
         free = threat.with_eps(math.inf)  # box and mask only
         lo, hi = lo_b - x, hi_b - x
         n, dev = len(x), x.device
-        a0 = self.alpha_init
-        a1 = a0 / 100 if self.alpha_final is None else self.alpha_final
+        a0 = self.step_size
+        a1 = a0 / 100 if self.final_step_size is None else self.final_step_size
         worst = lp_norm(torch.maximum(x - lo_b, hi_b - x), norm)  # largest useful radius
         best = x.clone()
         best_norm = torch.full((n,), math.inf, device=dev, dtype=x.dtype)

@@ -6,9 +6,9 @@ import torch
 
 from scrutiny.attacks.base import Attack
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 
 def lbfgs_loss(logits: torch.Tensor, label: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -25,7 +25,7 @@ def lbfgs_loss(logits: torch.Tensor, label: torch.Tensor, targeted: bool) -> tor
 
 def lbfgs_minimize(model: TorchModel, x: torch.Tensor, label: torch.Tensor, const: torch.Tensor,
                    *, targeted: bool, bounds: tuple[float, float],
-                   mask: torch.Tensor | None = None, max_iter: int = 100) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, steps: int = 100) -> torch.Tensor:
     """Box-constrained L-BFGS: ``argmin_{x' in box} ||x' - x||_2^2 + c * loss_f(x', label)``.
 
     Every sample has its own ``c`` (``const``, shape ``(N,)``). The samples'
@@ -57,13 +57,13 @@ def lbfgs_minimize(model: TorchModel, x: torch.Tensor, label: torch.Tensor, cons
         return float(obj.detach()), g.detach().double().cpu().numpy().ravel()
 
     res = minimize(fun, x64, jac=True, method="L-BFGS-B", bounds=box,
-                   options={"maxiter": max_iter})
+                   options={"maxiter": steps})
     return torch.from_numpy(res.x).view(shape).to(device=x.device, dtype=dtype)
 
 
 @register("attack", "lbfgs", paper="Szegedy, Zaremba, Sutskever, Bruna, Erhan, Goodfellow, "
           "Fergus. Intriguing properties of neural networks. ICLR 2014",
-          test_params={"search_steps": 2, "max_iter": 5})
+          test_params={"search_steps": 2, "steps": 5})
 class LBFGS(Attack):
     """Box-constrained L-BFGS attack: the first adversarial-example attack.
 
@@ -100,7 +100,7 @@ class LBFGS(Attack):
         First ``c``.
     search_steps : int
         Number of L-BFGS-B minimisations (values of ``c``) per sample.
-    max_iter : int
+    steps : int
         L-BFGS-B iterations per minimisation.
 
     References
@@ -117,7 +117,7 @@ class LBFGS(Attack):
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
     >>> x, y = data.x[:8], data.y[:8]
-    >>> attack = LBFGS(initial_const=1.0, search_steps=3, max_iter=20)  # a short search
+    >>> attack = LBFGS(initial_const=1.0, search_steps=3, steps=20)  # a short search
     >>> res = attack(model, x, y, target=(y + 1) % 10, threat=ThreatModel("l2", float("inf")))
     >>> res.success_rate()
     1.0
@@ -125,14 +125,9 @@ class LBFGS(Attack):
 
     tags = Tags(norms=("l2",), targeted=True, minimum_norm=True)
 
-    def __init__(self, *, initial_const: float = 0.01, search_steps: int = 12,
-                 max_iter: int = 100) -> None:
-        check_positive("initial_const", initial_const)
-        check_positive("search_steps", search_steps, integer=True)
-        check_positive("max_iter", max_iter, integer=True)
-        self.initial_const = initial_const
-        self.search_steps = search_steps
-        self.max_iter = max_iter
+    initial_const: float = param(0.01, positive=True)
+    search_steps: int = param(12, integer=True, positive=True)
+    steps: int = param(100, integer=True, positive=True)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None):
@@ -146,7 +141,7 @@ class LBFGS(Attack):
         best = x.clone()
         for _ in range(self.search_steps):
             xa = lbfgs_minimize(model, x, label, c, targeted=targeted, bounds=threat.bounds,
-                                mask=mask, max_iter=self.max_iter)
+                                mask=mask, steps=self.steps)
             with torch.no_grad():
                 pred = model(xa).argmax(dim=1)
             ok = (pred == label if targeted else pred != label).cpu()

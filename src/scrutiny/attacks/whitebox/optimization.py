@@ -12,11 +12,10 @@ from __future__ import annotations
 import torch
 
 from scrutiny.attacks.base import Attack
-from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 _NO_UPPER = 1e10  # the reference implementation's "no successful c yet" sentinel
 
@@ -72,19 +71,20 @@ class ConstSearch:
                                  torch.where(succeeded, c, c * 10))
 
 
-def _check_common(binary_search_steps: int, max_iterations: int, learning_rate: float,
-                  initial_const: float, confidence: float) -> None:
-    check_positive("binary_search_steps", binary_search_steps, integer=True)
-    check_positive("max_iterations", max_iterations, integer=True)
-    check_positive("learning_rate", learning_rate)
-    check_positive("initial_const", initial_const)
-    check_positive("confidence", confidence, allow_zero=True)
+class _MarginSearch(Attack):
+    """What C&W and EAD share: Carlini & Wagner's margin objective under a search over ``c``."""
+
+    search_steps: int = param(9, integer=True, positive=True)
+    steps: int = param(1000, integer=True, positive=True)
+    initial_const: float = param(1e-3, positive=True)
+    confidence: float = param(0.0, nonneg=True)
+    abort_early: bool = param(True, kind=bool)
 
 
 @register("attack", "cw", paper="Carlini, Wagner. Towards evaluating the robustness of neural "
           "networks. IEEE S&P 2017",
-          test_params={"binary_search_steps": 2, "max_iterations": 10})
-class CarliniWagnerL2(Attack):
+          test_params={"search_steps": 2, "steps": 10})
+class CarliniWagnerL2(_MarginSearch):
     """Carlini-Wagner L2 attack: the smallest L2 perturbation that changes the decision.
 
     With the change of variables ``x' = lo + (hi - lo) * (tanh(w) + 1) / 2``
@@ -111,20 +111,21 @@ class CarliniWagnerL2(Attack):
 
     Parameters
     ----------
-    binary_search_steps : int
-        Number of values of ``c`` tried per sample (9 in the paper's code).
-    max_iterations : int
+    search_steps : int
+        Number of values of ``c`` tried per sample (the binary search; 9 in
+        the paper's code).
+    steps : int
         Adam steps per value of ``c`` (the paper uses 10,000 for its
         results; 1,000 is the common default and enough on small models).
-    learning_rate : float
-        Adam's step size.
+    lr : float
+        Adam's learning rate.
     initial_const : float
         First ``c`` (1e-3 as in the paper's reference implementation).
     confidence : float
         ``kappa``: the logit margin a success must have (0: just cross the boundary).
     abort_early : bool
         Stop a binary-search step when no sample's objective improved by more
-        than 0.01% over the last ``max_iterations // 10`` steps.
+        than 0.01% over the last ``steps // 10`` steps.
 
     Notes
     -----
@@ -145,8 +146,8 @@ class CarliniWagnerL2(Attack):
     >>> from scrutiny.data import load_digits
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
-    >>> cw = CarliniWagnerL2(binary_search_steps=3, max_iterations=50, initial_const=1.0,
-    ...                      learning_rate=0.1)  # a short search; the defaults are the paper's
+    >>> cw = CarliniWagnerL2(search_steps=3, steps=50, initial_const=1.0,
+    ...                      lr=0.1)  # a short search; the defaults are the paper's
     >>> res = cw(model, data.x[:8], data.y[:8], threat=ThreatModel("l2", float("inf")))
     >>> res.success_rate()
     1.0
@@ -156,17 +157,7 @@ class CarliniWagnerL2(Attack):
 
     tags = Tags(norms=("l2",), targeted=True, minimum_norm=True)
 
-    def __init__(self, *, binary_search_steps: int = 9, max_iterations: int = 1000,
-                 learning_rate: float = 0.01, initial_const: float = 1e-3,
-                 confidence: float = 0.0, abort_early: bool = True) -> None:
-        _check_common(binary_search_steps, max_iterations, learning_rate, initial_const,
-                      confidence)
-        self.binary_search_steps = binary_search_steps
-        self.max_iterations = max_iterations
-        self.learning_rate = learning_rate
-        self.initial_const = initial_const
-        self.confidence = confidence
-        self.abort_early = abort_early
+    lr: float = param(0.01, positive=True)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None):
@@ -186,16 +177,16 @@ class CarliniWagnerL2(Attack):
         search = ConstSearch(n, self.initial_const, x.device)
         best = x.clone()
         best_l2 = torch.full((n,), float("inf"), device=x.device)
-        check_every = max(1, self.max_iterations // 10)
+        check_every = max(1, self.steps // 10)
         b1, b2, adam_eps = 0.9, 0.999, 1e-8
-        for _ in range(self.binary_search_steps):
+        for _ in range(self.search_steps):
             const = search.const.to(x.dtype)
             mod = torch.zeros_like(x)
             m1, m2 = torch.zeros_like(x), torch.zeros_like(x)
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
             prev = torch.full((n,), float("inf"), device=x.device)
             stalled = torch.zeros(n, dtype=torch.bool, device=x.device)
-            for it in range(self.max_iterations):
+            for it in range(self.steps):
                 mod.requires_grad_(True)
                 xa = to_input(mod)
                 logits = model(xa)
@@ -213,7 +204,7 @@ class CarliniWagnerL2(Attack):
                     m1 = b1 * m1 + (1 - b1) * grad
                     m2 = b2 * m2 + (1 - b2) * grad * grad
                     step = (m1 / (1 - b1 ** t)) / ((m2 / (1 - b2 ** t)).sqrt() + adam_eps)
-                    mod = (mod - self.learning_rate * step).detach()
+                    mod = (mod - self.lr * step).detach()
                     if self.abort_early and it % check_every == 0:
                         stalled |= loss > prev * 0.9999
                         prev = loss.detach()
@@ -225,8 +216,8 @@ class CarliniWagnerL2(Attack):
 
 @register("attack", "ead", paper="Chen, Sharma, Zhang, Yi, Hsieh. EAD: Elastic-net attacks to "
           "deep neural networks via adversarial examples. AAAI 2018",
-          test_params={"binary_search_steps": 2, "max_iterations": 10})
-class ElasticNet(Attack):
+          test_params={"search_steps": 2, "steps": 10})
+class ElasticNet(_MarginSearch):
     """Elastic-Net attack (EAD): sparse adversarial examples by ISTA/FISTA.
 
     Minimises, per sample, ``c * f(x') + ||x' - x||_2^2 + beta * ||x' - x||_1``
@@ -241,7 +232,7 @@ class ElasticNet(Attack):
     applied after a gradient step on the smooth part ``g = c f + ||.||_2^2`` at
     the FISTA slack point: ``x^{k+1} = S_beta(y^k - a_k grad g(y^k))``,
     ``y^{k+1} = x^{k+1} + k / (k + 3) * (x^{k+1} - x^k)``, with the step
-    ``a_k = learning_rate * (1 - k / max_iterations)^(1/2)`` as in the paper's
+    ``a_k = step_size * (1 - k / steps)^(1/2)`` as in the paper's
     code. ``c`` is found per sample by the same binary search as C&W. Among the
     successful iterates the one with the smallest elastic-net distance
     ``||d||_2^2 + beta ||d||_1`` (``decision_rule="EN"``) or L1 norm
@@ -258,9 +249,19 @@ class ElasticNet(Attack):
         Weight of the L1 term (also the shrinkage threshold).
     decision_rule : {"EN", "L1"}
         Which distance picks the best successful example.
-    binary_search_steps, max_iterations, learning_rate, initial_const, confidence, abort_early
-        As in :class:`CarliniWagnerL2` (``learning_rate`` is the initial ISTA
-        step ``a_0``).
+    search_steps : int
+        Number of values of ``c`` tried per sample (the binary search).
+    steps : int
+        ISTA/FISTA iterations per value of ``c``.
+    initial_const : float
+        First ``c``.
+    confidence : float
+        ``kappa``: the logit margin a success must have (0: just cross the boundary).
+    abort_early : bool
+        Stop a binary-search step when no sample's objective improved over the
+        last ``steps // 10`` steps.
+    step_size : float
+        The initial ISTA step ``a_0`` (the reference code's learning rate).
 
     References
     ----------
@@ -275,7 +276,7 @@ class ElasticNet(Attack):
     >>> from scrutiny.data import load_digits
     >>> from scrutiny.types import ThreatModel
     >>> model, data = pretrained("digits-cnn", progress=False), load_digits(split="test")
-    >>> ead = ElasticNet(binary_search_steps=3, max_iterations=50, initial_const=1.0)
+    >>> ead = ElasticNet(search_steps=3, steps=50, initial_const=1.0)
     >>> res = ead(model, data.x[:8], data.y[:8], threat=ThreatModel("l1", float("inf")))
     >>> res.success_rate()
     1.0
@@ -283,23 +284,9 @@ class ElasticNet(Attack):
 
     tags = Tags(norms=("l1", "l2"), targeted=True, minimum_norm=True)
 
-    def __init__(self, *, beta: float = 1e-3, decision_rule: str = "EN",
-                 binary_search_steps: int = 9, max_iterations: int = 1000,
-                 learning_rate: float = 0.01, initial_const: float = 1e-3,
-                 confidence: float = 0.0, abort_early: bool = True) -> None:
-        _check_common(binary_search_steps, max_iterations, learning_rate, initial_const,
-                      confidence)
-        check_positive("beta", beta, allow_zero=True)
-        if decision_rule not in ("EN", "L1"):
-            raise InputError(f"decision_rule must be 'EN' or 'L1', got {decision_rule!r}")
-        self.beta = beta
-        self.decision_rule = decision_rule
-        self.binary_search_steps = binary_search_steps
-        self.max_iterations = max_iterations
-        self.learning_rate = learning_rate
-        self.initial_const = initial_const
-        self.confidence = confidence
-        self.abort_early = abort_early
+    beta: float = param(1e-3, nonneg=True)
+    decision_rule: str = param("EN", choices=("EN", "L1"))
+    step_size: float = param(0.01, positive=True)
 
     def _shrink(self, z: torch.Tensor, x: torch.Tensor, lo: float, hi: float,
                 mask: torch.Tensor | None) -> torch.Tensor:
@@ -320,20 +307,20 @@ class ElasticNet(Attack):
         search = ConstSearch(n, self.initial_const, x.device)
         best = x.clone()
         best_dist = torch.full((n,), float("inf"), device=x.device)
-        check_every = max(1, self.max_iterations // 10)
+        check_every = max(1, self.steps // 10)
 
         def distances(xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             d = (xa - x).reshape(n, -1)
             return d.pow(2).sum(dim=1), d.abs().sum(dim=1)
 
-        for _ in range(self.binary_search_steps):
+        for _ in range(self.search_steps):
             const = search.const.to(x.dtype)
             xk, yk = x.clone(), x.clone()
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
             prev = torch.full((n,), float("inf"), device=x.device)
             stalled = torch.zeros(n, dtype=torch.bool, device=x.device)
-            for it in range(self.max_iterations):
-                lr = self.learning_rate * (1 - it / self.max_iterations) ** 0.5
+            for it in range(self.steps):
+                lr = self.step_size * (1 - it / self.steps) ** 0.5
                 yk.requires_grad_(True)
                 smooth = (const * cw_objective(model(yk), label, targeted, kappa)
                           + (yk - x).reshape(n, -1).pow(2).sum(dim=1))

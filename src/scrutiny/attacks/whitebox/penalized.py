@@ -8,9 +8,9 @@ from torch.nn import functional as F
 from scrutiny.attacks.base import Attack
 from scrutiny.base import grad_wrt
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel, lp_norm, project_l1_box
-from scrutiny.validation import check_positive
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -98,13 +98,9 @@ class Penalized(Attack):
 
     tags = Tags(norms=("l2", "l1", "linf"), targeted=True, minimum_norm=True)
 
-    def __init__(self, *, lam: float = 1.0, steps: int = 100, step_size: float = 0.05) -> None:
-        check_positive("lam", lam, allow_zero=True)
-        check_positive("steps", steps, integer=True)
-        check_positive("step_size", step_size)
-        self.lam = lam
-        self.steps = steps
-        self.step_size = step_size
+    lam: float = param(1.0, nonneg=True)
+    steps: int = param(100, integer=True, positive=True)
+    step_size: float = param(0.05, positive=True)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:

@@ -10,16 +10,11 @@ from scrutiny.attacks.base import Attack, input_gradient, margin_loss_terms
 from scrutiny.attacks.lp import random_start, steepest_direction
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 LOSSES = ("ce", "margin")
-
-
-def _check_loss(loss: str) -> None:
-    if loss not in LOSSES:
-        raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
 
 
 @register("attack", "fgsm", paper="Goodfellow, Shlens, Szegedy. Explaining and harnessing "
@@ -56,9 +51,7 @@ class FGSM(Attack):
 
     tags = Tags(norms=("linf", "l2"), targeted=True)
 
-    def __init__(self, *, loss: str = "ce") -> None:
-        _check_loss(loss)
-        self.loss = loss
+    loss: str = param("ce", choices=LOSSES)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> torch.Tensor:
@@ -83,6 +76,8 @@ class PGD(Attack):
         Iterations per restart.
     rel_step_size : float, optional
         Step ``alpha`` as a fraction of eps; default ``2.5 / steps`` (Madry et al.).
+    step_size : float, optional
+        Absolute step ``alpha`` in input units, instead of ``rel_step_size``.
     random_start : bool
         Start from a uniformly random point of the ball.
     restarts : int
@@ -117,26 +112,24 @@ class PGD(Attack):
 
     tags = Tags(norms=("linf", "l2", "l1"), targeted=True, stochastic=True)
 
-    def __init__(self, *, steps: int = 40, rel_step_size: float | None = None,
-                 random_start: bool = True, restarts: int = 1, loss: str = "ce",
-                 early_stop: bool = True, l1_sparsity: float = 0.95) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("restarts", restarts, integer=True)
-        if rel_step_size is not None:
-            check_positive("rel_step_size", rel_step_size)
-        if not 0 <= l1_sparsity < 1:
-            raise InputError(f"l1_sparsity must be in [0, 1), got {l1_sparsity!r}")
-        _check_loss(loss)
-        self.steps = steps
-        self.rel_step_size = rel_step_size
-        self.random_start = random_start
-        self.restarts = restarts
-        self.loss = loss
-        self.early_stop = early_stop
-        self.l1_sparsity = l1_sparsity
+    steps: int = param(40, integer=True, positive=True)
+    rel_step_size: float | None = param(None, positive=True)
+    step_size: float | None = param(None, positive=True)
+    random_start: bool = param(True, kind=bool)
+    restarts: int = param(1, integer=True, positive=True)
+    loss: str = param("ce", choices=LOSSES)
+    early_stop: bool = param(True, kind=bool)
+    l1_sparsity: float = param(0.95, between=(0, 1), interval="[)")
+
+    def _post_init(self) -> None:
+        if self.step_size is not None and self.rel_step_size is not None:
+            raise InputError(f"give step_size (absolute, {self.step_size!r}) or rel_step_size "
+                             f"(a fraction of eps, {self.rel_step_size!r}), not both")
 
     def _schedule(self, threat: ThreatModel) -> tuple[int, float]:
         """Number of steps and absolute step size for this threat model."""
+        if self.step_size is not None:
+            return self.steps, self.step_size
         return self.steps, threat.eps * (self.rel_step_size or 2.5 / self.steps)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -198,18 +191,29 @@ class BIM(PGD):
     gives 10 steps of 1/255). The loop is :class:`PGD`'s, so the best iterate
     per sample is kept and a sample stops once misclassified (``early_stop``).
 
+    A preset of :class:`PGD`: the same parameters, with ``steps=None`` (the
+    paper's schedule) and ``random_start=False``.
+
     Parameters
     ----------
     steps : int, optional
         Iterations; default the paper's ``ceil(min(e + 4, 1.25 e))`` with
         ``e = 255 * eps / (hi - lo)``.
+    rel_step_size : float, optional
+        Step ``alpha`` as a fraction of eps, instead of ``step_size``.
     step_size : float, optional
         Absolute step ``alpha`` in input units; default ``(hi - lo) / 255``.
+    random_start : bool
+        Start from a random point of the ball (False: the paper's clean start).
+    restarts : int
+        Independent runs; each attacks only the samples not yet broken.
     loss : {"ce", "margin"}
         Objective; targeted attacks use ``L(x, y) - L(x, t)`` (the paper's
         iterative least-likely-class method is ``target=`` the least likely class).
     early_stop : bool
         Stop optimising a sample once it is misclassified.
+    l1_sparsity : float
+        Unused: BIM is an linf attack (kept from :class:`PGD`).
 
     References
     ----------
@@ -231,18 +235,13 @@ class BIM(PGD):
 
     tags = Tags(norms=("linf",), targeted=True)
 
-    def __init__(self, *, steps: int | None = None, step_size: float | None = None,
-                 loss: str = "ce", early_stop: bool = True) -> None:
-        if steps is not None:
-            check_positive("steps", steps, integer=True)
-        if step_size is not None:
-            check_positive("step_size", step_size)
-        super().__init__(random_start=False, loss=loss, early_stop=early_stop)
-        self.steps = steps
-        self.step_size = step_size
+    steps: int | None = param(None, integer=True, positive=True)
+    random_start: bool = param(False, kind=bool)
 
     def _schedule(self, threat: ThreatModel) -> tuple[int, float]:
         lo, hi = threat.bounds
         e = 255 * threat.eps / (hi - lo)
         steps = self.steps or max(1, math.ceil(min(e + 4, 1.25 * e)))
+        if self.rel_step_size is not None:
+            return steps, threat.eps * self.rel_step_size
         return steps, self.step_size or (hi - lo) / 255

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from scrutiny.attacks.base import Attack, input_gradient
-from scrutiny.errors import InputError
 from scrutiny.geometry import (  # noqa: F401  (transport_cost, wasserstein_distance: re-exported)
     project_wasserstein_ball,
     projected_sinkhorn,
@@ -25,10 +24,10 @@ from scrutiny.geometry import (  # noqa: F401  (transport_cost, wasserstein_dist
     wasserstein_distance,
 )
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.progress import progress_bar
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
-from scrutiny.validation import check_positive
 
 LOSSES = ("ce", "margin")
 
@@ -43,7 +42,7 @@ def project_wasserstein(x0: torch.Tensor, x: torch.Tensor, threat: ThreatModel) 
 
 @register("attack", "wasserstein", paper="Wong, Schmidt, Kolter. Wasserstein adversarial "
           "examples via projected Sinkhorn iterations. ICML 2019",
-          test_params={"steps": 3, "sinkhorn_iters": 5})
+          test_params={"steps": 3, "sinkhorn_steps": 5})
 class WassersteinPGD(Attack):
     """PGD in a Wasserstein ball: linf steepest-ascent steps, projected by projected Sinkhorn.
 
@@ -70,12 +69,10 @@ class WassersteinPGD(Attack):
         Iterations between radius increases.
     lam : float
         Entropic regularisation of the projection (the paper's 1000).
-    sinkhorn_iters : int
+    sinkhorn_steps : int
         Projected Sinkhorn iterations per projection.
     loss : {"ce", "margin"}
         Objective; targeted attacks use ``L(x, y) - L(x, t)``.
-    progress : bool
-        Show a progress bar (stderr).
 
     Notes
     -----
@@ -114,29 +111,14 @@ class WassersteinPGD(Attack):
 
     tags = Tags(norms=("wasserstein",), targeted=True, image_only=True)
 
-    def __init__(self, *, steps: int = 200, step_size: float = 0.1, eps_init: float | None = 0.01,
-                 eps_factor: float = 1.1, eps_every: int = 10, lam: float = 1000.0,
-                 sinkhorn_iters: int = 50, loss: str = "ce", progress: bool = False) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("step_size", step_size)
-        if eps_init is not None:
-            check_positive("eps_init", eps_init)
-        if not eps_factor >= 1:
-            raise InputError(f"eps_factor must be >= 1, got {eps_factor!r}")
-        check_positive("eps_every", eps_every, integer=True)
-        check_positive("lam", lam)
-        check_positive("sinkhorn_iters", sinkhorn_iters, integer=True)
-        if loss not in LOSSES:
-            raise InputError(f"unknown loss {loss!r}; accepted: {', '.join(LOSSES)}")
-        self.steps = steps
-        self.step_size = step_size
-        self.eps_init = eps_init
-        self.eps_factor = eps_factor
-        self.eps_every = eps_every
-        self.lam = lam
-        self.sinkhorn_iters = sinkhorn_iters
-        self.loss = loss
-        self.progress = progress
+    steps: int = param(200, integer=True, positive=True)
+    step_size: float = param(0.1, positive=True)
+    eps_init: float | None = param(0.01, positive=True, optional=True)
+    eps_factor: float = param(1.1, between=(1, math.inf), interval="[)")
+    eps_every: int = param(10, integer=True, positive=True)
+    lam: float = param(1000.0, positive=True)
+    sinkhorn_steps: int = param(50, integer=True, positive=True)
+    loss: str = param("ce", choices=LOSSES)
 
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              target: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
@@ -147,7 +129,7 @@ class WassersteinPGD(Attack):
         eps_used = torch.full((n,), math.nan, dtype=torch.float64)
         idx = torch.arange(n, device=dev)
         xa = x.clone()
-        with progress_bar(self.steps, "Wasserstein PGD", enabled=self.progress) as bar:
+        with progress_bar(self.steps, "Wasserstein PGD") as bar:
             xa, idx, eps = self._loop(model, x, y, threat, target, best, eps_used, idx, xa, eps, bar)
         if len(idx):  # the last iterate of the samples still robust (it may succeed)
             with torch.no_grad():
@@ -182,6 +164,6 @@ class WassersteinPGD(Attack):
             xa = projected_sinkhorn(x[idx], step, eps, threat.bounds,
                                     kernel_size=threat.wasserstein_kernel,
                                     p=threat.wasserstein_p, lam=self.lam,
-                                    iters=self.sinkhorn_iters)
+                                    iters=self.sinkhorn_steps)
             bar.advance(f"robust {len(idx)}/{len(x)}")
         return xa, idx, eps

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from scrutiny.audit.context import AuditContext, SectionResult
+from scrutiny.audit.store import PartialStore
 from scrutiny.errors import InputError
 
 #: Registered sections by name (:func:`run_order` gives the order they run in).
@@ -19,7 +20,9 @@ class Section:
     skipped), :attr:`uses` (sections it reads when they ran), :attr:`group` (the report
     heading it appears under) and implements :meth:`run`; :meth:`steps` is its share
     of the progress bar and :meth:`skip_reason` says why it does not run for this
-    context (None: it runs). Register it with :func:`register`.
+    context (None: it runs). Register it with :func:`register`. A long section saves
+    its finished units of work (chunks of samples) in :attr:`partial` and skips the
+    units it finds there, so a killed audit resumes inside it.
     """
 
     name: ClassVar[str] = ""
@@ -29,6 +32,9 @@ class Section:
     uses: ClassVar[tuple[str, ...]] = ()
     #: position in the report (lower first); independent of the run order
     display: ClassVar[int] = 50
+    #: Finished units of work of this run (see :class:`PartialStore`); the runner gives
+    #: each section its own, keyed like its result; this default keeps nothing.
+    partial: PartialStore = PartialStore()
 
     def steps(self, ctx: AuditContext) -> int:
         """Units of the progress bar this section advances."""

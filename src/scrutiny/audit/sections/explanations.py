@@ -9,14 +9,61 @@ import torch
 
 from scrutiny import registry
 from scrutiny.audit import figures
+from scrutiny.audit.checks import Flag
 from scrutiny.audit.context import AuditContext, Figure, SectionResult
 from scrutiny.audit.sections.base import Section, register
-from scrutiny.errors import InputError
+from scrutiny.base import grad_wrt
+from scrutiny.errors import InputError, NotDifferentiableError
+from scrutiny.metrics.base import degenerate, describe_degenerate
+from scrutiny.models.wrapper import TorchModel
+
+
+def zero_input_gradient(model: TorchModel, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N,) whether the gradient of the ``target`` logit w.r.t. the input is exactly zero."""
+    if not len(x):
+        return torch.zeros(0, dtype=torch.bool)
+    with model.evaluating(), torch.enable_grad():
+        xg = x.detach().to(model.device).clone().requires_grad_(True)
+        out = model(xg).gather(1, target.to(model.device)[:, None])
+        try:
+            g = grad_wrt(out, xg).flatten(1)
+        except NotDifferentiableError:  # no gradient at all (a detach inside)
+            return torch.ones(len(x), dtype=torch.bool)
+    return (g == 0).all(dim=1).cpu()
+
+
+def degenerate_flag(name: str, model: TorchModel, x: torch.Tensor, target: torch.Tensor,
+                    attributions: torch.Tensor) -> tuple[dict[str, int], Flag | None]:
+    """Count the maps of ``attributions`` that say nothing (all zero, constant, non-finite).
+
+    Returns the counts (with ``"maps"``, the number checked) and, when some map is
+    degenerate, a raised :class:`Flag` whose message names the explainer, the counts and,
+    measured on those inputs, whether the model's input gradient is exactly zero there.
+    """
+    masks = degenerate(attributions)
+    counts = {"maps": len(attributions), **{k: int(m.sum()) for k, m in masks.items()}}
+    what = describe_degenerate(masks)
+    if what is None:
+        return counts, None
+    bad = torch.stack(list(masks.values())).any(dim=0).cpu()
+    k, nb = int(zero_input_gradient(model, x[bad], target[bad]).sum()), int(bad.sum())
+    counts["zero_input_gradient"] = k
+    cause = (f"the model's input gradient of the explained class is exactly zero at {k} of "
+             f"these {nb} inputs (masked gradients? see the gradient-masking checks)" if k else
+             "the model's input gradient is not zero there, so the explainer itself found "
+             "nothing")
+    return counts, Flag(f"degenerate explanations: {name}", True,
+                        f"{what}: {cause}; this explanation says nothing about the "
+                        "prediction", dict(counts))
 
 
 @register
 class Explanations(Section):
     """Each explainer's map of the true class on the examples and their adversarial versions.
+
+    Maps that say nothing (all zero, constant or non-finite: e.g. every gradient map of a
+    model whose input gradient vanishes) are counted per explainer in its ``degenerate``
+    entry and raise a :class:`~scrutiny.audit.checks.Flag`, shown beside the gallery.
 
     Tensors: ``clean/<explainer>`` and ``adv/<explainer>`` (pixel maps).
     """
@@ -56,6 +103,12 @@ class Explanations(Section):
                 span = (e_clean.outputs - base).abs() if base is not None else e_clean.outputs.abs()
                 row["completeness_error"] = float((e_clean.delta.abs() / span.clamp_min(1e-12))
                                                   .mean())
+            both = torch.cat([e_clean.attributions, e_adv.attributions])
+            row["degenerate"], flag = degenerate_flag(
+                name, ctx.model, torch.cat([x[ex], x_adv[ex]]), torch.cat([y[ex], y[ex]]), both)
+            if flag is not None:
+                row["degenerate"]["message"] = flag.message
+                out.flags.append(flag)
             info[name] = row
             out.tensors[f"clean/{name}"] = e_clean.pixel_map().cpu()
             out.tensors[f"adv/{name}"] = e_adv.pixel_map().cpu()

@@ -49,8 +49,13 @@ class Queries(Section):
 
 
 def query_curve(ctx: AuditContext, name: str) -> dict[str, Any]:
-    """Success rate of a black-box attack within 1, 10, 100, ... queries per sample."""
-    params = {"n_queries": 1000, **ctx.config.params.get(name, {})}
+    """Success rate of a black-box attack within 1, 10, 100, ... queries per sample.
+
+    Also ``budget_exhausted``: the samples a query budget cut short (not broken,
+    with queries the budget refused), and ``evaluator_queries``: the evaluator's
+    looks at the clean and the attacked inputs, outside the attack's count by design.
+    """
+    params = {"max_queries": 1000, **ctx.config.params.get(name, {})}
     accepted = registry.get(name, "attack").params()
     attack = registry.create(f"attack:{name}", **{k: v for k, v in params.items() if k in accepted})
     ts = time.perf_counter()
@@ -64,7 +69,11 @@ def query_curve(ctx: AuditContext, name: str) -> dict[str, Any]:
     denom = max(1, int(ok.sum()))
     curve = [(float(b), float((hit & (q <= b)).sum()) / denom) for b in budgets]
     qs = q[hit]
+    cut = res.budget_exhausted
     return {"curve": curve, "success_rate": float(hit.sum()) / denom,
             "mean_queries": float(qs.mean()) if len(qs) else None,
             "median_queries": float(qs.median()) if len(qs) else None,
-            "total_queries": int(q.sum()), "seconds": time.perf_counter() - ts}
+            "total_queries": int(q.sum()),
+            "budget_exhausted": int(cut.sum()) if cut is not None else 0,
+            "evaluator_queries": int(res.meta.get("evaluator_queries", 0)),
+            "seconds": time.perf_counter() - ts}

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from scrutiny.attacks.base import adaptive_model
 from scrutiny.audit import figures
 from scrutiny.audit.context import AuditContext, Figure, SectionResult
 from scrutiny.audit.sections.base import Section, register
@@ -21,6 +22,9 @@ def robust_key(eps: float) -> str:
 class Robustness(Section):
     """The robustness curve: every attack of the configuration at every eps.
 
+    Each attack at each eps is one unit of work, saved as soon as it is done
+    (:attr:`Section.partial`), so a killed audit resumes after the last finished one.
+
     Tensors: ``robust@<eps>`` (bool per sample: every attack failed and the
     clean prediction was right) and ``x_adv`` (the worst case's adversarial
     inputs at the reference eps).
@@ -31,37 +35,92 @@ class Robustness(Section):
     display = 10
 
     def steps(self, ctx: AuditContext) -> int:
-        return len(ctx.config.attacks) * len(ctx.config.eps)
+        return len(ctx.attacks()) * len(ctx.config.eps)
 
     def run(self, ctx: AuditContext, done: dict[str, SectionResult], bar: Any) -> SectionResult:
         cfg, x, y = ctx.config, ctx.x, ctx.y
-        rows: dict[str, list[dict[str, Any]]] = {a: [] for a in cfg.attacks}
+        rows: dict[str, list[dict[str, Any]]] = {a: [] for a in ctx.attacks()}
         rows["worst case"] = []
         out = SectionResult(self.name)
         clean_ok = (ctx.pred == y).cpu()
-        for eps in cfg.eps:
+        for i, eps in enumerate(cfg.eps):
             robust_all = clean_ok.clone()
             worst_x = x.clone()
             for name, attack in ctx.attacks().items():
-                ts = time.perf_counter()
-                res = attack(ctx.model, x, y, threat=ctx.threat(eps), seed=ctx.seed)
-                robust = (res.clean_correct & res.adv_correct).cpu()
+                # the black-box stage only tries what the white-box attacks left robust
+                todo = robust_all if name == ctx.black_box_stage() else None
+                unit = self._unit(ctx, name, i, eps, attack, keep_x=eps == cfg.reference_eps,
+                                  todo=todo)
+                robust = unit["robust"].bool()
                 rows[name].append({
                     "eps": eps, "robust_accuracy": float(robust.float().mean()),
-                    "success_rate": res.success_rate(),
-                    "median_norm": float(res.norms.median()) if len(res.norms) else None,
-                    "seconds": time.perf_counter() - ts})
-                broken = robust_all & ~robust
-                worst_x[broken] = res.x_adv[broken.to(res.x_adv.device)].to(worst_x)
+                    "success_rate": float(unit["success_rate"]),
+                    "median_norm": None if unit["median_norm"].isnan() else
+                    float(unit["median_norm"]), "seconds": float(unit["seconds"]),
+                    "adaptive": self._adaptive(ctx, attack)})
+                if "x_adv" in unit:
+                    broken = robust_all & ~robust
+                    worst_x[broken] = unit["x_adv"][broken].to(worst_x)
                 robust_all &= robust
                 bar.advance(f"{name} eps={eps:g}")
             rows["worst case"].append({"eps": eps, "robust_accuracy": float(robust_all.float().mean())})
             out.tensors[robust_key(eps)] = robust_all
             if eps == cfg.reference_eps:
                 out.tensors["x_adv"] = worst_x
-        out.data = {"rows": rows}
+        out.data = {"rows": rows, "attack_sets": attack_sets(ctx, rows)}
         out.figures.append(curve_figure(ctx, rows))
         return out
+
+    def _unit(self, ctx: AuditContext, name: str, i: int, eps: float, attack: Any,
+              keep_x: bool, todo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One attack at one eps (on the samples ``todo`` marks; default all): loaded when a
+        killed run finished it, else run and saved. Samples not attacked keep their
+        robustness in ``todo``'s sense (True) and their clean input."""
+        key = f"{name}_{i}"
+        unit = self.partial.load(key)
+        if unit is not None and (not keep_x or "x_adv" in unit):
+            return unit
+        ts = time.perf_counter()
+        rows = torch.arange(len(ctx.x)) if todo is None else todo.nonzero()[:, 0]
+        res = attack(ctx.model, ctx.x[rows], ctx.y[rows], threat=ctx.threat(eps), seed=ctx.seed)
+        robust = torch.zeros(len(ctx.x), dtype=torch.bool) if todo is None else todo.clone()
+        robust[rows] = (res.clean_correct & res.adv_correct).cpu()
+        unit = {"robust": robust,
+                "success_rate": torch.tensor(res.success_rate() if len(rows) else 0.0),
+                "median_norm": torch.tensor(float(res.norms.median()) if len(res.norms)
+                                            else float("nan")),
+                "seconds": torch.tensor(time.perf_counter() - ts)}
+        if keep_x:
+            x_adv = ctx.x.clone().cpu()
+            x_adv[rows] = res.x_adv.detach().cpu().to(x_adv)
+            unit["x_adv"] = x_adv
+        self.partial.save(key, unit)
+        return unit
+
+    @staticmethod
+    def _adaptive(ctx: AuditContext, attack: Any) -> str | None:
+        """How a white-box attack adapts to the audited model (BPDA, EOT), as the attack base
+        decides it."""
+        return adaptive_model(ctx.model)[1] if attack.tags.white_box else None
+
+
+def attack_sets(ctx: AuditContext, rows: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """How each row's numbers were found: ``{attack: "white-box, BPDA+EOT (32 draws)"}``."""
+    out = {}
+    for name, rs in rows.items():
+        if name == "worst case":
+            continue
+        info = ctx.create("attack", name)
+        kind = "white-box" if info.tags.white_box else "black-box (no gradients)"
+        if name == ctx.black_box_stage():
+            kind += ", added for masked gradients, on the samples the white-box attacks left"
+        how = next((r["adaptive"] for r in rs if r.get("adaptive")), None)
+        if how:
+            kind += f", {how}"
+            if "EOT" in how:
+                kind += f" ({ctx.probe.eot_samples} draws)"
+        out[name] = kind
+    return out
 
 
 def curves(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[float, float]]]:

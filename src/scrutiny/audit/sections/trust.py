@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ from scrutiny.audit import figures
 from scrutiny.audit.context import AuditContext, Figure, SectionResult
 from scrutiny.audit.sections.base import Section, register
 from scrutiny.errors import InputError
+from scrutiny.metrics.base import DEGENERATE
 
 _SHORT = {"model_randomization": "rand. corr", "data_randomization": "data-rand. corr",
           "pointing_game": "pointing", "max_sensitivity": "max-sens."}
@@ -24,9 +26,22 @@ _METRIC_NOTES = {
 }
 
 
+def _degenerate_note(row: dict[str, Any]) -> list[str]:
+    """The gallery's line for an explainer whose maps say nothing (see the explanations section)."""
+    deg = row.get("degenerate") or {}
+    bad = sum(int(deg.get(k, 0)) for k in DEGENERATE)
+    what = "all zero" if int(deg.get("zero", 0)) == bad else "constant or non-finite"
+    return [f"FLAG: {bad}/{deg['maps']} maps {what}"] if bad else []
+
+
 @register
 class Trust(Section):
-    """Each metric's aggregate for each explainer that ran, on the first ``trust_samples``."""
+    """Each metric's aggregate for each explainer that ran, on the first ``trust_samples``.
+
+    ``data["scores"][explainer][metric]``: ``value`` (None where the metric is undefined,
+    never NaN), ``undefined`` (the metric's reason, or None) and ``flag`` where the metric
+    raises one (None when it could not be decided).
+    """
 
     name = "trust"
     title = "Can the explanations be trusted?"
@@ -63,14 +78,18 @@ class Trust(Section):
                     kw["masks"] = ctx.data.masks[ctx.idx[:n]]
                 judged = ({"explainer": explainer} if metric.needs_explainer
                           else {"attributions": attr})
+                if metric.needs_explainer:  # the explainer's call-time data (LIME's background)
+                    kw.update(data_kw)
                 try:
                     res = metric(ctx.model, xt, yt, seed=ctx.seed, **judged, **kw)
-                except InputError as e:  # e.g. tabular LIME needs background rows to re-explain
+                except InputError as e:  # a metric the explainer or the data cannot serve
                     out.notes.append(f"{mname} of {name} was skipped: {e}")
                     continue
-                scores[mname] = {"value": res.aggregate}
+                agg = res.aggregate
+                scores[mname] = {"value": None if math.isnan(agg) else agg,
+                                 "undefined": res.undefined}
                 if hasattr(res, "flag"):
-                    scores[mname]["flag"] = bool(res.flag)
+                    scores[mname]["flag"] = None if res.flag is None else bool(res.flag)
             seconds[name] = time.perf_counter() - ts
             out.data[name] = scores
             bar.advance(f"trust {name}")
@@ -79,9 +98,11 @@ class Trust(Section):
         maps = {k: done["explanations"].tensors[f"clean/{k}"] for k in ran}
         if maps and ctx.data.is_image and ex_res is not None and len(ex_res.tensors["ex"]):
             ex = ex_res.tensors["ex"]
-            notes_by = {k: "\n".join(f"{_SHORT.get(m, m)} {v['value']:.2f}"
-                                     + (" FLAG" if v.get("flag") else "")
-                                     for m, v in out.data.get(k, {}).items()) for k in maps}
+            notes_by = {k: "\n".join([f"{_SHORT.get(m, m)} " + (
+                                          "n/a" if v["value"] is None else f"{v['value']:.2f}")
+                                      + (" FLAG" if v.get("flag") else "")
+                                      for m, v in out.data.get(k, {}).items()]
+                                     + _degenerate_note(ran[k])) for k in maps}
             out.figures.append(Figure(
                 "gallery", "Gallery: explanations and whether to trust them",
                 "Each column: one explainer's map of the true class over the input (red: evidence "

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin
+from scrutiny.explain.base import Explainer, function_twin
 from scrutiny.explain.cam.gradcam import upsample
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags
 
@@ -84,12 +85,9 @@ class CAM(Explainer):
 
     tags = Tags(image_only=True)
 
-    def __init__(self, *, layer: str | None = None, classifier: str | None = None,
-                 batch_size: int = 256) -> None:
-        check_batch_size(batch_size)
-        self.layer = layer
-        self.classifier = classifier
-        self.batch_size = batch_size
+    layer: str | None = param(None, kind=str)
+    classifier: str | None = param(None, kind=str)
+    batch_size: int = param(256, integer=True, positive=True)
 
     def _explain(self, model, x, target):
         if self.layer is None or self.classifier is None:

@@ -8,8 +8,9 @@ from torch.nn import functional as F
 
 from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, capture, check_batch_size, function_twin
+from scrutiny.explain.base import Explainer, capture, function_twin
 from scrutiny.models.wrapper import TorchModel
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags
 
@@ -97,15 +98,10 @@ class GradCAM(Explainer):
 
     tags = Tags(image_only=True)
 
-    def __init__(self, *, layer: str | None = None, variant: str = "gradcam", relu: bool = True,
-                 batch_size: int = 256) -> None:
-        check_batch_size(batch_size)
-        if variant not in VARIANTS:
-            raise InputError(f"unknown variant {variant!r}; accepted: {', '.join(VARIANTS)}")
-        self.layer = layer
-        self.variant = variant
-        self.relu = relu
-        self.batch_size = batch_size
+    layer: str | None = param(None, kind=str)
+    variant: str = param("gradcam", choices=VARIANTS)
+    relu: bool = param(True, kind=bool)
+    batch_size: int = param(256, integer=True, positive=True)
 
     def _explain(self, model, x, target):
         name = self.layer or last_conv(model)

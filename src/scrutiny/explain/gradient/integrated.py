@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin, target_gradient
-from scrutiny.explain.baselines import make_baseline
+from scrutiny.explain.base import Explainer, function_twin, target_gradient
+from scrutiny.explain.baselines import check_baseline, make_baseline
+from scrutiny.params import param
 from scrutiny.registry import register
-from scrutiny.validation import check_positive
 
 RULES: tuple[str, ...] = ("adaptive", "gausslegendre", "riemann_left", "riemann_right",
                           "riemann_middle", "riemann_trapezoid")
@@ -215,6 +215,7 @@ class IntegratedGradients(Explainer):
         Quadrature nodes (fixed rules); node budget per sample (adaptive).
     rule : {"adaptive", "gausslegendre", "riemann_left", "riemann_right", "riemann_middle", \
 "riemann_trapezoid"}
+        The quadrature rule: adaptive (below), Gauss-Legendre or a Riemann sum.
     rtol : float
         Adaptive rule only: stop refining a sample once ``|delta| <= rtol *
         |f(x) - f(b)|``. 0 sets no completeness goal: the whole budget goes
@@ -248,23 +249,16 @@ class IntegratedGradients(Explainer):
     (True, True)
     """
 
-    def __init__(self, *, steps: int = 128, rule: str = "adaptive", rtol: float = 1e-3,
-                 min_steps: int = 56, baseline: str | float | torch.Tensor = "zero", blur_sigma: float = 2.0,
-                 batch_size: int = 512) -> None:
-        check_positive("steps", steps, integer=True)
-        check_positive("rtol", rtol, allow_zero=True)
-        check_positive("min_steps", min_steps, integer=True)
-        check_batch_size(batch_size)
-        quadrature(rule, steps)  # validates rule and steps
-        if isinstance(baseline, str):
-            make_baseline(baseline, torch.zeros(1, 1, 2, 2), (0.0, 1.0))  # validates the name
-        self.steps = steps
-        self.rule = rule
-        self.rtol = rtol
-        self.min_steps = min_steps
-        self.baseline = baseline
-        self.blur_sigma = blur_sigma
-        self.batch_size = batch_size
+    steps: int = param(128, integer=True, positive=True)
+    rule: str = param("adaptive", choices=RULES)
+    rtol: float = param(1e-3, nonneg=True)
+    min_steps: int = param(56, integer=True, positive=True)
+    baseline: str | float | torch.Tensor = param("zero", check=check_baseline)
+    blur_sigma: float = param(2.0, nonneg=True)
+    batch_size: int = param(512, integer=True, positive=True)
+
+    def _post_init(self) -> None:
+        quadrature(self.rule, self.steps)  # the rule's own limits on steps
 
     def linear_oracle(self, w, x):
         """Closed form on ``f = w.x + b`` with a constant baseline: ``(x - b) * w``."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin, target_gradient
+from scrutiny.explain.base import Explainer, function_twin, target_gradient
+from scrutiny.params import param
 from scrutiny.registry import register
 
 
@@ -17,12 +18,16 @@ def batched_gradient(model, x: torch.Tensor, target: torch.Tensor, batch_size: i
 
 
 class GradientBase(Explainer):
-    """Shared constructor and ``_explain`` of the one-gradient methods: a subclass
-    writes ``transform(gradient, x)`` (also its closed form on a linear model)."""
+    """Shared hyperparameters and ``_explain`` of the one-gradient methods: a subclass
+    writes ``transform(gradient, x)`` (also its closed form on a linear model).
 
-    def __init__(self, *, batch_size: int = 256) -> None:
-        check_batch_size(batch_size)
-        self.batch_size = batch_size
+    Parameters
+    ----------
+    batch_size : int
+        Inputs per forward/backward pass.
+    """
+
+    batch_size: int = param(256, integer=True, positive=True)
 
     @staticmethod
     def transform(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover

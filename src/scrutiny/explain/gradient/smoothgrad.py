@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin, target_gradient
+from scrutiny.explain.base import Explainer, function_twin, target_gradient
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags
-from scrutiny.validation import check_positive
 
 BASES: tuple[str, ...] = ("gradient", "sensitivity", "input_x_gradient", "saliency")
 
@@ -71,17 +71,10 @@ class SmoothGrad(Explainer):
 
     tags = Tags(stochastic=True)
 
-    def __init__(self, *, n_samples: int = 50, noise_level: float = 0.15,
-                 base: str = "gradient", batch_size: int = 512) -> None:
-        check_positive("n_samples", n_samples, integer=True)
-        check_positive("noise_level", noise_level, allow_zero=True)
-        check_batch_size(batch_size)
-        if base not in BASES:
-            raise InputError(f"unknown base {base!r}; accepted: {', '.join(BASES)}")
-        self.n_samples = n_samples
-        self.noise_level = noise_level
-        self.base = base
-        self.batch_size = batch_size
+    n_samples: int = param(50, integer=True, positive=True)
+    noise_level: float = param(0.15, nonneg=True)
+    base: str = param("gradient", choices=BASES)
+    batch_size: int = param(512, integer=True, positive=True)
 
     def linear_oracle(self, w, x):
         """Closed form on ``f = w.x + b`` for the bases whose map is constant in ``x``."""

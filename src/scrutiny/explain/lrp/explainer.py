@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scrutiny.errors import InputError, NotDifferentiableError
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin
+from scrutiny.explain.base import Explainer, function_twin
 from scrutiny.explain.lrp.canonizers import canonize
 from scrutiny.explain.lrp.rules import (
     RULES,
@@ -22,6 +22,7 @@ from scrutiny.explain.lrp.rules import (
     propagate,
 )
 from scrutiny.models.layers import Add
+from scrutiny.params import param
 from scrutiny.registry import register
 
 #: Layers linear in their input: relevance is redistributed by a rule.
@@ -44,6 +45,15 @@ def _per_sample(t: torch.Tensor) -> torch.Tensor:
 
 def _x_times_w(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x * w
+
+
+def _check_rules(name: str, rules: object) -> None:
+    if not isinstance(rules, Mapping):
+        raise InputError(f"{name} must be a dict {{layer name or type: rule}}, got "
+                         f"{type(rules).__name__}")
+    for key in rules:
+        if not isinstance(key, str) or not key:
+            raise InputError(f"{name} keys must be layer names or type names, got {key!r}")
 
 
 class _Call:
@@ -170,8 +180,10 @@ class LRP(Explainer):
         types beat ``rule``. Example: ``{"Conv2d": "zplus", "classifier": "epsilon"}``.
     epsilon : float
         Stabilizer of the epsilon rule (and of the ``Add`` split).
-    alpha, beta : float
-        Weights of the alpha-beta rule, ``alpha - beta = 1``, ``beta >= 0``.
+    alpha : float
+        Weight of the positive part in the alpha-beta rule (``alpha - beta = 1``).
+    beta : float
+        Weight of the negative part in the alpha-beta rule (``beta >= 0``).
     gamma : float
         Weight of the positive part in the gamma rule.
     maxpool : {"winner", "proportional"}
@@ -228,39 +240,22 @@ class LRP(Explainer):
     True
     """
 
-    def __init__(self, *, rule: str | dict[str, Any] = "epsilon",
-                 rules: dict[str, str | dict[str, Any]] | None = None, epsilon: float = 1e-6,
-                 alpha: float = 2.0, beta: float = 1.0, gamma: float = 0.25,
-                 maxpool: str = "winner", precision: str = "float64", batch_size: int = 128) -> None:
-        if not isinstance(epsilon, int | float) or isinstance(epsilon, bool) or not epsilon >= 0:
-            raise InputError(f"epsilon must be a number >= 0, got {epsilon!r}")
-        check_alpha_beta(alpha, beta)
-        if not isinstance(gamma, int | float) or not gamma >= 0:
-            raise InputError(f"gamma must be a number >= 0, got {gamma!r}")
-        if maxpool not in MAXPOOL_MODES:
-            raise InputError(f"unknown maxpool mode {maxpool!r}; accepted: {', '.join(MAXPOOL_MODES)}")
-        if precision not in PRECISIONS:
-            raise InputError(f"unknown precision {precision!r}; accepted: {', '.join(PRECISIONS)}")
-        check_batch_size(batch_size)
-        hyper = {"epsilon": epsilon, "alpha": alpha, "beta": beta, "gamma": gamma}
-        make_rule(rule, **hyper)
-        if rules is not None:
-            if not isinstance(rules, Mapping):
-                raise InputError(f"rules must be a dict {{layer name or type: rule}}, got "
-                                 f"{type(rules).__name__}")
-            for key, spec in rules.items():
-                if not isinstance(key, str) or not key:
-                    raise InputError(f"rules keys must be layer names or type names, got {key!r}")
-                make_rule(spec, **hyper)
-        self.rule = rule
-        self.rules = rules
-        self.epsilon = epsilon
-        self.alpha = alpha
-        self.beta = beta
-        self.gamma = gamma
-        self.maxpool = maxpool
-        self.precision = precision
-        self.batch_size = batch_size
+    rule: str | dict[str, Any] = param("epsilon")
+    rules: dict[str, str | dict[str, Any]] | None = param(None, check=_check_rules)
+    epsilon: float = param(1e-6, nonneg=True)
+    alpha: float = param(2.0, kind=float)
+    beta: float = param(1.0, nonneg=True)
+    gamma: float = param(0.25, nonneg=True)
+    maxpool: str = param("winner", choices=MAXPOOL_MODES)
+    precision: str = param("float64", choices=tuple(PRECISIONS))
+    batch_size: int = param(128, integer=True, positive=True)
+
+    def _post_init(self) -> None:
+        check_alpha_beta(self.alpha, self.beta)
+        hyper = {"epsilon": self.epsilon, "alpha": self.alpha, "beta": self.beta,
+                 "gamma": self.gamma}
+        for spec in [self.rule, *(self.rules or {}).values()]:
+            make_rule(spec, **hyper)
 
     @property
     def linear_oracle(self):

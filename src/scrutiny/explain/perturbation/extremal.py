@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin
-from scrutiny.explain.baselines import make_baseline
+from scrutiny.explain.base import Explainer, function_twin
+from scrutiny.explain.baselines import check_baseline, make_baseline
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags
-from scrutiny.validation import check_positive
 
 VARIANTS: tuple[str, ...] = ("preserve", "delete", "dual")
 REWARDS: tuple[str, ...] = ("logit", "contrastive")
+
+
+def _check_areas(name: str, areas: tuple) -> None:
+    if not areas or not all(isinstance(a, int | float) and not isinstance(a, bool) and 0 < a < 1
+                            for a in areas):
+        raise InputError(f"{name} must be a non-empty sequence of fractions in (0, 1), "
+                         f"got {areas!r}")
 
 
 def _kernel(z: torch.Tensor) -> torch.Tensor:
@@ -68,7 +74,7 @@ class SmoothMask:
 
 @register("explainer", "extremal_perturbation", paper="Fong, Patrick, Vedaldi. Understanding "
           "deep networks via extremal perturbations and smooth masks. ICCV 2019",
-          test_params={"iterations": 4, "areas": (0.2,)})
+          test_params={"steps": 4, "areas": (0.2,)})
 class ExtremalPerturbation(Explainer):
     """Extremal perturbations: the smooth mask of area ``a`` that best keeps the class.
 
@@ -83,7 +89,7 @@ class ExtremalPerturbation(Explainer):
     ``r_a`` the sorted reference mask with exactly ``round(a HW)`` ones. The
     ``"delete"`` variant removes the mask (``(1 - m) * x + m * b``) and
     minimises ``Phi``; ``"dual"`` adds both energies. Masks use the paper's
-    smooth-max parametrisation (:class:`SmoothMask`: grid stride ``step``,
+    smooth-max parametrisation (:class:`SmoothMask`: grid stride ``grid_step``,
     kernel width ``sigma``, smooth-max ``coldness``), parameters start at
     ``init`` and are clamped to [0, 1] after each step. The weight
     ``lambda`` grows geometrically from ``area_weight`` at the first
@@ -103,15 +109,18 @@ class ExtremalPerturbation(Explainer):
     areas : sequence of float
         Target mask areas, fractions in (0, 1).
     variant : {"preserve", "delete", "dual"}
+        ``"preserve"``: the masked region alone keeps the class; ``"delete"``:
+        removing it loses the class; ``"dual"``: both energies.
     reward : {"contrastive", "logit"}
-    iterations : int
+        The score ``Phi``: the target logit minus the largest other one, or the logit.
+    steps : int
         Optimisation steps (paper: 1600, TorchRay: 800, on 224x224 images;
         300 suffice for the 8x8 to 32x32 images here).
-    step : int, optional
+    grid_step : int, optional
         Stride of the mask parameter grid; default ``max(1, min(H, W) // 16)``
-        (TorchRay: 7 on 224 images).
+        (TorchRay's ``step``: 7 on 224 images).
     sigma : float, optional
-        Kernel width in pixels; default ``1.5 * step`` (TorchRay: ``3 * step``).
+        Kernel width in pixels; default ``1.5 * grid_step`` (TorchRay: ``3 * step``).
     coldness : float
         Inverse temperature of the smooth max (TorchRay: 20).
     baseline : "blur", "zero", "uniform", float or Tensor
@@ -120,12 +129,16 @@ class ExtremalPerturbation(Explainer):
         Sigma of the ``"blur"`` baseline; default ``min(H, W) / 8``.
     optimizer : {"adam", "sgd"}
         Adam (default) or SGD with momentum and dampening ``momentum`` (TorchRay).
-    lr, momentum : float
-        Learning rate; momentum (Adam's ``beta1``).
+    lr : float
+        Learning rate of the optimizer.
+    momentum : float
+        Momentum (Adam's ``beta1``), in [0, 1).
     init : float
         Initial value of the mask parameters (TorchRay: 1, the whole image).
-    area_weight, area_weight_final : float
-        Weight of the area constraint at the first and the last iteration.
+    area_weight : float
+        Weight of the area constraint at the first iteration.
+    area_weight_final : float
+        Weight of the area constraint at the last iteration.
     batch_size : int
         Masks per forward/backward pass.
 
@@ -141,7 +154,7 @@ class ExtremalPerturbation(Explainer):
     models, the mask shrinks uniformly and lands away from the object (about
     10-20% of the synthetic object covered, chance level, against about 70%
     with these defaults). ``optimizer="sgd", lr=0.01, area_weight=300,
-    area_weight_final=300 * 1.0035 ** iterations`` is TorchRay's schedule.
+    area_weight_final=300 * 1.0035 ** steps`` is TorchRay's schedule.
 
     References
     ----------
@@ -153,7 +166,7 @@ class ExtremalPerturbation(Explainer):
     >>> from scrutiny.models import pretrained
     >>> from scrutiny.data import load_digits
     >>> x = load_digits(split="test").x[:2]
-    >>> e = ExtremalPerturbation(areas=(0.2,), iterations=100)(
+    >>> e = ExtremalPerturbation(areas=(0.2,), steps=100)(
     ...     pretrained("digits-cnn", progress=False), x)
     >>> e.attributions.shape
     torch.Size([2, 8, 8])
@@ -163,57 +176,22 @@ class ExtremalPerturbation(Explainer):
 
     tags = Tags(image_only=True)
 
-    def __init__(self, *, areas: Sequence[float] = (0.1,), variant: str = "preserve",
-                 reward: str = "contrastive", iterations: int = 300, step: int | None = None,
-                 sigma: float | None = None, coldness: float = 20.0,
-                 baseline: str | float | torch.Tensor = "blur", blur_sigma: float | None = None,
-                 optimizer: str = "adam", lr: float = 0.05, momentum: float = 0.9,
-                 init: float = 1.0,
-                 area_weight: float = 3.0, area_weight_final: float = 1000.0,
-                 batch_size: int = 256) -> None:
-        if (isinstance(areas, str) or not isinstance(areas, Sequence) or not areas
-                or not all(isinstance(a, int | float) and 0 < a < 1 for a in areas)):
-            raise InputError(f"areas must be a non-empty sequence of fractions in (0, 1), "
-                             f"got {areas!r}")
-        if variant not in VARIANTS:
-            raise InputError(f"variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
-        if reward not in REWARDS:
-            raise InputError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
-        check_positive("iterations", iterations, integer=True)
-        if step is not None:
-            check_positive("step", step, integer=True)
-        for name, v in (("sigma", sigma), ("blur_sigma", blur_sigma)):
-            if v is not None:
-                check_positive(name, v)
-        check_positive("coldness", coldness)
-        if isinstance(baseline, str):
-            make_baseline(baseline, torch.zeros(1, 1, 2, 2), (0.0, 1.0))  # validates the name
-        if optimizer not in ("adam", "sgd"):
-            raise InputError(f"optimizer must be 'adam' or 'sgd'; got {optimizer!r}")
-        check_positive("lr", lr)
-        if not 0 <= init <= 1:
-            raise InputError(f"init must be in [0, 1], got {init!r}")
-        if not 0 <= momentum < 1:
-            raise InputError(f"momentum must be in [0, 1), got {momentum!r}")
-        check_positive("area_weight", area_weight)
-        check_positive("area_weight_final", area_weight_final)
-        check_batch_size(batch_size)
-        self.areas = areas
-        self.variant = variant
-        self.reward = reward
-        self.iterations = iterations
-        self.step = step
-        self.sigma = sigma
-        self.coldness = coldness
-        self.baseline = baseline
-        self.blur_sigma = blur_sigma
-        self.optimizer = optimizer
-        self.lr = lr
-        self.init = init
-        self.momentum = momentum
-        self.area_weight = area_weight
-        self.area_weight_final = area_weight_final
-        self.batch_size = batch_size
+    areas: tuple[float, ...] = param((0.1,), kind=tuple, check=_check_areas)
+    variant: str = param("preserve", choices=VARIANTS)
+    reward: str = param("contrastive", choices=REWARDS)
+    steps: int = param(300, integer=True, positive=True)
+    grid_step: int | None = param(None, integer=True, positive=True)
+    sigma: float | None = param(None, positive=True)
+    coldness: float = param(20.0, positive=True)
+    baseline: str | float | torch.Tensor = param("blur", check=check_baseline)
+    blur_sigma: float | None = param(None, positive=True)
+    optimizer: str = param("adam", choices=("adam", "sgd"))
+    lr: float = param(0.05, positive=True)
+    momentum: float = param(0.9, between=(0, 1), interval="[)")
+    init: float = param(1.0, between=(0, 1))
+    area_weight: float = param(3.0, positive=True)
+    area_weight_final: float = param(1000.0, positive=True)
+    batch_size: int = param(256, integer=True, positive=True)
 
     def _phi(self, logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         z = logits.gather(1, t[:, None])[:, 0]
@@ -226,7 +204,7 @@ class ExtremalPerturbation(Explainer):
         n, _, h, w = x.shape
         areas = torch.tensor([float(a) for a in self.areas], device=x.device, dtype=x.dtype)
         na = len(areas)
-        step = self.step or max(1, min(h, w) // 16)
+        step = self.grid_step or max(1, min(h, w) // 16)
         sigma = self.sigma or 1.5 * step
         gen = SmoothMask(h, w, step, sigma, self.coldness, x.device, x.dtype)
         fill = make_baseline(self.baseline, x, model.bounds, self.blur_sigma or min(h, w) / 8)
@@ -245,9 +223,9 @@ class ExtremalPerturbation(Explainer):
             opt = torch.optim.SGD([params], lr=self.lr, momentum=self.momentum,
                                   dampening=self.momentum)
         lam = self.area_weight
-        growth = (self.area_weight_final / self.area_weight) ** (1 / max(1, self.iterations - 1))
+        growth = (self.area_weight_final / self.area_weight) ** (1 / max(1, self.steps - 1))
         with torch.enable_grad():
-            for _ in range(self.iterations):
+            for _ in range(self.steps):
                 opt.zero_grad()
                 for chunk in torch.arange(n * na, device=x.device).split(self.batch_size):
                     energy = self._energy(model, gen, params[chunk], x[img[chunk]],

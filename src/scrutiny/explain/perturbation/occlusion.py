@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin
-from scrutiny.explain.baselines import make_baseline
+from scrutiny.explain.base import Explainer, function_twin
+from scrutiny.explain.baselines import check_fill, make_baseline
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.validation import check_positive
 
@@ -18,6 +19,16 @@ def _pair(v: int | tuple[int, ...], name: str, dims: int) -> tuple[int, ...]:
     for s in t:
         check_positive(name, s, integer=True)
     return t
+
+
+def _check_size(name: str, v: object) -> int | tuple[int, ...]:
+    """An int or an ``(h, w)`` tuple of positive ints (a list is stored as a tuple)."""
+    if isinstance(v, list):
+        v = tuple(v)
+    if not isinstance(v, int | tuple) or isinstance(v, bool):
+        raise InputError(f"{name} must be an int or a tuple of 2 ints, got {v!r}")
+    _pair(v, name, 2 if isinstance(v, tuple) else 1)
+    return v
 
 
 def _starts(size: int, window: int, stride: int) -> torch.Tensor:
@@ -72,19 +83,11 @@ class Occlusion(Explainer):
     torch.Size([4, 8, 8])
     """
 
-    def __init__(self, *, window: int | tuple[int, int] = 3, stride: int | tuple[int, int] = 1,
-                 baseline: str | float | torch.Tensor = "mean", blur_sigma: float = 2.0,
-                 batch_size: int = 512) -> None:
-        _pair(window, "window", 2 if isinstance(window, tuple) else 1)
-        _pair(stride, "stride", 2 if isinstance(stride, tuple) else 1)
-        check_batch_size(batch_size)
-        if isinstance(baseline, str) and baseline != "mean":
-            make_baseline(baseline, torch.zeros(1, 1, 2, 2), (0.0, 1.0))  # validates the name
-        self.window = window
-        self.stride = stride
-        self.baseline = baseline
-        self.blur_sigma = blur_sigma
-        self.batch_size = batch_size
+    window: int | tuple[int, int] = param(3, check=_check_size)
+    stride: int | tuple[int, int] = param(1, check=_check_size)
+    baseline: str | float | torch.Tensor = param("mean", check=check_fill)
+    blur_sigma: float = param(2.0, nonneg=True)
+    batch_size: int = param(512, integer=True, positive=True)
 
     def _fill(self, x: torch.Tensor, bounds) -> torch.Tensor:
         if isinstance(self.baseline, str) and self.baseline == "mean":

@@ -27,9 +27,9 @@ OUTPUTS: tuple[str, ...] = ("probability", "logit")
 MODES: tuple[str, ...] = ("auto", "image", "tabular")
 
 
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+def check_dict(name: str, value: object) -> None:
+    if not isinstance(value, dict):
+        raise InputError(f"{name} must be a dict, got {value!r}")
 
 
 def resolve_mode(mode: str, x: torch.Tensor) -> str:
@@ -110,13 +110,6 @@ def image_fill(fill: str | float | torch.Tensor, x: torch.Tensor, seg: torch.Ten
     if isinstance(fill, str) and fill == "mean":
         return segment_means(x, seg)
     return make_baseline(fill, x, bounds, blur_sigma)
-
-
-def check_fill(fill: object) -> None:
-    if isinstance(fill, str) and fill != "mean":
-        make_baseline(fill, torch.zeros(1, 1, 2, 2), (0.0, 1.0))  # validates the name
-    elif not isinstance(fill, str | int | float | torch.Tensor) or isinstance(fill, bool):
-        raise InputError(f"fill must be 'mean', a baseline name, a number or a tensor, got {fill!r}")
 
 
 # ---------------------------------------------------------------- evaluation

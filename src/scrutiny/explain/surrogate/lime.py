@@ -7,13 +7,13 @@ import math
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin
+from scrutiny.explain.base import Explainer, function_twin
+from scrutiny.explain.baselines import check_fill
 from scrutiny.explain.surrogate._features import (
     MODES,
     OUTPUTS,
     SEGMENTERS,
-    check_choice,
-    check_fill,
+    check_dict,
     coalition_outputs,
     evaluate_rows,
     image_fill,
@@ -23,11 +23,16 @@ from scrutiny.explain.surrogate._features import (
     segment_images,
     weighted_ridge,
 )
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags
-from scrutiny.validation import check_positive
 
 DISCRETIZERS: tuple[str, ...] = ("quartile",)
+
+
+def _at_least_two(name: str, n: int) -> None:
+    if n < 2:
+        raise InputError(f"{name} must be >= 2 (a surrogate needs several samples), got {n}")
 
 
 def check_background(background: object, x: torch.Tensor) -> torch.Tensor:
@@ -146,42 +151,19 @@ class Lime(Explainer):
     tags = Tags(white_box=False, stochastic=True)
     call_data = ("background",)
 
-    def __init__(self, *, n_samples: int = 1000, kernel_width: float | None = None,
-                 alpha: float = 1.0, output: str = "probability", mode: str = "auto",
-                 segmenter: str = "slic", n_segments: int = 16,
-                 segmenter_params: dict | None = None, fill: str | float | torch.Tensor = "mean",
-                 blur_sigma: float = 2.0, discretize: str | None = "quartile",
-                 sample_around_instance: bool = False, batch_size: int = 1024) -> None:
-        check_positive("n_samples", n_samples, integer=True)
-        if n_samples < 2:
-            raise InputError(f"n_samples must be >= 2, got {n_samples}")
-        if kernel_width is not None:
-            check_positive("kernel_width", kernel_width)
-        check_positive("alpha", alpha, allow_zero=True)
-        check_choice("output", output, OUTPUTS)
-        check_choice("mode", mode, MODES)
-        check_choice("segmenter", segmenter, SEGMENTERS)
-        check_positive("n_segments", n_segments, integer=True)
-        if segmenter_params is not None and not isinstance(segmenter_params, dict):
-            raise InputError(f"segmenter_params must be a dict, got {segmenter_params!r}")
-        check_fill(fill)
-        check_positive("blur_sigma", blur_sigma, allow_zero=True)
-        if discretize is not None:
-            check_choice("discretize", discretize, DISCRETIZERS)
-        check_batch_size(batch_size)
-        self.n_samples = n_samples
-        self.kernel_width = kernel_width
-        self.alpha = alpha
-        self.output = output
-        self.mode = mode
-        self.segmenter = segmenter
-        self.n_segments = n_segments
-        self.segmenter_params = segmenter_params
-        self.fill = fill
-        self.blur_sigma = blur_sigma
-        self.discretize = discretize
-        self.sample_around_instance = sample_around_instance
-        self.batch_size = batch_size
+    n_samples: int = param(1000, integer=True, positive=True, check=_at_least_two)
+    kernel_width: float | None = param(None, positive=True)
+    alpha: float = param(1.0, nonneg=True)
+    output: str = param("probability", choices=OUTPUTS)
+    mode: str = param("auto", choices=MODES)
+    segmenter: str = param("slic", choices=SEGMENTERS)
+    n_segments: int = param(16, integer=True, positive=True)
+    segmenter_params: dict | None = param(None, kind=dict, check=check_dict)
+    fill: str | float | torch.Tensor = param("mean", check=check_fill)
+    blur_sigma: float = param(2.0, nonneg=True)
+    discretize: str | None = param("quartile", choices=(*DISCRETIZERS, None))
+    sample_around_instance: bool = param(False, kind=bool)
+    batch_size: int = param(1024, integer=True, positive=True)
 
     def _explain(self, model, x, target, background=None):
         if resolve_mode(self.mode, x) == "image":

@@ -9,14 +9,13 @@ import numpy as np
 import torch
 
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin
-from scrutiny.explain.baselines import make_baseline
+from scrutiny.explain.base import Explainer, function_twin
+from scrutiny.explain.baselines import check_fill, make_baseline
 from scrutiny.explain.surrogate._features import (
     MODES,
     OUTPUTS,
     SEGMENTERS,
-    check_choice,
-    check_fill,
+    check_dict,
     coalition_outputs,
     constrained_wls,
     image_fill,
@@ -26,9 +25,9 @@ from scrutiny.explain.surrogate._features import (
     segment_images,
 )
 from scrutiny.explain.surrogate.lime import check_background
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags
-from scrutiny.validation import check_positive
 
 
 def shapley_coalitions(m: int, n_samples: int, rng: np.random.Generator
@@ -151,8 +150,13 @@ class KernelShap(Explainer):
     blur_sigma : float
         Sigma of the ``"blur"`` baseline.
     mode : {"auto", "image", "tabular"}
-    segmenter, n_segments, segmenter_params
-        Superpixels for images, as in :class:`~scrutiny.explain.Lime`.
+        ``"auto"``: images for 4-d inputs, tabular otherwise.
+    segmenter : {"slic", "quickshift", "felzenszwalb", "grid"}
+        Superpixel algorithm for images, as in :class:`~scrutiny.explain.Lime`.
+    n_segments : int
+        Approximate number of superpixels (``slic`` and ``grid``).
+    segmenter_params : dict, optional
+        Extra keyword arguments of the scikit-image segmenter.
     batch_size : int
         Perturbed inputs per forward pass.
 
@@ -179,30 +183,15 @@ class KernelShap(Explainer):
     tags = Tags(white_box=False, stochastic=True)
     call_data = ("background",)
 
-    def __init__(self, *, n_samples: int | None = None, output: str = "logit",
-                 baseline: str | float | torch.Tensor = "zero", blur_sigma: float = 2.0,
-                 mode: str = "auto", segmenter: str = "slic", n_segments: int = 16,
-                 segmenter_params: dict | None = None, batch_size: int = 1024) -> None:
-        if n_samples is not None:
-            check_positive("n_samples", n_samples, integer=True)
-        check_choice("output", output, OUTPUTS)
-        check_fill(baseline)
-        check_positive("blur_sigma", blur_sigma, allow_zero=True)
-        check_choice("mode", mode, MODES)
-        check_choice("segmenter", segmenter, SEGMENTERS)
-        check_positive("n_segments", n_segments, integer=True)
-        if segmenter_params is not None and not isinstance(segmenter_params, dict):
-            raise InputError(f"segmenter_params must be a dict, got {segmenter_params!r}")
-        check_batch_size(batch_size)
-        self.n_samples = n_samples
-        self.output = output
-        self.baseline = baseline
-        self.blur_sigma = blur_sigma
-        self.mode = mode
-        self.segmenter = segmenter
-        self.n_segments = n_segments
-        self.segmenter_params = segmenter_params
-        self.batch_size = batch_size
+    n_samples: int | None = param(None, integer=True, positive=True)
+    output: str = param("logit", choices=OUTPUTS)
+    baseline: str | float | torch.Tensor = param("zero", check=check_fill)
+    blur_sigma: float = param(2.0, nonneg=True)
+    mode: str = param("auto", choices=MODES)
+    segmenter: str = param("slic", choices=SEGMENTERS)
+    n_segments: int = param(16, integer=True, positive=True)
+    segmenter_params: dict | None = param(None, kind=dict, check=check_dict)
+    batch_size: int = param(1024, integer=True, positive=True)
 
     def _explain(self, model, x, target, background=None):
         n, dev = len(x), x.device

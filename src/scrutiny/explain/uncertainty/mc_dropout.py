@@ -11,13 +11,19 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from scrutiny.base import grad_wrt
 from scrutiny.errors import InputError
-from scrutiny.explain.base import Explainer, check_batch_size, function_twin
+from scrutiny.explain.base import Explainer, function_twin
 from scrutiny.models.wrapper import as_model
+from scrutiny.params import param
 from scrutiny.registry import register
 from scrutiny.types import Tags
-from scrutiny.validation import check_positive, check_x
+from scrutiny.validation import check_x
 
 MAPS: tuple[str, ...] = ("epistemic", "entropy")
+
+
+def _at_least_two(name: str, n: int) -> None:
+    if n < 2:
+        raise InputError(f"{name} must be >= 2 to estimate a variance, got {n}")
 
 
 def dropout_modules(model: nn.Module) -> list[nn.Module]:
@@ -46,13 +52,13 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 @register("explainer", "mc_dropout", paper="Gal, Ghahramani. Dropout as a Bayesian "
           "approximation: representing model uncertainty in deep learning. ICML 2016; Kendall, "
           "Gal. What uncertainties do we need in Bayesian deep learning for computer vision? "
-          "NeurIPS 2017", test_params={"passes": 4, "uncertainty_map": "entropy"})
+          "NeurIPS 2017", test_params={"n_samples": 4, "uncertainty_map": "entropy"})
 class MCDropout(Explainer):
-    """MC dropout: uncertainty from ``passes`` stochastic forward passes.
+    """MC dropout: uncertainty from ``n_samples`` stochastic forward passes.
 
     Only the dropout layers are switched to training mode (batch norm and
     everything else stay in eval mode; all modes are restored afterwards,
-    even on error); each input is repeated ``passes`` times in one batch
+    even on error); each input is repeated ``n_samples`` times in one batch
     (``batch_size`` rows per forward), so every pass samples its own dropout
     masks. With ``p_t`` the softmax of pass ``t`` and ``c`` the target class,
     ``meta`` holds per input:
@@ -83,7 +89,7 @@ class MCDropout(Explainer):
 
     Parameters
     ----------
-    passes : int
+    n_samples : int
         Stochastic forward passes ``T`` (at least 2).
     uncertainty_map : {"epistemic", "entropy"}
         Quantity whose input gradient is the map.
@@ -104,26 +110,17 @@ class MCDropout(Explainer):
     >>> from scrutiny.models import pretrained
     >>> from scrutiny.data import load_digits
     >>> x = load_digits(split="test").x[:4]
-    >>> e = MCDropout(passes=8)(pretrained("digits-cnn", progress=False), x)
+    >>> e = MCDropout(n_samples=8)(pretrained("digits-cnn", progress=False), x)
     >>> e.attributions.shape, float(e.meta["epistemic"].max())  # no dropout layer: zero
     (torch.Size([4, 8, 8]), 0.0)
     """
 
     tags = Tags(stochastic=True)
 
-    def __init__(self, *, passes: int = 32, uncertainty_map: str = "epistemic",
-                 heteroscedastic: bool = False, batch_size: int = 1024) -> None:
-        check_positive("passes", passes, integer=True)
-        if passes < 2:
-            raise InputError(f"passes must be >= 2 to estimate a variance, got {passes}")
-        if uncertainty_map not in MAPS:
-            raise InputError(f"uncertainty_map must be one of {', '.join(MAPS)}; "
-                             f"got {uncertainty_map!r}")
-        check_batch_size(batch_size)
-        self.passes = passes
-        self.uncertainty_map = uncertainty_map
-        self.heteroscedastic = heteroscedastic
-        self.batch_size = batch_size
+    n_samples: int = param(32, integer=True, positive=True, check=_at_least_two)
+    uncertainty_map: str = param("epistemic", choices=MAPS)
+    heteroscedastic: bool = param(False, kind=bool)
+    batch_size: int = param(1024, integer=True, positive=True)
 
     def explain(self, model, x, target=None, *, seed=0, **data):
         if target is None and self.heteroscedastic:
@@ -137,7 +134,7 @@ class MCDropout(Explainer):
     __call__ = explain
 
     def _explain(self, model, x, target):
-        t_ = self.passes
+        t_ = self.n_samples
         per = max(1, self.batch_size // t_)
         stats: dict[str, list[torch.Tensor]] = {}
         maps = []
@@ -175,7 +172,7 @@ class MCDropout(Explainer):
                 for name, v in parts.items():
                     stats.setdefault(name, []).append(v.detach())
         meta = {name: torch.cat(v).cpu() for name, v in stats.items()}
-        meta["passes"] = t_
+        meta["n_samples"] = t_
         meta["dropout_layers"] = len(dropout_modules(model))
         return torch.cat(maps).to(x.dtype), meta
 
