@@ -474,7 +474,8 @@ def ig_cases(model: TorchModel, x: torch.Tensor, target: torch.Tensor,
 
     default = IntegratedGradients()
     d = default.get_params()
-    shown = ", ".join(f"{k}={v!r}" for k, v in d.items() if k not in ("baseline", "blur_sigma"))
+    shown = ", ".join(f"{k}={v!r}" for k, v in d.items()
+                      if k not in ("baseline", "blur_sigma", "layer"))
     cases = [
         scrutiny_case("ig:scrutiny:default-rule", f"scrutiny IntegratedGradients(steps={IG_STEPS})"
                       f" [rule={d['rule']!r}]", IntegratedGradients(steps=IG_STEPS)),

@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     #                                                  the progress bar, threat-set geometry
     ("types", "losses"),                      # ThreatModel, Tags, results; the shared objectives
     ("base", "registry"),                     # Method, seeding, grad_wrt; register / create
-    ("scrutiny", "data"),                     # the package root; datasets
+    ("scrutiny", "data", "plot"),             # the package root; datasets; figures of results
     ("models",),                              # wrappers, zoo, training, hooks, adaptive front ends
     ("attacks", "explain", "certify"),        # the methods on a model
     ("metrics", "defenses"),                  # trust of explanations; defenses (use attacks)

@@ -61,6 +61,29 @@ class Method:
     __hash__ = object.__hash__
 
 
+#: Constructor keywords of other attack libraries (torchattacks, ART, cleverhans) that
+#: scrutiny takes elsewhere: the threat model's size and norm, and the step size.
+_THREAT_WORDS = ("eps", "epsilon", "norm", "ord", "p")
+_STEP_WORDS = ("alpha", "eps_step", "eps_iter", "step")
+
+
+def _hint(method: Method, unknown: list[str]) -> str:
+    """Where a torchattacks-style ``eps=`` / ``norm=`` / ``alpha=`` goes in scrutiny."""
+    if method.kind != "attack":
+        return ""
+    hints = []
+    if any(k in _THREAT_WORDS for k in unknown):
+        hints.append("eps and the norm belong to the ThreatModel given at call time: "
+                     "attack(model, x, y, threat=ThreatModel('linf', 0.1))")
+    if any(k in _STEP_WORDS for k in unknown):
+        params = type(method).hyperparameters
+        hints.append("for an absolute step size use step_size=" if "step_size" in params
+                     else "for a step as a fraction of eps use rel_step_size="
+                     if "rel_step_size" in params
+                     else f"{type(method).__name__} takes no step size")
+    return "".join(f"; {h}" for h in hints)
+
+
 def _declared_init(cls: type) -> Any:
     """The keyword-only ``__init__`` of ``cls``'s declared hyperparameters."""
 
@@ -70,7 +93,7 @@ def _declared_init(cls: type) -> Any:
         if unknown:
             raise InputError(f"{type(self).__name__} does not accept "
                              f"{', '.join(map(repr, unknown))}; accepted: "
-                             f"{', '.join(params) or 'none'}")
+                             f"{', '.join(params) or 'none'}{_hint(self, unknown)}")
         for name, p in params.items():
             if name in kwargs:
                 value = kwargs[name]

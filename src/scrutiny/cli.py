@@ -1,4 +1,5 @@
-"""The ``scrutiny`` command line: audit, attack, explain, trust, certify, reprogram, train, list.
+"""The ``scrutiny`` command line: audit, compare, serve, attack, explain, trust, certify, reprogram,
+train, list.
 
 Errors on bad input print one line (``error: ...``) and exit with status 2.
 """
@@ -313,43 +314,147 @@ def _check_out_dir(path: Path) -> None:
         raise InputError(f"--out {path} is not writable: {e}") from e
 
 
+def _default(name: str) -> str:
+    """An :class:`AuditConfig` field's default as the command line writes it."""
+    from scrutiny.audit.config import AuditConfig
+
+    v = AuditConfig.__dataclass_fields__[name].default
+    if v is None:
+        return "none"
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def _opt(help: str, field: str, *names: str) -> Any:
+    """An audit option that sets the :class:`AuditConfig` field ``field``; None when not given
+    (the config file's value or the default applies)."""
+    return typer.Option(*names, help=f"{help} Default: {_default(field) or 'none'}.")
+
+
+#: Settings of ``scrutiny audit`` outside :class:`AuditConfig` that a config file may hold.
+AUDIT_RUN_KEYS = ("model", "weights", "data", "mean", "std", "device", "robust_model",
+                  "robust_weights", "out")
+
+
+def audit_settings(config: Path | None, given: dict[str, Any]
+                   ) -> tuple[Any, dict[str, Any]]:
+    """The audit's :class:`AuditConfig` and run settings (:data:`AUDIT_RUN_KEYS`): the
+    defaults, overridden by the ``--config`` TOML file, overridden by the options ``given``
+    on the command line (None: not given). ``given["params"]`` adds to the file's
+    parameters of each method. Unknown keys or badly typed values are an InputError."""
+    from scrutiny.audit.config import AuditConfig, config_values, read_toml
+
+    values = config_values(read_toml(config), f"config file {config}", AUDIT_RUN_KEYS) \
+        if config is not None else {}
+    for k in ("mean", "std"):  # a list of numbers in the file, "0.5,0.5" on the command line
+        if isinstance(values.get(k), list):
+            values[k] = ",".join(map(str, values[k]))
+    given = {k: v for k, v in given.items() if v is not None}
+    if given.get("sections") == "":
+        given["sections"] = None  # '' runs every section, as no option does
+    if "eps" in given:
+        given["eps"] = _floats(given["eps"], "--eps")
+    params = given.pop("params", {})
+    values.update(config_values(given, "the command line", AUDIT_RUN_KEYS))
+    if params:
+        merged = {m: dict(p) for m, p in values.get("params", {}).items()}
+        for m, p in params.items():
+            merged.setdefault(m, {}).update(p)
+        values["params"] = merged
+    run = {k: values.pop(k) for k in AUDIT_RUN_KEYS if k in values}
+    for k in ("weights", "robust_weights", "out"):
+        if k in run and run[k] is not None:
+            run[k] = Path(run[k])
+    return AuditConfig(**values), run
+
+
+def _run_record(run: dict[str, Any]) -> dict[str, Any]:
+    """The run settings as ``config.toml`` keeps them: paths absolute, no output folder."""
+    rec = {k: v for k, v in run.items() if k != "out" and v is not None}
+    for k in ("weights", "robust_weights"):
+        if k in rec:
+            rec[k] = str(Path(rec[k]).resolve())
+    if "data" in rec and Path(rec["data"]).exists():
+        rec["data"] = str(Path(rec["data"]).resolve())
+    return rec
+
+
 @app.command()
 @_quiet_option
-def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+def audit(config: Annotated[Path | None, typer.Option(
+              "--config", help="TOML file of the audit's settings: AuditConfig's fields (attacks, "
+              "eps, n_samples, ..., a params.pgd table) and model, weights, data, mean, std, "
+              "device, robust_model, robust_weights, out. Options given here override it.")] = None,
+          model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
           mean: MeanOpt = None, std: StdOpt = None,
-          attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "fgsm,pgd",
-          explainers: Annotated[str, typer.Option(help="Comma-separated explainers.")] =
-          "saliency,integrated_gradients,grad_cam",
-          norm: Annotated[str, typer.Option(help="linf, l2 or l1.")] = "linf",
-          eps: Annotated[str | None, typer.Option(help="Comma-separated radii.")] = None,
-          n: Annotated[int, typer.Option("--n", help="Test samples attacked.")] = 500,
-          param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
-          out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] =
-          Path("audit-report"),
+          attacks: Annotated[str | None, _opt("Comma-separated attacks of the robustness "
+                                              "curve.", "attacks")] = None,
+          headline_attack: Annotated[str | None, _opt(
+              "Attack run at the reference eps on what the curve left robust ('' for none).",
+              "headline_attack")] = None,
+          explainers: Annotated[str | None, _opt("Comma-separated explainers.",
+                                                 "explainers")] = None,
+          norm: Annotated[str | None, _opt("linf, l2 or l1.", "norm")] = None,
+          eps: Annotated[str | None, typer.Option(
+              help="Comma-separated radii. Default: the norm's (linf: 0,0.02,0.05,0.1,0.15,"
+              "0.2,0.3).")] = None,
+          reference_eps: Annotated[float | None, typer.Option(
+              help="The eps of the headline number and the examples (added to --eps). "
+              "Default: the middle nonzero eps.")] = None,
+          n: Annotated[int | None, _opt("Test samples attacked.", "n_samples", "--n",
+                                        "--n-samples")] = None,
+          n_examples: Annotated[int | None, _opt("Samples shown in the example and "
+                                                 "explanation figures.", "n_examples")] = None,
+          param: ParamOpt = None,
+          seed: Annotated[int | None, _opt("Seed of every stochastic step.", "seed")] = None,
+          device: DeviceOpt = None,
+          out_dir: Annotated[Path | None, typer.Option(
+              "--out", help="Report folder. Default: audit-report.")] = None,
           robust_model: Annotated[str | None, typer.Option(
-              help="A zoo model to compare with (e.g. digits-cnn-pgd): trade-off and input "
-              "gradients side by side.")] = None,
-          defenses: Annotated[str, typer.Option(help="Comma-separated defenses of the game "
-                                                "matrix ('' for none).")] =
-          "bit_depth,median_filter,feature_squeezing",
-          certifier: Annotated[str, typer.Option(help="ibp, crown, smoothing (l2), or '' for "
-                                                 "none.")] = "crown",
+              help="A model to compare with, given as --model is (a zoo model such as "
+              "digits-cnn-pgd, or 'module:factory' with --robust-weights; --mean/--std apply "
+              "to it too): it gets the same attacks, headline attack, certifier and checks on "
+              "the same samples; curves, a table and input gradients side by side.")] = None,
+          robust_weights: Annotated[Path | None, typer.Option(
+              help="safetensors weights for a 'module:factory' --robust-model.")] = None,
+          metrics: Annotated[str | None, _opt("Comma-separated trust measures of every "
+                                              "explainer ('' for none).", "metrics")] = None,
+          trust_samples: Annotated[int | None, _opt("Samples the trust measures use.",
+                                                    "trust_samples")] = None,
+          query_attacks: Annotated[str | None, _opt(
+              "Comma-separated black-box attacks plotted against queries ('' for none).",
+              "query_attacks")] = None,
+          defenses: Annotated[str | None, _opt("Comma-separated defenses of the game matrix "
+                                               "('' for none).", "defenses")] = None,
+          certifier: Annotated[str | None, _opt("ibp, crown, smoothing (l2), or '' for none.",
+                                                "certifier")] = None,
+          cert_samples: Annotated[int | None, _opt("Samples certified.", "cert_samples")] = None,
+          checks: Annotated[bool | None, _opt("Run the gradient-masking checks.", "checks",
+                                              "--checks/--no-checks")] = None,
+          black_box: Annotated[str | None, _opt(
+              "Black-box attack of the 'black-box beats white-box' check ('' for none).",
+              "black_box")] = None,
           sections: Annotated[str | None, typer.Option(
               help="Comma-separated report sections to run (and what they need); default all: "
               + ", ".join(_section_names()) + ".")] = None,
-          skip: Annotated[str, typer.Option(help="Comma-separated sections not to run.")] = "",
+          skip: Annotated[str | None, typer.Option(
+              help="Comma-separated sections not to run.")] = None,
           fresh: Annotated[bool, typer.Option(
               help="Recompute every section instead of resuming the finished ones saved in "
               "OUT/.audit-state.")] = False,
           quiet: QuietOpt = False) -> None:
     """Attack and explain a model; write one HTML report (default: embedded digits CNN).
 
-    --param takes METHOD.NAME=VALUE, e.g. -p pgd.steps=100. Finished sections are saved
-    under OUT/.audit-state: a rerun after a crash or Ctrl-C resumes after them.
+    --param takes METHOD.NAME=VALUE, e.g. -p pgd.steps=100.
+
+    --config reads the settings from a TOML file; options given override it.
+
+    OUT/config.toml holds the resolved settings; the report, the command that reruns them.
+
+    Finished sections are saved under OUT/.audit-state: a rerun resumes after them.
     """
     import shutil
 
-    from scrutiny.audit import AuditConfig, run_audit, write_report
+    from scrutiny.audit import run_audit, write_report
 
     params: dict[str, dict[str, Any]] = {}
     for k, v in parse_params(param).items():
@@ -357,13 +462,21 @@ def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = No
             raise InputError(f"audit --param must be METHOD.NAME=VALUE, got {k!r}")
         meth, name = k.split(".", 1)
         params.setdefault(meth, {})[name] = v
-    cfg = AuditConfig(attacks=tuple(a for a in attacks.split(",") if a),
-                      explainers=tuple(e for e in explainers.split(",") if e), norm=norm,
-                      eps=_floats(eps, "--eps"), n_samples=n, params=params, seed=seed,
-                      defenses=tuple(d for d in defenses.split(",") if d),
-                      certifier=certifier or None,
-                      sections=tuple(x for x in sections.split(",") if x) if sections else None,
-                      skip=tuple(x for x in skip.split(",") if x))
+    cfg, run = audit_settings(config, {
+        "attacks": attacks, "headline_attack": headline_attack, "explainers": explainers,
+        "norm": norm, "eps": eps, "reference_eps": reference_eps, "n_samples": n,
+        "n_examples": n_examples, "params": params or None, "seed": seed, "metrics": metrics,
+        "trust_samples": trust_samples, "defenses": defenses, "query_attacks": query_attacks,
+        "certifier": certifier, "cert_samples": cert_samples, "checks": checks,
+        "black_box": black_box, "sections": sections, "skip": skip, "model": model,
+        "weights": weights, "data": data, "mean": mean, "std": std, "device": device,
+        "robust_model": robust_model, "robust_weights": robust_weights, "out": out_dir})
+    model, weights, data, mean, std, device, robust_model, robust_weights = (
+        run.get(k) for k in ("model", "weights", "data", "mean", "std", "device", "robust_model",
+                             "robust_weights"))
+    if robust_weights is not None and robust_model is None:
+        raise InputError("--robust-weights is for a 'module:factory' --robust-model; give one")
+    out_dir = run.get("out") or Path("audit-report")
     from scrutiny.audit.sections import resolve as resolve_sections
 
     resolve_sections(cfg.sections, cfg.skip)  # unknown or needed sections: refused now
@@ -374,10 +487,16 @@ def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = No
     m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
     robust = None
     if robust_model is not None:
-        robust, _ = resolve(robust_model, None, data or None, mean, std, device,
-                            progress=not quiet)
+        try:  # any model spec --model takes, checked against the audited model's data
+            robust, _ = resolve(robust_model, robust_weights, data or ds.name, mean, std,
+                                device, progress=not quiet)
+        except InputError as e:
+            raise InputError(f"--robust-model {robust_model}: {e}") from e
     res = run_audit(m, ds, cfg, robust_model=robust, progress=not quiet, state_dir=state)
-    path = write_report(res, out_dir)
+    path = write_report(res, out_dir, run=_run_record(run))
+    for line in (res.verdict or {}).get("lines", []):  # the verdict first
+        out.print(("[bold red]FLAGGED[/]" + escape(line[7:])) if line.startswith("FLAGGED")
+                  else escape(line))
     table = Table(f"attack \\ eps ({cfg.norm})", *[f"{e:g}" for e in cfg.eps],
                   title=f"{res.model} on {res.dataset}: robust accuracy ({res.n_samples} samples)")
     for name, rows in res.robustness.items():
@@ -398,7 +517,7 @@ def audit(model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = No
     flagged = [f for f in res.flags if f.flagged]
     out.print(f"checks (model probe, gradient masking, explanations): "
               f"{len(res.flags) - len(flagged)} of {len(res.flags)} ok")
-    for f in flagged:
+    for f in flagged if res.verdict is None else ():  # else the verdict listed them
         out.print(f"[bold red]FLAGGED[/] {f.check}: {f.message}")
     out.print(f"report: {path}  ({res.seconds:.1f} s)")
 
@@ -622,6 +741,78 @@ def train(model: Annotated[str, typer.Option(
     acc = float((m.predict(test.x.to(m.device)).cpu() == test.y).float().mean())
     out.print(f"{m.name}: test accuracy {100 * acc:.1f}% on {test.name} ({len(test)} samples)")
 
+
+@app.command()
+def compare(runs: Annotated[list[Path], typer.Argument(
+                help="Audit folders (written by 'scrutiny audit --out'), their result.json, or "
+                "folders holding audits.")],
+            save: Annotated[Path | None, typer.Option(
+                "--out", help="HTML leaderboard to write (links to each audit's report).")] =
+            None,
+            json_out: Annotated[Path | None, typer.Option(
+                "--json", help="Write the leaderboard as JSON to this file ('-': stdout, no "
+                "table).")] = None) -> None:
+    """Rank audits by their headline robust accuracy (RobustBench-style leaderboard).
+
+    Audits on other data, norm or reference eps are listed after the ranked ones, marked
+    not comparable with the reason.
+    """
+    import json
+
+    from scrutiny.audit.compare import compare as rank
+    from scrutiny.audit.compare import write_html
+
+    board = rank(runs)
+    if json_out is not None:
+        text = json.dumps(board.to_dict(), indent=1)
+        if str(json_out) == "-":
+            print(text)
+            return
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n", encoding="utf-8")
+    table = Table(title=f"robust accuracy on {board.dataset}, {board.norm} "
+                  f"eps={board.reference_eps:g}")
+    for col in ("rank", "model", "audit", "clean", f"robust @ {board.reference_eps:g}",
+                "certified", "flags", "comparable"):
+        table.add_column(col, no_wrap=col in ("rank", "model", "clean"),
+                         overflow="fold")
+    for e in board.entries:
+        table.add_row(str(e.rank or ""), escape(e.model), escape(e.path),
+                      f"{100 * e.clean_accuracy:.1f}%",
+                      "n/a" if e.headline is None else f"{100 * e.headline:.1f}%",
+                      "n/a" if e.certified is None else f"{100 * e.certified:.1f}%",
+                      escape(", ".join(e.flags)) or "none",
+                      escape("yes" + "".join(f"; {c}" for c in e.caveats)) if e.comparable
+                      else escape(f"no: {e.reason}"))
+    out.print(table)
+    if json_out is not None:
+        out.print(f"saved {json_out}")
+    if save is not None:
+        out.print(f"saved {write_html(board, save)}")
+
+
+@app.command()
+def serve(folder: Annotated[Path, typer.Argument(help="Folder of audits (searched below it).")],
+          host: Annotated[str, typer.Option(
+              help="Address to listen on; the default, 127.0.0.1, serves this machine only.")]
+          = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 8000,
+          verbose: Annotated[bool, typer.Option(help="Log each request.")] = False) -> None:
+    """Browse a folder of audits: the compare leaderboard, linking to each report (read-only)."""
+    from scrutiny.audit.serve import make_server
+
+    server = make_server(folder, host=host, port=port, verbose=verbose)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/] serving {escape(str(folder))} to every machine that "
+                  f"can reach {escape(host)}")
+    out.print(f"serving {escape(str(folder))} at {server.url} (Ctrl-C stops)")
+    sys.stdout.flush()  # before blocking, also when the output is a pipe or a file
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input gives one line on stderr and exit status 2."""

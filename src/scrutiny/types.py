@@ -57,6 +57,23 @@ class Tags:
             raise InputError(f"unknown output {self.output!r}; accepted: logits, probs, label")
 
 
+def summary_repr(kind: str, fields: dict[str, Any]) -> str:
+    """One line ``Kind(key=value, ...)`` for a result: shapes and summary numbers, no tensors.
+
+    Floats get 4 significant digits, tensors their shape, None values are left out.
+    """
+
+    def show(v: Any) -> str:
+        if isinstance(v, torch.Tensor):
+            return "(" + ", ".join(map(str, v.shape)) + ")"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return repr(v)
+
+    return f"{kind}(" + ", ".join(f"{k}={show(v)}" for k, v in fields.items()
+                                  if v is not None) + ")"
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """``(N, prod(rest))``; explicit sizes, so an empty batch reshapes too."""
     return t.reshape(t.shape[0], math.prod(t.shape[1:]))
@@ -373,6 +390,21 @@ class AttackResult:
         """Fraction of samples on which the attack reached its goal."""
         return float(self.success.float().mean()) if len(self.y) else float("nan")
 
+    def __repr__(self) -> str:
+        """One line: the attack, n, the threat model and the summary numbers (no tensors)."""
+        t = self.threat
+        ok = self.norms[self.success]
+        return summary_repr("AttackResult", {
+            "attack": self.meta.get("attack"), "n": len(self.y),
+            "threat": f"{t.norm} eps={t.eps:g}" if t is not None else None,
+            "clean_accuracy": self.clean_accuracy(), "robust_accuracy": self.robust_accuracy(),
+            "success_rate": self.success_rate(),
+            "median_norm": float(ok.median()) if len(ok) else None,
+            "targeted": True if self.target is not None else None,
+            "mean_queries": (float(self.queries.float().mean())
+                             if self.queries is not None and len(self.queries) else None),
+            "x_adv": self.x_adv})
+
     def to_dict(self) -> dict[str, Any]:
         """Summary numbers (JSON-ready)."""
         ok = self.norms[self.success]
@@ -401,7 +433,8 @@ class Explanation:
     ----------
     attributions : Tensor
         Relevance per input element (same shape as ``x``) or per pixel
-        (``(N, H, W)``) for methods that reduce over channels.
+        (``(N, H, W)``) for methods that reduce over channels; per element of a
+        layer's output (its shape) for a gradient method given ``layer=``.
     target : Tensor
         (N,) explained class.
     outputs : Tensor
@@ -419,6 +452,15 @@ class Explanation:
     delta: torch.Tensor | None = None
     location: str = "input"
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One line: the explainer, n, the attributions' shape and location, max |delta|."""
+        d = self.delta
+        return summary_repr("Explanation", {
+            "explainer": self.meta.get("explainer"), "n": len(self.target),
+            "attributions": self.attributions,
+            "location": self.location,
+            "max_abs_delta": float(d.abs().max()) if d is not None and len(d) else None})
 
     def pixel_map(self) -> torch.Tensor:
         """(N, H, W) map for display: channel-summed for image attributions."""

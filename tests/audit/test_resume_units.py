@@ -5,7 +5,7 @@ import torch
 
 from scrutiny.attacks.base import Attack
 from scrutiny.audit import AuditConfig, run_audit
-from scrutiny.audit.sections.headline import CHUNK
+from scrutiny.audit.sections import headline
 
 
 class Killed(RuntimeError):
@@ -39,8 +39,9 @@ def test_a_killed_audit_resumes_inside_its_sections_with_the_same_numbers(
         return real(self, model, x, y, **kw)
 
     monkeypatch.setattr(Attack, "__call__", counted)
+    monkeypatch.setattr(headline, "CHUNK", 32)  # small chunks: two of them on 40 samples
     fresh = run_audit(model, digits_test, AuditConfig(**_CFG), progress=False)
-    assert CHUNK == 32
+    CHUNK = headline.CHUNK
     n_todo = fresh.headline["strong_attack"]["samples_attacked"]
     assert n_todo > CHUNK, "the curve must leave more than one chunk for the headline"
     assert calls == [("fgsm", 40), ("fgsm", 40), ("worst_case", 32), ("worst_case", n_todo - 32)]

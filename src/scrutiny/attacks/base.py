@@ -12,7 +12,7 @@ from scrutiny.base import Method, grad_wrt
 from scrutiny.errors import InputError, QueryBudgetExceeded
 from scrutiny.losses import margin_loss_terms  # also re-exported: attacks import it from here
 from scrutiny.models.adaptive import adaptive, is_non_differentiable, is_randomized
-from scrutiny.models.calls import Call, prepare
+from scrutiny.models.calls import Call, as_batch, prepare
 from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import AttackResult, Tags, ThreatModel
@@ -54,7 +54,8 @@ class Attack(Method):
     #: ``("guide",)`` for feature adversaries); data, not hyperparameters.
     call_data: ClassVar[tuple[str, ...]] = ()
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel,
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor | None = None, *,
+                 threat: ThreatModel,
                  target: torch.Tensor | int | None = None, seed: int | None = 0,
                  adaptive: bool = True, **data: Any) -> AttackResult:
         """Attack ``model`` on ``(x, y)`` within ``threat``.
@@ -62,10 +63,12 @@ class Attack(Method):
         Parameters
         ----------
         model : nn.Module or TorchModel
-        x : Tensor
+        x : Tensor or DataLoader
             Clean inputs ``(N, ...)`` within the model's bounds; not modified.
+            A DataLoader (any iterable of ``(x, y)`` batches) is gathered into
+            one batch (:func:`scrutiny.models.calls.as_batch`).
         y : Tensor
-            True labels ``(N,)``.
+            True labels ``(N,)``; from the loader when ``x`` is one.
         threat : ThreatModel
             Norm, eps (and optional mask) of allowed perturbations; its bounds
             are the model's (:meth:`ThreatModel.resolve`).
@@ -75,13 +78,18 @@ class Attack(Method):
             Seeds random starts; the same seed gives the same result.
         adaptive : bool
             White-box attacks on a model whose defense front end declares
-            itself non-differentiable or randomized differentiate
+            itself non-differentiable or randomized (or that
+            :func:`scrutiny.models.adaptive.declare` marked so) differentiate
             :func:`scrutiny.defenses.adaptive` of it (BPDA, EOT); success is
             judged on the defended model. ``False`` attacks the model as is
             (to show what a non-adaptive evaluation would report).
         **data
             Call-time data the attack declares in ``call_data``.
         """
+        x, y = as_batch(x, y)
+        if y is None:
+            raise InputError(f"{type(self).__name__} needs the true labels: give y (N,), or x "
+                             "as a DataLoader of (x, y) batches")
         if not self.tags.white_box:
             return self._call_black_box(model, x, y, threat, target, seed, data)
         with self._prepare(model, x, threat, seed, data) as call:

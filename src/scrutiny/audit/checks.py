@@ -58,7 +58,9 @@ def check_gradients(model: TorchModel, x: torch.Tensor, y: torch.Tensor, *,
            f"{float(norms.median()):.2e}")
     if flagged:
         msg += (". Gradient attacks get no signal, so their robust accuracy is an upper bound "
-                "at best; evaluate with BPDA (scrutiny.defenses.adaptive) or a black-box attack.")
+                "at best; evaluate with BPDA (scrutiny.defenses.adaptive, with "
+                "scrutiny.models.adaptive.declare for a front end that is no scrutiny defense; "
+                "the audit does both by itself) and a black-box attack.")
     return Flag("zero or non-finite gradients", flagged, msg,
                 {"share_zero": share_zero, "share_non_finite": share_bad,
                  "median_norm": float(norms.median())})
@@ -304,7 +306,8 @@ def black_box_from_stages(stages: list[dict[str, Any]], attacked: int, n: int,
     robust accuracy over the ``attacked`` samples; ``final_robust`` is the
     robust accuracy over all ``n`` samples after every stage.
     """
-    names = [st["name"] for st in stages]
+    # a stage's name is the registered name, with its non-default parameters in parentheses
+    names = [st["name"].split("(")[0].strip() for st in stages]
     if attack not in names or names.index(attack) == 0:
         return None
     i = names.index(attack)

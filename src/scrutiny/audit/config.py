@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from scrutiny import registry
@@ -140,8 +142,152 @@ class AuditConfig:
             self.sections = tuple(self.sections)
         self.skip = tuple(self.skip)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "the configuration",
+                  extra: tuple[str, ...] = ()) -> tuple[AuditConfig, dict[str, Any]]:
+        """The configuration ``values`` give (a TOML file's tables), and the ``extra`` keys.
+
+        Lists become tuples, ``""`` (TOML has no null) is None for ``headline_attack``,
+        ``certifier`` and ``black_box``; a key that is neither a field nor in ``extra``,
+        or a value of the wrong type, is an :class:`~scrutiny.errors.InputError` naming it
+        and ``source``. Returns the configuration and the ``extra`` values given.
+        """
+        values = config_values(values, source, extra)
+        rest = {k: values.pop(k) for k in list(values) if k in extra}
+        return cls(**values), rest
+
+    @classmethod
+    def from_toml(cls, path: str | Path, extra: tuple[str, ...] = ()
+                  ) -> tuple[AuditConfig, dict[str, Any]]:
+        """The configuration a TOML file holds (:meth:`from_dict` of its tables).
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = Path(d) / "audit.toml"
+        ...     _ = path.write_text('eps = [0, 0.1]\\nn_samples = 64\\n[params.pgd]\\nsteps = 10\\n')
+        ...     cfg, _ = AuditConfig.from_toml(path)
+        ...     again, _ = AuditConfig.from_dict(tomllib.loads(cfg.to_toml()))
+        >>> cfg.eps, cfg.reference_eps, cfg.params, again == cfg
+        ((0.0, 0.1), 0.1, {'pgd': {'steps': 10}}, True)
+        """
+        return cls.from_dict(read_toml(path), f"config file {path}", extra)
+
+    def to_toml(self, extra: dict[str, Any] | None = None) -> str:
+        """The resolved configuration as a TOML file :meth:`from_toml` reads back: every
+        field (``eps`` and ``reference_eps`` as resolved), ``extra`` keys first (the CLI's
+        model and data), ``params`` as one ``[params.<method>]`` table per method.
+        None values are left out (the field's default None, or ``""`` where None is
+        not the default); parameters whose value is None cannot be written (TOML has
+        no null): :func:`toml_unwritable` lists them."""
+        lines = ["# scrutiny audit configuration: scrutiny audit --config THIS_FILE",
+                 "# (command-line options override what this file sets)"]
+        for k, v in (extra or {}).items():
+            if v is not None:
+                lines.append(f"{k} = {_toml(v)}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "params":
+                continue
+            if v is None:
+                if f.default is not None:  # a None that is not the default: "" means none
+                    lines.append(f'{f.name} = ""')
+                continue
+            lines.append(f"{f.name} = {_toml(v)}")
+        for method, ps in sorted(self.params.items()):
+            lines += ["", f"[params.{_toml_key(method)}]"]
+            lines += [f"{_toml_key(k)} = {_toml(v)}" for k, v in ps.items() if v is not None]
+        return "\n".join(lines) + "\n"
+
     def fingerprint(self) -> str:
         """The configuration as canonical JSON (part of every section's cache key); which
         sections run does not change a section's numbers, so it is left out."""
         fields = {k: v for k, v in asdict(self).items() if k not in ("sections", "skip")}
         return json.dumps(fields, sort_keys=True, default=str)
+
+
+#: Fields whose None is written ``""`` in a TOML file.
+_NONE_AS_EMPTY = ("headline_attack", "certifier", "black_box")
+_TUPLES = ("attacks", "explainers", "eps", "metrics", "defenses", "query_attacks", "sections",
+           "skip")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables; a missing file or bad TOML is an :class:`InputError` naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as e:
+        raise InputError(f"config file {path} cannot be read: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"config file {path} is not valid TOML: {e}") from e
+
+
+def config_values(values: dict[str, Any], source: str = "the configuration",
+                  extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``values`` checked against :class:`AuditConfig`'s fields (and ``extra`` keys) and
+    converted to their types: lists as tuples, ``""`` as None where None means none."""
+    types = {f.name: f for f in fields(AuditConfig)}
+    unknown = [k for k in values if k not in types and k not in extra]
+    if unknown:
+        raise InputError(f"{source}: unknown key {', '.join(map(repr, unknown))}; accepted: "
+                         + ", ".join([*types, *extra]))
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if k in extra:
+            out[k] = v
+            continue
+        if k in _NONE_AS_EMPTY and v == "":
+            v = None
+        elif k in _TUPLES:
+            if isinstance(v, str):  # "fgsm,pgd" as on the command line
+                v = [s.strip() for s in v.split(",") if s.strip()]
+            want = (int, float) if k == "eps" else str
+            if not isinstance(v, list | tuple) or any(
+                    isinstance(e, bool) or not isinstance(e, want) for e in v):
+                raise InputError(f"{source}: {k} must be a list of "
+                                 f"{'numbers' if k == 'eps' else 'names'}, got {v!r}")
+            v = tuple(v)
+        elif k == "params":
+            if not isinstance(v, dict) or any(not isinstance(p, dict) for p in v.values()):
+                raise InputError(f"{source}: params must be one table per method "
+                                 f"([params.pgd] steps = 100), got {v!r}")
+            v = {m: dict(p) for m, p in v.items()}
+        else:
+            default = types[k].default
+            want = type(default) if default is not None else (str if k != "reference_eps"
+                                                              else float)
+            ok = (isinstance(v, (int, float) if want is float else want)
+                  and (want is bool or not isinstance(v, bool)))
+            if v is not None and not ok:
+                raise InputError(f"{source}: {k} must be {want.__name__}, got {v!r}")
+        out[k] = v
+    return out
+
+
+def toml_unwritable(params: dict[str, dict[str, Any]]) -> list[str]:
+    """``method.name`` of every parameter :meth:`AuditConfig.to_toml` cannot write (None)."""
+    return [f"{m}.{k}" for m, ps in params.items() for k, v in ps.items() if v is None]
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _toml(v: Any) -> str:
+    """One TOML value: strings, booleans, numbers, arrays and inline tables."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        if isinstance(v, float) and not math.isfinite(v):
+            return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml(e) for e in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml(e)}" for k, e in v.items()
+                               if e is not None) + "}"
+    raise InputError(f"{v!r} ({type(v).__name__}) cannot be written to a TOML file")

@@ -9,11 +9,15 @@ from typing import Any
 import torch
 
 from scrutiny import registry
-from scrutiny.audit.checks import Flag, ModelProbe
+from scrutiny.audit.checks import Flag, ModelProbe, probe_model
 from scrutiny.audit.config import AuditConfig
+from scrutiny.base import seeded
 from scrutiny.data import ArrayDataset
-from scrutiny.models.wrapper import TorchModel
+from scrutiny.errors import InputError
+from scrutiny.models.adaptive import declare
+from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import ThreatModel
+from scrutiny.validation import check_outputs
 
 
 @dataclass
@@ -188,3 +192,53 @@ class AuditContext:
         if self.robust_model is not None:
             parts.append(model_digest(self.robust_model))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def build_context(model, data: ArrayDataset, config: AuditConfig, robust_model=None
+                  ) -> AuditContext:
+    """The context every section reads: the samples, clean predictions, background rows."""
+    model = as_model(model)
+    if not isinstance(data, ArrayDataset):
+        raise InputError(f"data must be an ArrayDataset, got {type(data).__name__}")
+    g = torch.Generator().manual_seed(config.seed)
+    perm = torch.randperm(len(data), generator=g)
+    idx = perm[:config.n_samples]
+    x, y = data.x[idx], data.y[idx]
+    # rows not attacked serve as background data for explainers that take it (LIME, SHAP)
+    rest = perm[config.n_samples:]
+    background = data.x[rest[:100]] if len(rest) else data.x[perm[:100]]
+    k_model = model.num_classes
+    if k_model is not None and len(y) and int(y.max()) >= k_model:
+        # a subset of the classes (a test split holding classes 0-2 of ten) is valid data
+        raise InputError(f"the data has labels up to {int(y.max())}, the model only "
+                         f"{k_model} outputs")
+    probe = probe_model(model, x, y, seed=config.seed)
+    if probe.randomized or probe.masked:  # every white-box attack adapts: EOT, BPDA
+        model = declare(model, non_differentiable=probe.masked, randomized=probe.randomized,
+                        eot_samples=probe.eot_samples if probe.randomized else None)
+    # the first forward under the seed: the same draw of a randomized model as each attack's
+    # own clean pass, so the eps-0 column equals the clean accuracy
+    dev = model.device
+    with model.evaluating(), seeded(config.seed, dev), torch.no_grad():
+        pred = check_outputs(model(x.to(dev)), len(x)).argmax(1).cpu()
+    ctx = AuditContext(model=model, data=data, config=config, idx=idx, x=x, y=y, pred=pred,
+                       clean_accuracy=float((pred == y).float().mean()), background=background,
+                       rest=rest, robust_model=as_model(robust_model) if robust_model is not None
+                       else None, probe=probe)
+    if probe.randomized:
+        accs = torch.tensor(probe.draw_accuracy)
+        ctx.notes.append(
+            f"The model is randomized (two passes of the same inputs differ): clean accuracy "
+            f"{ctx.clean_accuracy:.1%} is this seed's draw; over {len(accs)} draws it is "
+            f"{float(accs.mean()):.1%} on average (spread {float(accs.std()):.1%}). Attacks "
+            f"average their gradients over {probe.eot_samples} draws (EOT).")
+    if probe.masked:
+        ctx.notes.append(
+            f"The model's input gradients are masked ({probe.zero_gradient_share:.0%} of the "
+            "samples have a zero or non-finite gradient): every white-box attack ran with BPDA "
+            "(straight-through rounding ops) and a black-box attack was added at every eps.")
+    if not data.is_image:
+        for name in config.explainers:
+            if registry.get(name, "explainer").cls.tags.image_only:
+                ctx.notes.append(f"{name} needs images and was skipped on tabular data")
+    return ctx

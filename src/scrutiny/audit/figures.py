@@ -13,18 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from scrutiny.plot import draw_map, image_array  # noqa: E402  (the drawing shared with the API)
+
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
-
-
-def _image(x: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> array for imshow."""
-    a = x.detach().cpu().float().numpy()
-    return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0)).clip(0, 1)
 
 
 def robustness_curve(curves: dict[str, list[tuple[float, float]]], norm: str,
@@ -43,7 +39,11 @@ def robustness_curve(curves: dict[str, list[tuple[float, float]]], norm: str,
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend()
+    # below the axes, never over the curves; long labels (the compared models) one per row
+    wide = max((len(k) for k in curves), default=0) > 24
+    fig.set_figheight(3.6 + 0.2 * (len(curves) if wide else -(-len(curves) // 3)))
+    fig.legend(loc="outside lower center", ncols=1 if wide else min(3, len(curves)), fontsize=8,
+               frameon=False)
     ax.set_title(title)
     data = {"norm": norm, "curves": {k: [{"eps": e, "robust_accuracy": a} for e, a in v]
                                      for k, v in curves.items()}}
@@ -59,14 +59,13 @@ def adversarial_examples(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
     delta = (x_adv - x).detach().cpu()
     scale = float(delta.abs().max()) or 1.0
     for i in range(n):
-        axes[0, i].imshow(_image(x[i]), cmap="gray", vmin=0, vmax=1)
+        axes[0, i].imshow(image_array(x[i]), cmap="gray", vmin=0, vmax=1)
         axes[0, i].set_title(f"{classes[int(pred_clean[i])]}", fontsize=8,
                              color="black" if pred_clean[i] == y[i] else "red")
-        axes[1, i].imshow(_image(x_adv[i]), cmap="gray", vmin=0, vmax=1)
+        axes[1, i].imshow(image_array(x_adv[i]), cmap="gray", vmin=0, vmax=1)
         axes[1, i].set_title(f"{classes[int(pred_adv[i])]}", fontsize=8,
                              color="black" if pred_adv[i] == y[i] else "red")
-        d = delta[i].sum(0).numpy() if delta.shape[1] > 1 else delta[i, 0].numpy()
-        axes[2, i].imshow(d, cmap="RdBu_r", vmin=-scale, vmax=scale)
+        draw_map(axes[2, i], delta[i].sum(0), lim=scale, colorbar=i == n - 1)
         for r in range(3):
             axes[r, i].axis("off")
     for r, label in enumerate(("clean", "adversarial", "perturbation")):
@@ -95,17 +94,11 @@ def explanation_grid(x: torch.Tensor, maps: dict[str, torch.Tensor], title: str,
     fig, axes = plt.subplots(n, 1 + len(names), figsize=(1.5 * (1 + len(names)), 1.45 * n + head),
                              squeeze=False, layout="constrained")
     for i in range(n):
-        axes[i, 0].imshow(_image(x[i]), cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].imshow(image_array(x[i]), cmap="gray", vmin=0, vmax=1)
         if row_labels:
             axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
         for j, name in enumerate(names):
-            m = maps[name][i].detach().cpu().float().numpy()
-            lim = float(np.abs(m).max()) or 1.0
-            if overlay:
-                axes[i, j + 1].imshow(_image(x[i]).mean(-1) if x.shape[1] == 3 else _image(x[i]),
-                                      cmap="gray", vmin=0, vmax=1)
-            axes[i, j + 1].imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim,
-                                  alpha=0.65 if overlay else 1.0)
+            draw_map(axes[i, j + 1], maps[name][i], background=x[i] if overlay else None)
             if i == 0:
                 axes[i, j + 1].set_title(name + ("\n" + notes[name] if name in notes else ""),
                                          fontsize=7)

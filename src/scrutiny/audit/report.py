@@ -6,11 +6,14 @@ import base64
 import json
 import math
 import platform
+import shlex
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import torch
 from markupsafe import Markup
 
@@ -49,12 +52,46 @@ _ENV.filters["num"] = _num
 _ENV.filters["sci"] = _sci
 
 
-def render_html(result: AuditResult) -> str:
+def environment() -> dict[str, str]:
+    """Versions of what ran: scrutiny, torch, numpy, Python, and the platform."""
+    from scrutiny import __version__
+
+    return {"scrutiny": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def record(result: AuditResult, out_dir: str | Path | None = None,
+           run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's record (``result.json``'s ``provenance``, the report's Configuration).
+
+    ``result.provenance`` (hashes of the weights and the samples, samples used against
+    those requested, every method's parameters as constructed), the versions
+    (:func:`environment`), the resolved configuration file ``config.toml`` in ``out_dir``
+    and, when ``run`` gives the command line's other settings (model, data, ...), the
+    command that reproduces the run: ``scrutiny audit --config OUT/config.toml --out OUT``
+    (plus ``-p`` for a parameter whose value is None, which TOML cannot hold).
+    """
+    from scrutiny.audit.config import toml_unwritable
+
+    rec = {**result.provenance, "versions": environment(), "config_file": None, "command": None}
+    if out_dir is not None:
+        out = Path(out_dir).resolve()
+        rec["config_file"] = str(out / "config.toml")
+        if run is not None:
+            argv = ["scrutiny", "audit", "--config", rec["config_file"], "--out", str(out)]
+            for p in toml_unwritable(result.config.params):
+                argv += ["-p", f"{p}=None"]
+            rec["command"] = shlex.join(argv)
+    return rec
+
+
+def render_html(result: AuditResult, provenance: dict[str, Any] | None = None) -> str:
     """The report as one HTML string (figures inlined as base64 PNG).
 
     Each section that ran renders its piece ``templates/sections/<name>.html``
     (with ``s``, its :class:`~scrutiny.audit.context.SectionResult`, ``r``, the
     whole result, and ``figure(name)``) under its group's heading, in report order.
+    ``provenance`` is the run's :func:`record` (default: without a command line).
     """
     from scrutiny import __version__
     from scrutiny.audit.sections import SECTIONS
@@ -75,15 +112,23 @@ def render_html(result: AuditResult) -> str:
     eps = list(result.config.eps)
     return _ENV.get_template("report.html").render(
         r=result, groups=groups, figure=figure, eps=eps, version=__version__,
+        p=provenance or record(result), config=asdict(result.config),
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def write_report(result: AuditResult, out_dir: str | Path) -> Path:
-    """Write ``report.html``, ``figures.json`` and ``result.json`` into ``out_dir``.
+def write_report(result: AuditResult, out_dir: str | Path,
+                 run: dict[str, Any] | None = None) -> Path:
+    """Write ``report.html``, ``figures.json``, ``result.json`` and ``config.toml`` into
+    ``out_dir``.
 
-    Each file is written to a temporary name and renamed into place, so a reader
-    never sees a half-written file. Returns the path of the HTML file.
+    ``config.toml`` is the resolved configuration (:meth:`AuditConfig.to_toml
+    <scrutiny.audit.config.AuditConfig.to_toml>`) with ``run``'s keys, the command
+    line's settings outside it (model, weights, data, ...); with ``run`` the report
+    and ``result.json`` (``provenance``, :func:`record`) hold the command that
+    reproduces the run from that file. Each file is written to a temporary name and
+    renamed into place, so a reader never sees a half-written file. Returns the path
+    of the HTML file.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,11 +140,14 @@ def write_report(result: AuditResult, out_dir: str | Path) -> Path:
         tmp.replace(path)
         return path
 
-    html = write("report.html", render_html(result))
+    write("config.toml", result.config.to_toml(run))
+    rec = record(result, out, run)
+    html = write("report.html", render_html(result, rec))
     write("figures.json", json.dumps(strict_json(
         {f.name: {"title": f.title, "caption": f.caption, "data": f.data} for f in result.figures}),
         indent=1, allow_nan=False))
-    write("result.json", json.dumps(strict_json(result.to_dict()), indent=1, allow_nan=False))
+    write("result.json", json.dumps(strict_json({**result.to_dict(), "provenance": rec}),
+                                    indent=1, allow_nan=False))
     return html
 
 

@@ -7,22 +7,15 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from scrutiny import registry
-from scrutiny.audit.checks import Flag, probe_model
+from scrutiny.audit.checks import Flag
 from scrutiny.audit.config import DEFAULT_EPS, AuditConfig
-from scrutiny.audit.context import AuditContext, Figure, SectionResult
+from scrutiny.audit.context import AuditContext, Figure, SectionResult, _digest, build_context
 from scrutiny.audit.sections import SECTIONS, resolve
 from scrutiny.audit.sections.robustness import rows_at
 from scrutiny.audit.store import SectionStore, section_key
-from scrutiny.base import seeded
 from scrutiny.data import ArrayDataset
-from scrutiny.errors import InputError
-from scrutiny.models.adaptive import declare
-from scrutiny.models.wrapper import as_model
 from scrutiny.progress import progress_bar
-from scrutiny.validation import check_outputs
 
 __all__ = ["DEFAULT_EPS", "AuditConfig", "AuditResult", "Figure", "build_context", "run_audit"]
 
@@ -52,11 +45,13 @@ class AuditResult:
     queries: dict[str, dict[str, Any]]
     config: AuditConfig
     probe: dict[str, Any] = field(default_factory=dict)
+    verdict: dict[str, Any] | None = None
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
     seconds: float = 0.0
     sections: dict[str, SectionResult] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (figures as their names, no pixels or per-sample tensors)."""
@@ -75,56 +70,6 @@ def _plain(v: Any) -> Any:
     if isinstance(v, list):
         return [_plain(x) for x in v]
     return v
-
-
-def build_context(model, data: ArrayDataset, config: AuditConfig, robust_model=None
-                  ) -> AuditContext:
-    """The context every section reads: the samples, clean predictions, background rows."""
-    model = as_model(model)
-    if not isinstance(data, ArrayDataset):
-        raise InputError(f"data must be an ArrayDataset, got {type(data).__name__}")
-    g = torch.Generator().manual_seed(config.seed)
-    perm = torch.randperm(len(data), generator=g)
-    idx = perm[:config.n_samples]
-    x, y = data.x[idx], data.y[idx]
-    # rows not attacked serve as background data for explainers that take it (LIME, SHAP)
-    rest = perm[config.n_samples:]
-    background = data.x[rest[:100]] if len(rest) else data.x[perm[:100]]
-    k_model = model.num_classes
-    if k_model is not None and len(y) and int(y.max()) >= k_model:
-        # a subset of the classes (a test split holding classes 0-2 of ten) is valid data
-        raise InputError(f"the data has labels up to {int(y.max())}, the model only "
-                         f"{k_model} outputs")
-    probe = probe_model(model, x, y, seed=config.seed)
-    if probe.randomized or probe.masked:  # every white-box attack adapts: EOT, BPDA
-        model = declare(model, non_differentiable=probe.masked, randomized=probe.randomized,
-                        eot_samples=probe.eot_samples if probe.randomized else None)
-    # the first forward under the seed: the same draw of a randomized model as each attack's
-    # own clean pass, so the eps-0 column equals the clean accuracy
-    dev = model.device
-    with model.evaluating(), seeded(config.seed, dev), torch.no_grad():
-        pred = check_outputs(model(x.to(dev)), len(x)).argmax(1).cpu()
-    ctx = AuditContext(model=model, data=data, config=config, idx=idx, x=x, y=y, pred=pred,
-                       clean_accuracy=float((pred == y).float().mean()), background=background,
-                       rest=rest, robust_model=as_model(robust_model) if robust_model is not None
-                       else None, probe=probe)
-    if probe.randomized:
-        accs = torch.tensor(probe.draw_accuracy)
-        ctx.notes.append(
-            f"The model is randomized (two passes of the same inputs differ): clean accuracy "
-            f"{ctx.clean_accuracy:.1%} is this seed's draw; over {len(accs)} draws it is "
-            f"{float(accs.mean()):.1%} on average (spread {float(accs.std()):.1%}). Attacks "
-            f"average their gradients over {probe.eot_samples} draws (EOT).")
-    if probe.masked:
-        ctx.notes.append(
-            f"The model's input gradients are masked ({probe.zero_gradient_share:.0%} of the "
-            "samples have a zero or non-finite gradient): every white-box attack ran with BPDA "
-            "(straight-through rounding ops) and a black-box attack was added at every eps.")
-    if not data.is_image:
-        for name in config.explainers:
-            if registry.get(name, "explainer").cls.tags.image_only:
-                ctx.notes.append(f"{name} needs images and was skipped on tabular data")
-    return ctx
 
 
 def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
@@ -237,11 +182,66 @@ def _assemble(ctx: AuditContext, done: dict[str, SectionResult], sections: dict[
                                 ("metric", cfg.metrics if "trust" in done else ()),
                                 ("defense", cfg.defenses if "matrix" in done else ()))
                for m in names]
+    provenance, fewer = _provenance(ctx, done)
+    notes += fewer
     return AuditResult(model=ctx.model.name, dataset=ctx.data.name, n_samples=len(ctx.x),
                        clean_accuracy=ctx.clean_accuracy, robustness=robustness,
                        headline=headline, explanations=explanations, methods=methods,
                        trust=trust["scores"], matrix=data("matrix"),
                        comparison=data("comparison"), certification=data("certification") or None,
                        queries=data("queries", {}), config=cfg, probe=asdict(ctx.probe),
+                       verdict=data("verdict"),
                        figures=figures, notes=notes,
-                       flags=flags, seconds=seconds, sections=done)
+                       flags=flags, seconds=seconds, sections=done, provenance=provenance)
+
+
+def _provenance(ctx: AuditContext, done: dict[str, SectionResult]
+                ) -> tuple[dict[str, Any], list[str]]:
+    """What the numbers rest on: sha256 of the weights (the model's state tensors by name:
+    dtype, shape, bytes) and of the audited samples, the samples used against those
+    requested, and every method the sections that ran construct (``role``, ``method``,
+    ``params``: its :meth:`~scrutiny.base.Method.get_params`); and a note for each sample
+    count the data cut short."""
+    from scrutiny.audit.sections.headline import headline_attack
+    from scrutiny.audit.sections.queries import query_attack
+
+    cfg = ctx.config
+    state = ctx.model.state_dict()
+    used: list[tuple[str, str, Any]] = []
+    if "robustness" in done:
+        bb = ctx.black_box_stage()
+        used += [("black-box stage" if a == bb else "curve attack", f"attack:{a}", m)
+                 for a, m in ctx.attacks().items()]
+    if "headline" in done and cfg.headline_attack:
+        used.append(("headline attack", f"attack:{cfg.headline_attack}", headline_attack(ctx)))
+    if "queries" in done:
+        used += [("query attack", f"attack:{a}", query_attack(ctx, a)) for a in cfg.query_attacks
+                 if ctx.x.dim() == 4 or not registry.get(a, "attack").cls.tags.image_only]
+    if "matrix" in done:
+        used += [("defense", f"defense:{d}", registry.create(f"defense:{d}",
+                                                             **cfg.params.get(d, {})))
+                 for d in cfg.defenses]
+    if "certification" in done and cfg.certifier:
+        used.append(("certifier", f"certifier:{cfg.certifier}",
+                     ctx.create("certifier", cfg.certifier)))
+    if "checks" in done and cfg.black_box and f"attack:{cfg.black_box}" in registry.list_methods():
+        used.append(("black-box check", f"attack:{cfg.black_box}",
+                     registry.create(f"attack:{cfg.black_box}", **cfg.params.get(cfg.black_box, {}))))
+    if "explanations" in done:
+        used += [("explainer", f"explainer:{e}", m) for e, m in ctx.explainers().items()]
+    if "trust" in done:
+        used += [("metric", f"metric:{m}", ctx.create("metric", m)) for m in cfg.metrics]
+    n = len(ctx.x)
+    samples = {"n_samples": {"requested": cfg.n_samples, "used": n}}
+    if "certification" in done:
+        samples["cert_samples"] = {"requested": cfg.cert_samples, "used": min(cfg.cert_samples, n)}
+    if "trust" in done:
+        samples["trust_samples"] = {"requested": cfg.trust_samples,
+                                    "used": min(cfg.trust_samples, n)}
+    notes = [f"{k} = {v['requested']} was requested; the data has {len(ctx.data)} test samples, "
+             f"so {v['used']} were used" for k, v in samples.items() if v["used"] < v["requested"]]
+    return {"model_sha256": _digest(*(state[k] for k in sorted(state))),
+            "data_sha256": _digest(ctx.x, ctx.y), "device": str(ctx.model.device),
+            "samples": samples,
+            "methods": [{"role": role, "method": spec, "params": m.get_params()}
+                        for role, spec, m in used]}, notes

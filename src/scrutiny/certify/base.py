@@ -18,7 +18,7 @@ from scrutiny.models.calls import prepare
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.params import param
 from scrutiny.progress import progress_bar
-from scrutiny.types import Tags, ThreatModel
+from scrutiny.types import Tags, ThreatModel, summary_repr
 from scrutiny.validation import check_labels
 
 
@@ -92,6 +92,19 @@ class CertResult:
         (the mean of :meth:`certified_at`; NaN for no samples)."""
         ok = self.certified_at(eps)
         return float(ok.float().mean()) if len(ok) else float("nan")
+
+    def __repr__(self) -> str:
+        """One line: the certifier, n, norm and eps, certified accuracy, radii (no tensors)."""
+        n = len(self.label)
+        return summary_repr("CertResult", {
+            "certifier": self.meta.get("certifier"), "n": n, "norm": self.norm,
+            "eps": self.eps,
+            "certified_accuracy": (self.certified_accuracy()
+                                   if self.y is not None and n and self.eps is not None
+                                   else None),
+            "certified": int(self.certified.sum()),
+            "median_radius": float(self.radius.median()) if n else None,
+            "abstained": int(self.abstain.sum()) or None})
 
     def to_dict(self) -> dict[str, Any]:
         """Summary numbers (JSON-ready)."""

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from scrutiny.base import Method, grad_wrt
-from scrutiny.models.calls import check_call_data, prepare
+from scrutiny.models.calls import as_batch, check_call_data, prepare
 from scrutiny.models.hooks import capture  # noqa: F401  (re-exported: explainers import it from here)
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import Explanation, Tags
@@ -38,8 +38,12 @@ class Explainer(Method):
         Parameters
         ----------
         model : nn.Module or TorchModel
-        x : Tensor
-            Inputs ``(N, ...)`` within the model's bounds; not modified.
+        x : Tensor or DataLoader
+            Inputs ``(N, ...)`` within the model's bounds; not modified. A
+            DataLoader (any iterable of ``(x, y)`` batches or of input
+            tensors) is gathered into one batch
+            (:func:`scrutiny.models.calls.as_batch`); its labels are not the
+            target (give ``target=`` to explain them).
         target : Tensor or int, optional
             Class to explain per sample; default the predicted class.
         seed : int, optional
@@ -49,6 +53,7 @@ class Explainer(Method):
             ``background=`` rows for the surrogate explainers).
         """
         data = {**self._bound_data, **data}
+        x, _ = as_batch(x)
         with prepare(self, model, x, seed=seed, data=data, entry="explain",
                      image=self.tags.image_only) as call:
             logits, target = call.logits, call.target(target)
@@ -59,6 +64,7 @@ class Explainer(Method):
             target=target.cpu(),
             outputs=logits.gather(1, target[:, None])[:, 0].cpu(),
             delta=None if delta is None else delta.detach().cpu(),
+            location=extra.pop("location", "input"),
             meta={"explainer": self.name, **extra})
 
     __call__ = explain

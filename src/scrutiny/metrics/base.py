@@ -20,9 +20,9 @@ from scrutiny import registry
 from scrutiny.base import Method
 from scrutiny.errors import InputError
 from scrutiny.explain.base import Explainer
-from scrutiny.models.calls import prepare
+from scrutiny.models.calls import as_batch, prepare
 from scrutiny.models.wrapper import TorchModel
-from scrutiny.types import Explanation, Tags
+from scrutiny.types import Explanation, Tags, summary_repr
 
 
 @dataclass(kw_only=True)
@@ -54,6 +54,20 @@ class MetricResult:
     target: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
     undefined: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a subclass's @dataclass would write a field-dumping __repr__; one set here, before
+        # the decorator runs, is kept (dataclasses never overwrite a class's own __repr__)
+        super().__init_subclass__(**kwargs)
+        cls.__repr__ = MetricResult.__repr__  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        """One line: the metric, the judged explainer, n, the aggregate (no tensors)."""
+        nan = int(torch.isnan(self.scores).sum()) if self.scores.is_floating_point() else 0
+        return summary_repr(type(self).__name__, {
+            "metric": self.meta.get("metric"), "explainer": self.meta.get("explainer"),
+            "n": len(self.scores), "aggregate": float(self.aggregate),
+            "undefined_scores": nan or None})
 
     def to_dict(self) -> dict[str, Any]:
         """Summary numbers (JSON-ready: an undefined or infinite aggregate is None, with
@@ -213,8 +227,12 @@ class Metric(Method):
         Parameters
         ----------
         model : nn.Module or TorchModel
-        x : Tensor
-            Inputs ``(N, ...)`` within the model's bounds; not modified.
+        x : Tensor or DataLoader
+            Inputs ``(N, ...)`` within the model's bounds; not modified. A
+            DataLoader (any iterable of ``(x, y)`` batches or of input
+            tensors) is gathered into one batch
+            (:func:`scrutiny.models.calls.as_batch`); its labels are not the
+            target.
         target : Tensor or int, optional
             Class explained per sample; default the predicted class.
         explainer : Explainer or str, optional
@@ -238,6 +256,7 @@ class Metric(Method):
         if attributions is not None and self.needs_explainer:
             raise InputError(f"{type(self).__name__} recomputes explanations, so it needs "
                              "explainer=, not precomputed attributions")
+        x, _ = as_batch(x)
         exp = resolve_explainer(explainer) if explainer is not None else None
         exp_data = tuple(exp.call_data) if exp is not None else ()
         accepted = (*self.call_data, *(k for k in exp_data if k not in self.call_data))

@@ -18,7 +18,7 @@ block, so everything is restored on exit, also on error.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,76 @@ class Call:
         if target is None:
             return self.logits.argmax(dim=1)
         return self.labels(target, "target")
+
+
+#: The most samples :func:`as_batch` gathers from a DataLoader (or any iterable of
+#: batches) into one batch; set it higher to accept bigger loaders, or pass ``limit=``.
+MAX_LOADER_SAMPLES = 10_000
+
+
+def as_batch(x: Any, y: Any = None, *, limit: int | None = None
+             ) -> tuple[Any, Any]:
+    """``(x, y)`` as one batch: a DataLoader or any iterable of batches concatenated.
+
+    A tensor ``x`` (or anything that is not an iterable of batches) passes
+    through unchanged with ``y``, for the preamble to check. Otherwise ``x``
+    is iterated once: each item is an ``(x, y)`` pair (a tuple or list, as a
+    :class:`torch.utils.data.DataLoader` over a labelled dataset gives; further
+    items are ignored) or a tensor of inputs alone, and the batches are
+    concatenated in the loader's order. The labels come from the loader
+    unless ``y`` is given; a loader of inputs alone gives ``y = None``. At
+    most ``limit`` samples (default :data:`MAX_LOADER_SAMPLES`) are gathered:
+    a bigger loader is refused with an :class:`InputError` rather than
+    filling the memory.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> data = TensorDataset(torch.rand(10, 3), torch.arange(10) % 2)
+    >>> x, y = as_batch(DataLoader(data, batch_size=4))
+    >>> tuple(x.shape), y.tolist()
+    ((10, 3), [0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    >>> as_batch(DataLoader(data, batch_size=4), limit=8)
+    Traceback (most recent call last):
+    ...
+    scrutiny.errors.InputError: the loader holds more than limit=8 samples; ...
+    """
+    if isinstance(x, torch.Tensor) or isinstance(x, (str, bytes, Mapping)) or not isinstance(
+            x, Iterable):
+        return x, y
+    limit = MAX_LOADER_SAMPLES if limit is None else int(limit)
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    n = 0
+    for i, item in enumerate(x):
+        if isinstance(item, (tuple, list)) and len(item) >= 2:
+            bx, by = item[0], item[1]
+        elif isinstance(item, (tuple, list)) and len(item) == 1:
+            bx, by = item[0], None
+        else:
+            bx, by = item, None
+        if not isinstance(bx, torch.Tensor):
+            raise InputError(f"batch {i} of the loader holds {type(bx).__name__} inputs; "
+                             "expected (x, y) pairs of tensors or tensors of inputs")
+        if i and (by is None) == bool(ys):
+            raise InputError(f"batch {i} of the loader {'lacks' if by is None else 'adds'} "
+                             "labels; give every batch as (x, y) or none")
+        n += len(bx)
+        if n > limit:
+            raise InputError(f"the loader holds more than limit={limit} samples; pass fewer "
+                             "(a Subset, or take a few batches) or raise "
+                             "scrutiny.models.calls.MAX_LOADER_SAMPLES")
+        xs.append(bx)
+        if by is not None:
+            ys.append(torch.as_tensor(by))
+    if not xs:
+        raise InputError("the loader gave no batch; give x as a tensor (N, ...) for an "
+                         "empty batch")
+    xb = torch.cat(xs)
+    if y is None and ys:
+        y = torch.cat(ys)
+    return xb, y
 
 
 def check_call_data(who: str, data: Mapping[str, Any], accepted: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from scrutiny.audit.sections import (  # noqa: F401  (each module registers its 
     queries,
     robustness,
     trust,
+    verdict,
 )
 from scrutiny.audit.sections.base import SECTIONS, Section, register, resolve, run_order
 

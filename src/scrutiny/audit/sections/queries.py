@@ -48,6 +48,14 @@ class Queries(Section):
         return out
 
 
+def query_attack(ctx: AuditContext, name: str) -> Any:
+    """The black-box attack ``name`` as the section runs it: the configuration's parameters,
+    a budget of 1000 queries per sample unless they set ``max_queries``."""
+    params = {"max_queries": 1000, **ctx.config.params.get(name, {})}
+    accepted = registry.get(name, "attack").params()
+    return registry.create(f"attack:{name}", **{k: v for k, v in params.items() if k in accepted})
+
+
 def query_curve(ctx: AuditContext, name: str) -> dict[str, Any]:
     """Success rate of a black-box attack within 1, 10, 100, ... queries per sample.
 
@@ -55,9 +63,7 @@ def query_curve(ctx: AuditContext, name: str) -> dict[str, Any]:
     with queries the budget refused), and ``evaluator_queries``: the evaluator's
     looks at the clean and the attacked inputs, outside the attack's count by design.
     """
-    params = {"max_queries": 1000, **ctx.config.params.get(name, {})}
-    accepted = registry.get(name, "attack").params()
-    attack = registry.create(f"attack:{name}", **{k: v for k, v in params.items() if k in accepted})
+    attack = query_attack(ctx, name)
     ts = time.perf_counter()
     x, y = ctx.x, ctx.y
     res = attack(ctx.model, x, y, threat=ctx.threat(), seed=ctx.seed)

@@ -8,6 +8,7 @@ import torch
 from scrutiny.errors import InputError
 from scrutiny.explain.base import Explainer, function_twin, target_gradient
 from scrutiny.explain.baselines import check_baseline, make_baseline
+from scrutiny.explain.gradient.layer import LayerPath, layer_activations
 from scrutiny.params import param
 from scrutiny.registry import register
 
@@ -41,8 +42,11 @@ def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, torch.full((steps,), 1 / steps, dtype=torch.float64)
 
 
-def _path_points(model, b, diff, target, i, alpha, batch_size):
-    """Target output and input gradient at ``b[i] + alpha * diff[i]``, in chunks.
+def _path_points(forward, b, diff, target, i, alpha, batch_size):
+    """Target output and gradient at the path points ``b[i] + alpha * diff[i]``, in chunks.
+
+    ``forward(points, rows)`` gives the outputs at the points of samples ``rows``
+    (the model itself for input attributions, a :class:`LayerPath` for a layer's).
 
     A chunk is padded (repeating its first point) to a multiple of an eighth
     of ``batch_size``, so the varying round sizes of the adaptive rule reuse
@@ -57,7 +61,8 @@ def _path_points(model, b, diff, target, i, alpha, batch_size):
         sl = torch.cat([sl, sl[:1].expand(pad)])
         ii = i[sl]
         a = alpha[sl].to(b.dtype).view(-1, *([1] * (b.dim() - 1)))
-        g, out = target_gradient(model, b[ii] + a * diff[ii], target[ii])
+        g, out = target_gradient(lambda p, rows=ii: forward(p, rows), b[ii] + a * diff[ii],
+                                 target[ii])
         fs.append(out[:k])
         gs.append(g[:k].reshape(k, -1))
     return torch.cat(fs), torch.cat(gs)
@@ -88,10 +93,13 @@ def kink_weights(h: torch.Tensor, df: torch.Tensor, sa: torch.Tensor, sb: torch.
     return h - wb, wb
 
 
-def adaptive_path_integral(model, b: torch.Tensor, diff: torch.Tensor, target: torch.Tensor,
+def adaptive_path_integral(forward, b: torch.Tensor, diff: torch.Tensor, target: torch.Tensor,
                            steps: int, rtol: float, batch_size: int, min_steps: int = 0
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``integral_0^1 grad f(b + a diff) da`` on an adaptive per-sample mesh.
+
+    ``f`` is ``forward(points, rows)``: the outputs at path points of the
+    samples ``rows`` (see :func:`_path_points`).
 
     Per sample: start from a uniform mesh of :func:`initial_nodes` nodes
     (including ``a = 0`` and ``a = 1``); each node's forward/backward gives
@@ -142,7 +150,7 @@ def adaptive_path_integral(model, b: torch.Tensor, diff: torch.Tensor, target: t
     rank = torch.arange(q, device=dev)[None]
     target_nodes = steps if rtol == 0 else max(2, min(min_steps, steps))  # rtol=0: the budget
     while True:
-        fv, gv = _path_points(model, b, diff, target, ii, new, batch_size)
+        fv, gv = _path_points(forward, b, diff, target, ii, new, batch_size)
         alpha[ii, pos], f[ii, pos], g[ii, pos] = new, fv, gv
         s[ii, pos] = (gv * dflat[ii]).sum(1)
         la, ra = left[ki, kk], right[ki, kk]
@@ -230,6 +238,10 @@ class IntegratedGradients(Explainer):
         Gaussian sigma (pixels) of the ``"blur"`` baseline.
     batch_size : int
         Path points per forward/backward pass.
+    layer : str, optional
+        Attribute to this layer's output (Captum's LayerIntegratedGradients):
+        the path runs over the layer's activations, from those of the
+        baseline input to those of ``x``.
 
     References
     ----------
@@ -256,6 +268,7 @@ class IntegratedGradients(Explainer):
     baseline: str | float | torch.Tensor = param("zero", check=check_baseline)
     blur_sigma: float = param(2.0, nonneg=True)
     batch_size: int = param(512, integer=True, positive=True)
+    layer: str | None = param(None, kind=str)
 
     def _post_init(self) -> None:
         quadrature(self.rule, self.steps)  # the rule's own limits on steps
@@ -270,12 +283,21 @@ class IntegratedGradients(Explainer):
     def _explain(self, model, x, target):
         n = len(x)
         b = make_baseline(self.baseline, x, model.bounds, self.blur_sigma)
-        diff = x - b
         extra = {}
+        if self.layer is None:
+            def forward(points, rows):
+                return model(points)
+        else:  # the path runs over the layer's activations, from the baseline input's
+            forward = LayerPath(model, self.layer, x)
+            b = layer_activations(model, self.layer, b)
+            extra["location"] = self.layer
+        ends = layer_activations(model, self.layer, x) if self.layer is not None else x
+        diff = ends - b
         if self.rule == "adaptive":
             # the rule keeps every node's gradient: samples go in blocks of <= ~2**25 values
-            block = max(1, 2**25 // (self.steps * max(1, x[0].numel() if n else 1)))
-            parts = [adaptive_path_integral(model, b[i:i + block], diff[i:i + block],
+            block = max(1, 2**25 // (self.steps * max(1, b[0].numel() if n else 1)))
+            parts = [adaptive_path_integral(lambda p, rows, i=i: forward(p, rows + i),
+                                            b[i:i + block], diff[i:i + block],
                                             target[i:i + block], self.steps, self.rtol,
                                             self.batch_size, self.min_steps)
                      for i in range(0, n, block)]
@@ -283,21 +305,23 @@ class IntegratedGradients(Explainer):
                 total = torch.cat([p[0] for p in parts])
                 extra["nodes"] = torch.cat([p[1] for p in parts]).cpu()
             else:  # an empty batch
-                total, extra["nodes"] = torch.zeros_like(x), torch.zeros(0, dtype=torch.long)
+                total, extra["nodes"] = torch.zeros_like(b), torch.zeros(0, dtype=torch.long)
         else:
             alphas, weights = (t.to(device=x.device, dtype=x.dtype)
                                for t in quadrature(self.rule, self.steps))
-            total = torch.zeros_like(x)
+            total = torch.zeros_like(b)
             flat = torch.arange(n * self.steps, device=x.device)
             for chunk in flat.split(self.batch_size):
                 i, s = chunk // self.steps, chunk % self.steps
-                a = alphas[s].view(-1, *([1] * (x.dim() - 1)))
-                g, _ = target_gradient(model, b[i] + a * diff[i], target[i])
+                a = alphas[s].view(-1, *([1] * (b.dim() - 1)))
+                g, _ = target_gradient(lambda p, rows=i: forward(p, rows), b[i] + a * diff[i],
+                                       target[i])
                 total.index_add_(0, i, g * weights[s].view_as(a))
         attr = diff * total
+        rows = torch.arange(n, device=x.device)
         with torch.no_grad():
             fx = model(x).gather(1, target[:, None])[:, 0]
-            fb = model(b).gather(1, target[:, None])[:, 0]
+            fb = forward(b, rows).gather(1, target[:, None])[:, 0]
         delta = attr.flatten(1).sum(1) - (fx - fb)
         return attr, {"delta": delta, "baseline_output": fb.cpu(), **extra}
 

@@ -20,6 +20,8 @@ class Saliency(GradientBase):
     ----------
     batch_size : int
         Inputs per forward/backward pass.
+    layer : str, optional
+        Attribute to this layer's output instead of the input.
 
     References
     ----------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from scrutiny.explain.base import Explainer, function_twin, target_gradient
+from scrutiny.explain.gradient.layer import batched_layer_gradient
 from scrutiny.params import param
 from scrutiny.registry import register
 
@@ -21,13 +22,22 @@ class GradientBase(Explainer):
     """Shared hyperparameters and ``_explain`` of the one-gradient methods: a subclass
     writes ``transform(gradient, x)`` (also its closed form on a linear model).
 
+    With ``layer=`` the gradient is taken with respect to that layer's output
+    ``a`` and the transform gets ``a`` in place of ``x`` (the layer variants of
+    Captum: :class:`InputXGradient` with a layer is LayerGradientXActivation);
+    the attributions then have the layer's shape and ``Explanation.location``
+    names the layer.
+
     Parameters
     ----------
     batch_size : int
         Inputs per forward/backward pass.
+    layer : str, optional
+        Attribute to this layer's output instead of the input.
     """
 
     batch_size: int = param(256, integer=True, positive=True)
+    layer: str | None = param(None, kind=str)
 
     @staticmethod
     def transform(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -38,6 +48,9 @@ class GradientBase(Explainer):
         return self.transform(w, x)
 
     def _explain(self, model, x, target):
+        if self.layer is not None:
+            g, a = batched_layer_gradient(model, self.layer, x, target, self.batch_size)
+            return self.transform(g, a), {"location": self.layer}
         return self.transform(batched_gradient(model, x, target, self.batch_size), x), {}
 
 
@@ -53,6 +66,8 @@ class Gradient(GradientBase):
     ----------
     batch_size : int
         Inputs per forward/backward pass.
+    layer : str, optional
+        Attribute to this layer's output instead of the input.
 
     References
     ----------
@@ -89,6 +104,8 @@ class Sensitivity(GradientBase):
     ----------
     batch_size : int
         Inputs per forward/backward pass.
+    layer : str, optional
+        Attribute to this layer's output instead of the input.
 
     References
     ----------
@@ -125,6 +142,8 @@ class InputXGradient(GradientBase):
     ----------
     batch_size : int
         Inputs per forward/backward pass.
+    layer : str, optional
+        Attribute to this layer's output instead of the input.
 
     References
     ----------
