@@ -186,3 +186,43 @@ def test_attack_under_a_query_budget_says_how_many_samples_it_cut(capsys):
     assert re.search(r"budget_exhausted\W+0\b", capsys.readouterr().out)
     assert main(["attack", "pgd", "--budget", "5", "--n", "4", "-q"]) == 2
     assert "--budget" in capsys.readouterr().err
+
+
+def test_explain_npz_holds_the_inputs_and_the_figure_is_labelled(tmp_path, capsys, monkeypatch):
+    """--out f.npz: x, y, pred and the maps in f.npz, the figure in f.png, its inputs titled
+    true -> predicted (confidence%), its maps with colour bars, the method as its title."""
+    import numpy as np
+
+    from scrutiny import plot
+    from scrutiny.data import load_digits
+
+    drawn = []
+    real = plot.explanation
+    monkeypatch.setattr(plot, "explanation", lambda *a, **k: drawn.append(real(*a, **k))
+                        or drawn[-1])
+    out = tmp_path / "ig.npz"
+    assert main(["explain", "integrated_gradients", "--n", "3", "--out", str(out), "-q"]) == 0
+    assert f"saved {out.with_suffix('.png')} and {out}" in capsys.readouterr().out.replace(
+        "\n", "")
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    arrays = np.load(out)
+    data = load_digits(split="test")
+    assert np.array_equal(arrays["x"], data.x[:3].numpy()) and arrays["x"].shape == (3, 1, 8, 8)
+    assert np.array_equal(arrays["y"], data.y[:3].numpy())
+    assert arrays["pred"].shape == arrays["confidence"].shape == (3,)
+    assert np.array_equal(arrays["pred"], arrays["target"])  # the predicted class explained
+    assert arrays["map"].shape == (3, 8, 8) and arrays["attributions"].shape == (3, 1, 8, 8)
+    (fig,) = drawn
+    titles = [a.get_title() for a in fig.axes[:3]]
+    assert all(re.fullmatch(r"\d -> \d \(\d+%\)", t) for t in titles), titles
+    assert [t.split(" -> ")[0] for t in titles] == [str(int(v)) for v in arrays["y"]]
+    assert [a.get_label() for a in fig.axes].count("<colorbar>") == 3
+    assert fig._suptitle.get_text() == "integrated_gradients"
+    assert main(["explain", "saliency", "--out", str(tmp_path / "ig.txt"), "-q"]) == 2
+    assert "must end in .png or .npz" in capsys.readouterr().err
+
+
+def test_audit_takes_compare_samples(tmp_path, capsys):
+    """Every AuditConfig field is an audit option: --compare-samples too, checked at once."""
+    assert main(["audit", "--compare-samples", "0", "--out", str(tmp_path / "r"), "-q"]) == 2
+    assert "compare_samples must be >= 1, got 0" in capsys.readouterr().err

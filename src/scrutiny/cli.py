@@ -433,6 +433,12 @@ def audit(config: Annotated[Path | None, typer.Option(
           black_box: Annotated[str | None, _opt(
               "Black-box attack of the 'black-box beats white-box' check ('' for none).",
               "black_box")] = None,
+          compare_samples: Annotated[int | None, _opt(
+              "Samples (the first audited) the --robust-model is evaluated on.",
+              "compare_samples")] = None,
+          explore_samples: Annotated[int | None, _opt(
+              "Samples the report's sample explorer holds (the example figures' first).",
+              "explore_samples")] = None,
           sections: Annotated[str | None, typer.Option(
               help="Comma-separated report sections to run (and what they need); default all: "
               + ", ".join(_section_names()) + ".")] = None,
@@ -468,8 +474,10 @@ def audit(config: Annotated[Path | None, typer.Option(
         "n_examples": n_examples, "params": params or None, "seed": seed, "metrics": metrics,
         "trust_samples": trust_samples, "defenses": defenses, "query_attacks": query_attacks,
         "certifier": certifier, "cert_samples": cert_samples, "checks": checks,
-        "black_box": black_box, "sections": sections, "skip": skip, "model": model,
-        "weights": weights, "data": data, "mean": mean, "std": std, "device": device,
+        "black_box": black_box, "compare_samples": compare_samples,
+        "explore_samples": explore_samples, "sections": sections,
+        "skip": skip, "model": model, "weights": weights, "data": data, "mean": mean,
+        "std": std, "device": device,
         "robust_model": robust_model, "robust_weights": robust_weights, "out": out_dir})
     model, weights, data, mean, std, device, robust_model, robust_weights = (
         run.get(k) for k in ("model", "weights", "data", "mean", "std", "device", "robust_model",
@@ -553,7 +561,12 @@ def attack(method: Annotated[str, typer.Argument(help="Registered attack, e.g. p
     x, y = ds.x[:n], ds.y[:n]
     t0 = time.perf_counter()
     subject = m if budget is None else QueryModel(m, output=atk.tags.output, budget=budget)
-    res = atk(subject, x, y, threat=threat, target=target, seed=seed)  # bounds: the model's
+    # one call (attacks do not split into batches without changing their numbers); an attack
+    # that counts its own steps or stages shows its bar in this one's place
+    with progress.progress_bar(1, "attack", hand_over=True) as bar:
+        bar.step(f"{atk.name} on {len(y)} samples")
+        res = atk(subject, x, y, threat=threat, target=target, seed=seed)  # bounds: the model's
+        bar.advance()
     dt = time.perf_counter() - t0
     table = Table("metric", "value", title=f"{atk!r} on {m.name} / {ds.name}")
     for k, v in res.to_dict().items():
@@ -578,35 +591,51 @@ def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")]
                                                        "predicted).")] = None,
             n: Annotated[int, typer.Option("--n", help="Samples explained.")] = 8,
             param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
-            save: Annotated[Path, typer.Option("--out", help="PNG figure; the attributions go "
-                                               "beside it as .npz.")] = Path("explanation.png"),
+            save: Annotated[Path, typer.Option("--out", help="f.png or f.npz: the figure "
+                                               "(inputs titled true -> predicted (confidence), "
+                                               "maps with colour bars) goes to f.png, the "
+                                               "arrays (x, y, pred, attributions, map) to "
+                                               "f.npz.")] = Path("explanation.png"),
             quiet: QuietOpt = False) -> None:
-    """Explain predictions on test samples; save a figure and the attributions."""
+    """Explain predictions on test samples; save a labelled figure and the arrays."""
+    from scrutiny import plot
     from scrutiny.audit import figures
 
     exp = registry.create(method, kind="explainer", **parse_params(param))
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
+    if save.suffix.lower() not in (".png", ".npz"):
+        raise InputError(f"--out must end in .png or .npz (both are written), got {save}")
     m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
-    x = ds.x[:n]
+    x, y = ds.x[:n], ds.y[:n]
     data_kw = {"background": ds.x[n:n + 100]} if "background" in exp.call_data else {}
     t0 = time.perf_counter()
     e = exp(m, x, target, seed=seed, **data_kw)
     dt = time.perf_counter() - t0
+    png_path, npz_path = save.with_suffix(".png"), save.with_suffix(".npz")
+    png_path.parent.mkdir(parents=True, exist_ok=True)
     if ds.is_image:
-        png, _ = figures.explanation_grid(x, {exp.name: e.pixel_map()}, f"{exp.name}")
+        fig = plot.explanation(x, e, y=y, model=m, classes=ds.classes, max_samples=16,
+                               title=f"{exp.name} (first {min(n, 16)} of {n} samples)"
+                               if n > 16 else exp.name)
+        fig.savefig(png_path, dpi=110)
     else:
         png, _ = figures.feature_bars({exp.name: e.attributions}, ds.feature_names or (),
                                       exp.name)
-    save.parent.mkdir(parents=True, exist_ok=True)
-    save.write_bytes(png)
-    np.savez_compressed(save.with_suffix(".npz"), attributions=e.attributions.cpu().numpy(),
-                        target=e.target.numpy(), outputs=e.outputs.numpy())
+        png_path.write_bytes(png)
+    logits = m.logits(x).cpu()
+    arrays = {"x": x.cpu().numpy(), "y": y.cpu().numpy(), "pred": logits.argmax(1).numpy(),
+              "confidence": logits.softmax(1).amax(1).numpy(),
+              "attributions": e.attributions.cpu().numpy(), "target": e.target.numpy(),
+              "outputs": e.outputs.numpy()}
+    if ds.is_image:
+        arrays["map"] = e.pixel_map().cpu().numpy()
+    np.savez_compressed(npz_path, **arrays)
     msg = f"{exp!r}: {n} samples in {dt:.2f} s"
     if e.delta is not None:
         msg += f", max |completeness error| {float(e.delta.abs().max()):.2e}"
     out.print(msg)
-    out.print(f"saved {save} and {save.with_suffix('.npz')}")
+    out.print(f"saved {png_path} and {npz_path}")
 
 
 @app.command()
@@ -634,11 +663,19 @@ def trust(metric: Annotated[str, typer.Argument(help="Registered metric, e.g. de
         _, kw["train_data"] = resolve(model, weights, data, mean, std, device, split="train",
                                       progress=False)
     t0 = time.perf_counter()
-    if met.needs_explainer:
-        res = met(m, x, y, explainer=exp, seed=seed, **kw)
-    else:
-        data_kw = {"background": ds.x[n:n + 100]} if "background" in exp.call_data else {}
-        res = met(m, x, y, attributions=exp(m, x, y, seed=seed, **data_kw), seed=seed, **kw)
+    with progress.progress_bar(1 if met.needs_explainer else 2, "trust",
+                               hand_over=met.needs_explainer) as bar:
+        if met.needs_explainer:
+            bar.step(f"{met.name} of {exp.name}")
+            res = met(m, x, y, explainer=exp, seed=seed, **kw)
+        else:
+            data_kw = {"background": ds.x[n:n + 100]} if "background" in exp.call_data else {}
+            bar.step(f"{exp.name} maps")
+            attributions = exp(m, x, y, seed=seed, **data_kw)
+            bar.advance()
+            bar.step(f"{met.name} of {exp.name}")
+            res = met(m, x, y, attributions=attributions, seed=seed, **kw)
+        bar.advance()
     table = Table("metric", "value", title=f"{met!r} of {exp.name} on {m.name} / {ds.name}")
     for k, v in res.to_dict().items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
@@ -659,6 +696,8 @@ def certify(method: Annotated[str, typer.Argument(help="Registered certifier: ib
             param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
             quiet: QuietOpt = False) -> None:
     """Certified accuracy at each radius (what no attack within it can change)."""
+    from scrutiny.types import ThreatModel
+
     cert = registry.create(method, kind="certifier", **parse_params(param))
     radii = _floats(eps, "--eps") or []
     if n < 1 or not radii:
@@ -668,8 +707,23 @@ def certify(method: Annotated[str, typer.Argument(help="Registered certifier: ib
                          f"--norm {cert.tags.norms[0]}")
     m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
     x, y = ds.x[:n], ds.y[:n]
+    for r in radii:  # every radius is checked before any is certified
+        ThreatModel(norm, r)
     t0 = time.perf_counter()
-    acc = cert.certified_accuracy(m, x, y, radii, norm=norm, seed=seed)
+    # a bound method certifies each radius on its own (the same numbers as all at once); a
+    # certifier that gives radii answers them from one run, whose own bar shows in this one's place
+    per_radius = [] if cert.gives_radius else radii
+    with progress.progress_bar(len(per_radius) or 1, f"certify ({cert.name})",
+                               hand_over=not per_radius) as bar:
+        acc = {}
+        for r in per_radius:
+            bar.step(f"{norm} eps={r:g}")
+            acc.update(cert.certified_accuracy(m, x, y, [r], norm=norm, seed=seed))
+            bar.advance()
+        if not per_radius:
+            bar.step(f"{norm} radii up to {max(radii):g}")
+            acc = cert.certified_accuracy(m, x, y, radii, norm=norm, seed=seed)
+            bar.advance()
     table = Table(f"{norm} radius", "certified accuracy",
                   title=f"{cert!r} on {m.name} / {ds.name} ({n} samples)")
     for r, a in acc.items():

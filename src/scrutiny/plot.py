@@ -5,7 +5,7 @@ the clean inputs, their adversarial versions and the perturbation. Every map
 has a symmetric colour scale (zero is white) with a colour bar; a map drawn over
 its input is transparent where it is weak, so the input stays readable (no
 brown of a diverging map blended over grey); titles read ``true -> predicted
-(confidence)``. The audit's figures draw with the same pieces (:func:`image_array`,
+(confidence%)``. The audit's figures draw with the same pieces (:func:`image_array`,
 :func:`draw_map`, :func:`outcome_title`).
 
 The figures are built without pyplot (``matplotlib.figure.Figure``), so no
@@ -82,8 +82,15 @@ def _name(k: int, classes: Sequence[str] | None) -> str:
 
 def outcome_title(y: int | None, pred: int, confidence: float | None = None,
                   classes: Sequence[str] | None = None) -> str:
-    """``"true -> predicted (confidence)"``: ``"3 -> 8 (0.91)"``; ``"-> 8"`` without ``y``."""
-    conf = f" ({confidence:.2f})" if confidence is not None else ""
+    """``"true -> predicted (confidence%)"``: ``"3 -> 8 (91%)"``, the confidence being the
+    softmax probability of the predicted class; ``"-> 8"`` without ``y``.
+
+    Examples
+    --------
+    >>> outcome_title(3, 8, 0.912), outcome_title(None, 8), outcome_title(1, 0, 0.5, ["a", "b"])
+    ('3 -> 8 (91%)', '-> 8', 'b -> a (50%)')
+    """
+    conf = f" ({100 * confidence:.0f}%)" if confidence is not None else ""
     head = f"{_name(y, classes)} " if y is not None else ""
     return f"{head}-> {_name(pred, classes)}{conf}"
 
@@ -146,7 +153,7 @@ def explanation(x: torch.Tensor, attributions: torch.Tensor | Explanation, *,
     >>> e = IntegratedGradients(steps=16)(model, x)
     >>> fig = explanation(x, e, y=y, model=model)
     >>> fig.axes[0].get_title()  # true -> predicted (softmax confidence)
-    '1 -> 1 (0...)'
+    '1 -> 1 (...%)'
     >>> len(fig.axes)  # 3 inputs, 3 maps, 3 colour bars
     9
     """
@@ -233,7 +240,7 @@ def adversarial(result: AttackResult, x: torch.Tensor, *, model: Any = None,
     >>> res = PGD(steps=10)(model, x, y, threat=ThreatModel("linf", 0.2))
     >>> fig = adversarial(res, x, model=model)
     >>> fig._suptitle.get_text(), fig.axes[0].get_title(), fig.axes[4].get_title()
-    ('pgd, linf eps=0.2', '1 -> 1 (0...)', '1 -> 8 (0...)')
+    ('pgd, linf eps=0.2', '1 -> 1 (...%)', '1 -> 8 (...%)')
     >>> fig.savefig(tempfile.mkdtemp() + "/adversarial.png")
     """
     if not isinstance(result, AttackResult):

@@ -157,17 +157,13 @@ def test_serve_binds_this_machine_only_by_default(tmp_path):
         make_server(tmp_path / "missing")
 
 
-def test_compared_model_gets_the_audited_models_evaluation(digits_model, digits_test, tmp_path,
-                                                           monkeypatch):
+def test_compared_model_gets_the_audited_models_evaluation(digits_model, digits_test, tmp_path):
     """The comparison section's numbers of the compared model are those an audit of that
-    model on the first ``Comparison.samples`` samples gives: the same samples, attacks,
+    model on the first ``compare_samples`` samples gives: the same samples, attacks,
     headline attack and seed; the audited model's beside them are on the same samples."""
-    from scrutiny.audit.sections.comparison import Comparison
-
-    monkeypatch.setattr(Comparison, "samples", 8)
     robust = pretrained("digits-cnn-pgd", progress=False)
     cfg = AuditConfig(n_samples=16, n_examples=2, eps=(0.0, 0.1), attacks=("fgsm",),
-                      headline_attack="pgd", params={"pgd": {"steps": 5}},
+                      headline_attack="pgd", params={"pgd": {"steps": 5}}, compare_samples=8,
                       sections=("comparison", "headline"))
     res = run_audit(digits_model, digits_test, cfg, robust_model=robust, progress=False)
     alone = run_audit(robust, digits_test,

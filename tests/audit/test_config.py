@@ -18,12 +18,15 @@ from scrutiny.errors import InputError
 def test_toml_round_trip_keeps_every_field():
     cfg = AuditConfig(attacks=("pgd",), eps=(0.0, 0.1, 0.2), reference_eps=0.2, n_samples=40,
                       certifier=None, headline_attack=None, checks=False, metrics=(),
+                      compare_samples=12,
                       params={"pgd": {"steps": 7, "loss": "margin"}}, sections=("robustness",))
     text = cfg.to_toml({"model": "digits-cnn"})
     values = tomllib.loads(text)
     assert values["model"] == "digits-cnn" and values["certifier"] == ""  # TOML has no null
     again, extra = AuditConfig.from_dict(values, extra=("model",))
-    assert again == cfg and extra == {"model": "digits-cnn"}
+    assert again == cfg and extra == {"model": "digits-cnn"} and again.compare_samples == 12
+    with pytest.raises(InputError, match="compare_samples must be >= 1, got 0"):
+        AuditConfig(compare_samples=0)
 
 
 @pytest.mark.parametrize("values, msg", [
@@ -63,7 +66,8 @@ def test_config_file_drives_the_audit_and_the_recorded_command_reproduces_it(tmp
     cfg = result["config"]
     assert cfg["n_samples"] == 16 and cfg["eps"] == [0.0, 0.1] and cfg["seed"] == 1
     assert cfg["params"] == {"pgd": {"steps": 4, "loss": "ce"}}
-    assert cfg["sections"] == ["robustness"] and list(result["sections"]) == ["robustness"]
+    assert cfg["sections"] == ["robustness"]
+    assert list(result["sections"]) == ["robustness", "verdict"]  # the verdict reads it
     rec = result["provenance"]
     assert set(rec["versions"]) >= {"scrutiny", "torch", "numpy", "python"}
     assert re.fullmatch(r"[0-9a-f]{64}", rec["model_sha256"])

@@ -28,12 +28,22 @@ def test_every_section_has_a_template_piece_and_runs_after_what_it_reads():
 
 
 def test_selection_adds_what_is_needed_and_refuses_to_skip_it():
-    assert resolve(("trust",), ()) == ["robustness", "examples", "explanations", "trust"]
+    assert resolve(("trust",), ()) == ["robustness", "examples", "explanations", "trust",
+                                       "verdict"]
     assert "matrix" not in resolve(None, ("matrix",))
     with pytest.raises(InputError, match="needs it"):
         resolve(("trust",), ("examples",))
     with pytest.raises(InputError, match="unknown audit section"):
         resolve(("robustnes",), ())
+
+
+def test_the_verdict_runs_whenever_a_section_it_reads_runs_unless_skipped():
+    assert SECTIONS["verdict"].always
+    for chosen in (("robustness",), ("certification",), ("queries", "checks")):
+        assert resolve(chosen, ())[-1] == "verdict"
+        assert "verdict" not in resolve(chosen, ("verdict",))
+    assert resolve(("verdict",), ()) == ["verdict"]  # chosen alone: what it reads is optional
+    assert not any(c.always for n, c in SECTIONS.items() if n != "verdict")
 
 
 def test_audit_where_every_sample_falls_at_the_first_attack_writes_a_report(tmp_path, capsys):
@@ -60,7 +70,9 @@ def test_sections_and_skip_from_the_command_line(tmp_path):
     assert main(["audit", "--n", "16", "--eps", "0,0.1", "--sections", "robustness,queries",
                  "--skip", "headline", "--out", str(out), "-q"]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert set(result["sections"]) == {"robustness", "queries"}
+    # the verdict reads them, so it runs too, unless skipped
+    assert set(result["sections"]) == {"robustness", "queries", "verdict"}
+    assert result["verdict"]["robust_accuracy"] == result["headline"]["robust_accuracy"]
     assert result["matrix"] is None and result["explanations"] == {}
     assert main(["audit", "--skip", "robustness", "--out", str(out), "-q"]) == 2
 

@@ -119,3 +119,27 @@ def test_masked_model_cannot_be_trusted_and_links_the_checks(digits, tmp_path):
     # every link of the verdict leads to an anchor of the page
     ids = set(re.findall(r'id="([^"]+)"', html))
     assert set(re.findall(r'href="#([^"]+)"', verdict)) <= ids
+
+
+def test_verdict_lists_fewer_samples_than_requested(digits):
+    """A 12-row test split with n_samples=30 and trust_samples=20: only `robustness` and
+    `trust` chosen, the verdict runs too and lists both sample counts that fell short."""
+    from scrutiny.data import ArrayDataset
+
+    small = ArrayDataset(digits.x[:12], digits.y[:12], digits.classes, name="digits (12 rows)")
+    model = pretrained("digits-cnn", progress=False)
+    cfg = AuditConfig(attacks=("fgsm",), eps=(0.0, 0.1), n_samples=30, headline_attack=None,
+                      explainers=("saliency",), metrics=("deletion",), trust_samples=20,
+                      params={"deletion": {"steps": 4}}, sections=("robustness", "trust"))
+    res = run_audit(model, small, cfg, progress=False)
+    v = res.verdict
+    assert "verdict" in res.sections and v["robust_samples"] is not None
+    assert v["samples"]["n_samples"] == {"requested": 30, "used": 12}
+    assert v["samples"]["trust_samples"] == {"requested": 20, "used": 12}
+    notes = [it for it in v["items"] if it["kind"] == "note"]
+    head = "Fewer samples than requested: "
+    assert f"{head}n_samples = 30 was requested; the data has 12 test samples, so 12 were " \
+           "used." in [it["sentence"] for it in notes]
+    assert any(it["sentence"].startswith(f"{head}trust_samples = 20 was requested; 12 samples "
+                                         "were audited") for it in notes)
+    assert any(line.startswith(f"Note: {head}n_samples = 30") for line in v["lines"])

@@ -18,6 +18,7 @@ from scrutiny.attacks.base import Attack
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.params import param
+from scrutiny.progress import progress_bar
 from scrutiny.registry import register
 from scrutiny.types import Tags, ThreatModel
 
@@ -218,22 +219,28 @@ class WorstCase(Attack):
                 broken = tensors["broken"].to(x.device)
                 x_adv = tensors["x_adv"].to(device=x.device, dtype=x.dtype)
                 log = [{**s, "resumed": True} for s in log]
-        for i in range(start, len(members)):
-            t0 = time.perf_counter()
-            idx = (~broken).nonzero()[:, 0]
-            queries = cut = 0
-            if i in skip:  # e.g. Square on tabular data
-                names[i] += " (skipped: needs images)"
-            elif len(idx):
-                res = members[i](model, x[idx], y[idx], threat=threat, seed=stage_seeds[i])
-                hit = res.success.to(x.device)
-                x_adv[idx[hit]] = res.x_adv.to(x.device, x.dtype)[hit]
-                broken[idx[hit]] = True
-                queries = int(res.queries.sum()) if res.queries is not None else 0
-                cut = int(res.budget_exhausted.sum()) if res.budget_exhausted is not None else 0
-            log.append({"name": names[i], "robust_accuracy": float((~broken).float().mean()),
-                        "seconds": time.perf_counter() - t0, "resumed": False,
-                        "queries": queries, "budget_exhausted": cut})
-            if header is not None:
-                self._save(header, i + 1, broken, x_adv, log)
+        # under another bar (the audit's) this one shows as "worst case 2/4 apgd-t" after its step
+        with progress_bar(len(members), "worst case") as bar:
+            bar.advance(n=start)
+            for i in range(start, len(members)):
+                bar.step(names[i])
+                t0 = time.perf_counter()
+                idx = (~broken).nonzero()[:, 0]
+                queries = cut = 0
+                if i in skip:  # e.g. Square on tabular data
+                    names[i] += " (skipped: needs images)"
+                elif len(idx):
+                    res = members[i](model, x[idx], y[idx], threat=threat, seed=stage_seeds[i])
+                    hit = res.success.to(x.device)
+                    x_adv[idx[hit]] = res.x_adv.to(x.device, x.dtype)[hit]
+                    broken[idx[hit]] = True
+                    queries = int(res.queries.sum()) if res.queries is not None else 0
+                    cut = int(res.budget_exhausted.sum()) if res.budget_exhausted is not None \
+                        else 0
+                log.append({"name": names[i], "robust_accuracy": float((~broken).float().mean()),
+                            "seconds": time.perf_counter() - t0, "resumed": False,
+                            "queries": queries, "budget_exhausted": cut})
+                if header is not None:
+                    self._save(header, i + 1, broken, x_adv, log)
+                bar.advance()
         return x_adv, {"stages": log}

@@ -51,7 +51,9 @@ class Entry:
     certifier : str or None
     certified_samples : int
     flags : list of str
-        The checks the audit raised (model probe, gradient masking, explanations).
+        The checks the audit raised (model probe, gradient masking, explanations): the
+        verdict's flags when the audit has a verdict (they include the explainers' trust
+        flags), else those of ``result.json``'s ``flags``.
     trust : dict
         ``{explainer: {metric: value}}`` of the audit's trust scores.
     report : str or None
@@ -130,6 +132,14 @@ def _key(eps: float) -> str:
     return f"{float(eps):g}"
 
 
+def _flags(r: dict) -> list[str]:
+    """The checks an audit's ``result.json`` raised: its verdict's flags, else its ``flags``."""
+    items = (r.get("verdict") or {}).get("items")
+    if items is not None:
+        return [it["check"] for it in items if it.get("kind") == "flag"]
+    return [f["check"] for f in r.get("flags", []) if f.get("flagged")]
+
+
 def load_entry(path: str | Path, *, label: str | None = None) -> Entry:
     """The leaderboard entry of one audit: its folder or its ``result.json``.
 
@@ -164,7 +174,7 @@ def load_entry(path: str | Path, *, label: str | None = None) -> Entry:
             headline=head.get("robust_accuracy"),
             attack_set=str(head.get("attack", "worst case over " + ", ".join(cfg["attacks"]))),
             certified=certified, certifier=certifier, certified_samples=n_cert,
-            flags=[f["check"] for f in r.get("flags", []) if f.get("flagged")], trust=trust)
+            flags=_flags(r), trust=trust)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{file} is not an audit's result.json: {type(e).__name__} {e}") from e
     if (file.parent / "report.html").is_file():

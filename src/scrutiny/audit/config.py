@@ -76,6 +76,14 @@ class AuditConfig:
     black_box : str, optional
         Black-box attack of the "black-box beats white-box" check, run on the
         samples every white-box attack left robust (skipped when not registered).
+    compare_samples : int
+        Samples (the first audited ones) on which the comparison section evaluates
+        the ``--robust-model`` (all audited samples when there are fewer); the
+        audited model's numbers beside it are read on the same samples.
+    explore_samples : int
+        Samples (in the example figures' order: correctly classified ones the worst
+        case broke first) the report's sample explorer holds: their clean and
+        adversarial inputs, predictions, every explainer's maps and certificates.
     sections : tuple of str, optional
         The report sections to run (:data:`scrutiny.audit.sections.SECTIONS`);
         default all. The sections a chosen one needs are run too.
@@ -101,6 +109,8 @@ class AuditConfig:
     cert_samples: int = 32
     checks: bool = True
     black_box: str | None = "square"
+    compare_samples: int = 100
+    explore_samples: int = 24
     sections: tuple[str, ...] | None = None
     skip: tuple[str, ...] = ()
 
@@ -131,6 +141,10 @@ class AuditConfig:
             raise InputError("cert_samples must be >= 1")
         if self.trust_samples < 1:
             raise InputError("trust_samples must be >= 1")
+        if self.compare_samples < 1:
+            raise InputError(f"compare_samples must be >= 1, got {self.compare_samples}")
+        if self.explore_samples < 1:
+            raise InputError(f"explore_samples must be >= 1, got {self.explore_samples}")
         known = (set(self.attacks) | set(self.explainers) | set(self.metrics) | set(self.defenses)
                  | set(self.query_attacks)
                  | {self.headline_attack, self.black_box, self.certifier})

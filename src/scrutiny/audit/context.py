@@ -22,13 +22,19 @@ from scrutiny.validation import check_outputs
 
 @dataclass
 class Figure:
-    """A report figure: PNG bytes and the numbers it shows."""
+    """A report figure: PNG bytes and the numbers it shows.
+
+    ``plotly``, when set, is the same figure as a Plotly figure (``{"data": [...],
+    "layout": {...}}``, JSON-ready): the report draws it interactively (hover values,
+    series toggles, zoom) and keeps the PNG for readers without JavaScript.
+    """
 
     name: str
     title: str
     caption: str
     png: bytes
     data: dict[str, Any]
+    plotly: dict[str, Any] | None = None
 
 
 @dataclass

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from scrutiny.plot import draw_map, image_array  # noqa: E402  (the drawing shared with the API)
+# the drawing shared with the API
+from scrutiny.plot import draw_map, image_array, outcome_title  # noqa: E402
 
 
 def _png(fig) -> bytes:
@@ -26,9 +27,13 @@ def _png(fig) -> bytes:
 def robustness_curve(curves: dict[str, list[tuple[float, float]]], norm: str,
                      title: str = "Robust accuracy", *, xlabel: str | None = None,
                      ylabel: str = "robust accuracy", logx: bool = False
-                     ) -> tuple[bytes, dict[str, Any]]:
+                     ) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
     """Robust accuracy against eps, one line per attack (or any such curve: the
-    success rate against queries with ``xlabel="queries", logx=True``)."""
+    success rate against queries with ``xlabel="queries", logx=True``): the PNG, its
+    data and the same chart for the interactive report
+    (:func:`scrutiny.audit.interactive.line_chart`)."""
+    from scrutiny.audit.interactive import line_chart
+
     fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
     for name, pts in curves.items():
         e, a = zip(*pts, strict=True)
@@ -47,35 +52,53 @@ def robustness_curve(curves: dict[str, list[tuple[float, float]]], norm: str,
     ax.set_title(title)
     data = {"norm": norm, "curves": {k: [{"eps": e, "robust_accuracy": a} for e, a in v]
                                      for k, v in curves.items()}}
-    return _png(fig), data
+    spec = line_chart(curves, xlabel=xlabel or f"eps ({norm})", ylabel=ylabel, title=title,
+                      logx=logx)
+    return _png(fig), data, spec
 
 
 def adversarial_examples(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                          pred_clean: torch.Tensor, pred_adv: torch.Tensor,
-                         classes: tuple[str, ...], title: str) -> tuple[bytes, dict[str, Any]]:
-    """Rows: clean image, adversarial image, amplified perturbation; with predictions."""
+                         classes: tuple[str, ...], title: str, *,
+                         conf_clean: torch.Tensor | None = None,
+                         conf_adv: torch.Tensor | None = None) -> tuple[bytes, dict[str, Any]]:
+    """Rows: clean image, adversarial image, perturbation (symmetric scale, one colour bar).
+
+    The clean and adversarial images are titled ``true -> predicted (confidence%)``
+    (:func:`scrutiny.plot.outcome_title`; ``conf_*`` the softmax probability of the
+    predicted class), in red where the prediction is wrong.
+    """
     n = len(x)
-    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(3, n, figsize=(1.45 * n + 0.6, 4.4), squeeze=False,
+                             layout="constrained")
     delta = (x_adv - x).detach().cpu()
     scale = float(delta.abs().max()) or 1.0
+    rows = ((x, pred_clean, conf_clean), (x_adv, pred_adv, conf_adv))
+    mappable = None
     for i in range(n):
-        axes[0, i].imshow(image_array(x[i]), cmap="gray", vmin=0, vmax=1)
-        axes[0, i].set_title(f"{classes[int(pred_clean[i])]}", fontsize=8,
-                             color="black" if pred_clean[i] == y[i] else "red")
-        axes[1, i].imshow(image_array(x_adv[i]), cmap="gray", vmin=0, vmax=1)
-        axes[1, i].set_title(f"{classes[int(pred_adv[i])]}", fontsize=8,
-                             color="black" if pred_adv[i] == y[i] else "red")
-        draw_map(axes[2, i], delta[i].sum(0), lim=scale, colorbar=i == n - 1)
+        yi = int(y[i])
+        for r, (imgs, pred, conf) in enumerate(rows):
+            p = int(pred[i])
+            axes[r, i].imshow(image_array(imgs[i]), cmap="gray", vmin=0, vmax=1)
+            axes[r, i].set_title(outcome_title(yi, p, None if conf is None else float(conf[i]),
+                                               classes), fontsize=7,
+                                 color="black" if p == yi else "red")
+        mappable = draw_map(axes[2, i], delta[i].sum(0), lim=scale, colorbar=False)
         for r in range(3):
-            axes[r, i].axis("off")
+            axes[r, i].set_xticks([])
+            axes[r, i].set_yticks([])
+            for spine in axes[r, i].spines.values():
+                spine.set_visible(False)
     for r, label in enumerate(("clean", "adversarial", "perturbation")):
         axes[r, 0].set_ylabel(label, fontsize=8)
-        axes[r, 0].axis("on")
-        axes[r, 0].set_xticks([])
-        axes[r, 0].set_yticks([])
+    bar = fig.colorbar(mappable, ax=list(axes[2]), shrink=0.8, pad=0.02)
+    bar.ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
     data = {"y": y.tolist(), "pred_clean": pred_clean.tolist(), "pred_adv": pred_adv.tolist(),
             "linf": delta.reshape(n, -1).abs().amax(1).tolist()}
+    if conf_clean is not None and conf_adv is not None:
+        data.update(confidence_clean=[round(float(c), 5) for c in conf_clean],
+                    confidence_adv=[round(float(c), 5) for c in conf_adv])
     return _png(fig), data
 
 

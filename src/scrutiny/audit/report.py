@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from markupsafe import Markup
 
+from scrutiny.audit.interactive import plotly_js, script_json
 from scrutiny.audit.runner import AuditResult
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("scrutiny.audit", "templates"),
@@ -86,11 +87,16 @@ def record(result: AuditResult, out_dir: str | Path | None = None,
 
 
 def render_html(result: AuditResult, provenance: dict[str, Any] | None = None) -> str:
-    """The report as one HTML string (figures inlined as base64 PNG).
+    """The report as one self-contained HTML string that works offline.
 
-    Each section that ran renders its piece ``templates/sections/<name>.html``
-    (with ``s``, its :class:`~scrutiny.audit.context.SectionResult`, ``r``, the
-    whole result, and ``figure(name)``) under its group's heading, in report order.
+    Figures are inlined: as base64 PNG, and drawn interactively by Plotly when they
+    carry a ``plotly`` spec (the Plotly bundle is inlined once, only when a figure or a
+    section needs it). A navigation bar links every section; every table of numbers
+    sorts by a click on a column's heading. Each section that ran renders its piece
+    ``templates/sections/<name>.html`` (with ``s``, its
+    :class:`~scrutiny.audit.context.SectionResult`, ``r``, the whole result,
+    ``figure(name)`` and ``figure_data(name)``, a figure's data as a JSON script element
+    for the page's scripts) under its group's heading, in report order.
     ``provenance`` is the run's :func:`record` (default: without a command line).
     """
     from scrutiny import __version__
@@ -99,19 +105,39 @@ def render_html(result: AuditResult, provenance: dict[str, Any] | None = None) -
     by_name = {f.name: f for f in result.figures}
 
     def figure(name: str) -> Markup:
+        """A figure: interactive (Plotly) when it has a ``plotly`` spec, with its PNG for
+        readers without JavaScript; else the PNG."""
         f = by_name.get(name)
         if f is None:
             return Markup("")
-        src = "data:image/png;base64," + base64.b64encode(f.png).decode()
-        return Markup('<figure><img src="{}" alt="{}"><figcaption><b>{}.</b> {}</figcaption>'
-                      "</figure>").format(src, f.title, f.title, f.caption)
+        img = Markup('<img src="{}" alt="{}">').format(
+            "data:image/png;base64," + base64.b64encode(f.png).decode(), f.title) if f.png else ""
+        if f.plotly is not None:
+            img = Markup('<div class="plot" id="plot-{}"></div><script type="application/json" '
+                         'class="plot-spec" data-target="plot-{}">{}</script><noscript>{}'
+                         "</noscript>").format(f.name, f.name, Markup(script_json(f.plotly)), img)
+        return Markup('<figure id="figure-{}">{}<figcaption><b>{}.</b> {}</figcaption>'
+                      "</figure>").format(f.name, img, f.title, f.caption)
+
+    def figure_data(name: str) -> Markup:
+        """A figure's data for the page's scripts: ``<script type="application/json"
+        id="data-NAME">`` (empty when there is no such figure)."""
+        f = by_name.get(name)
+        if f is None:
+            return Markup("")
+        return Markup('<script type="application/json" id="data-{}">{}</script>').format(
+            name, Markup(script_json(strict_json(f.data))))
 
     groups: dict[str, list] = {"top": [], "fooled": [], "trusted": [], "why": []}
     for name in sorted(result.sections, key=lambda n: SECTIONS[n].display):
         groups[SECTIONS[name].group].append(result.sections[name])
+    titles = {name: SECTIONS[name].nav or SECTIONS[name].title or name for name in result.sections}
     eps = list(result.config.eps)
+    interactive = any(f.plotly is not None for f in result.figures) \
+        or any(SECTIONS[n].interactive for n in result.sections)
     return _ENV.get_template("report.html").render(
-        r=result, groups=groups, figure=figure, eps=eps, version=__version__,
+        r=result, groups=groups, figure=figure, figure_data=figure_data, eps=eps,
+        titles=titles, plotly_js=Markup(plotly_js()) if interactive else "", version=__version__,
         p=provenance or record(result), config=asdict(result.config),
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}")

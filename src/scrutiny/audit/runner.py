@@ -107,7 +107,7 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
     >>> res = run_audit(pretrained("digits-cnn", progress=False), load_digits(split="test"),
     ...                 cfg, progress=False)
     >>> list(res.sections), list(res.robustness)
-    (['robustness'], ['fgsm', 'pgd', 'worst case'])
+    (['robustness', 'verdict'], ['fgsm', 'pgd', 'worst case'])
     >>> res.robustness["worst case"][-1]["robust_accuracy"] < res.clean_accuracy - 0.3
     True
     """
@@ -129,6 +129,8 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
     with progress_bar(total, "audit", enabled=progress) as bar:
         for name in running:
             section = sections[name]
+            bar.step(name)  # the section's own steps name its parts
+            share = bar.completed + section.steps(ctx)
             upstream = [keys[n] for n in (*section.needs, *section.uses) if n in keys]
             keys[name] = section_key(type(section), context_key, upstream)
             result = store.load(name, keys[name]) if store is not None else None
@@ -141,9 +143,7 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                 if store is not None:
                     store.save(result, keys[name])
                     section.partial.clear()
-            else:
-                for _ in range(section.steps(ctx)):
-                    bar.advance(f"{name} (resumed)")
+            bar.advance(n=max(share - bar.completed, 0))  # units it counted but did not run
             done[name] = result
     return _assemble(ctx, done, sections, time.perf_counter() - t0)
 

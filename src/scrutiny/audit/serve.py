@@ -131,8 +131,9 @@ class AuditServer(ThreadingHTTPServer):
                 raise InputError("no audit (result.json) here yet")
             board = compare(folders, root=self.root)
         except ScrutinyError as e:
-            return (f"<!doctype html><html lang='en'><meta charset='utf-8'><title>scrutiny serve"
-                    f"</title><h1>scrutiny serve</h1><p>{html.escape(str(self.root))}: "
+            return (f"<!doctype html><html lang='en'><meta charset='utf-8'>"
+                    f"<link rel='icon' href='data:,'><title>scrutiny serve</title>"
+                    f"<h1>scrutiny serve</h1><p>{html.escape(str(self.root))}: "
                     f"{html.escape(str(e))}</p></html>")
         return render_html(board, base=self.root, title=f"scrutiny serve {self.root.name}")
 

@@ -74,7 +74,7 @@ class SectionStore:
                 name=name, data=meta["data"], notes=meta["notes"], seconds=meta["seconds"],
                 flags=[Flag(**f) for f in meta["flags"]],
                 figures=[Figure(f["name"], f["title"], f["caption"], base64.b64decode(f["png"]),
-                                f["data"]) for f in meta["figures"]],
+                                f["data"], f.get("plotly")) for f in meta["figures"]],
                 tensors=tensors, resumed=True)
         except Exception as e:  # a damaged file is not a reason to stop: recompute
             warnings.warn(f"ignoring the unreadable saved audit section {meta_path}: {e}",
@@ -95,7 +95,8 @@ class SectionStore:
         meta = {"data": result.data, "notes": result.notes, "seconds": result.seconds,
                 "flags": [asdict(f) for f in result.flags], "has_tensors": bool(tensors),
                 "figures": [{"name": f.name, "title": f.title, "caption": f.caption,
-                             "png": base64.b64encode(f.png).decode(), "data": f.data}
+                             "png": base64.b64encode(f.png).decode(), "data": f.data,
+                             "plotly": f.plotly}
                             for f in result.figures]}
         text = json.dumps(meta, default=_json_default)
         _atomic_write(meta_path, lambda p: p.write_text(text))

@@ -314,11 +314,12 @@ class ModelRandomization(Metric):
         running = copy.deepcopy(model) if self.mode == "cascading" else None
         with progress_bar(len(order), f"{self.mode} randomization") as bar:
             for k, name in enumerate(order):
+                bar.step(name)
                 rand = running if running is not None else copy.deepcopy(model)
                 with seeded(_sub_seed(seed, k), x.device):
                     reinitialize(rand.layer(name))
                 maps.append(_explain_chunks(explainer, rand, x, target, seed, self.batch_size))
-                bar.advance(name)
+                bar.advance()
         per_step = _compare(self.measures, original, maps)
         key = per_step["spearman_abs"]
         scores = key[-1] if self.mode == "cascading" else torch.nanmean(key, dim=0)

@@ -14,6 +14,7 @@ from scrutiny.audit.sections import (  # noqa: F401  (each module registers its 
     defenses,
     examples,
     explanations,
+    explorer,
     headline,
     queries,
     robustness,

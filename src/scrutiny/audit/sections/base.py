@@ -18,8 +18,9 @@ class Section:
     A subclass sets :attr:`name` (also its template ``templates/sections/<name>.html``),
     :attr:`needs` (sections whose results it reads; they run first and must not be
     skipped), :attr:`uses` (sections it reads when they ran), :attr:`group` (the report
-    heading it appears under) and implements :meth:`run`; :meth:`steps` is its share
-    of the progress bar and :meth:`skip_reason` says why it does not run for this
+    heading it appears under), :attr:`always` (it runs whenever a section it reads runs,
+    even when not chosen, unless skipped: the verdict) and implements :meth:`run`;
+    :meth:`steps` is its share of the progress bar and :meth:`skip_reason` says why it does not run for this
     context (None: it runs). Register it with :func:`register`. A long section saves
     its finished units of work (chunks of samples) in :attr:`partial` and skips the
     units it finds there, so a killed audit resumes inside it.
@@ -32,6 +33,12 @@ class Section:
     uses: ClassVar[tuple[str, ...]] = ()
     #: position in the report (lower first); independent of the run order
     display: ClassVar[int] = 50
+    #: run whenever a section it needs or uses runs, chosen or not (unless skipped)
+    always: ClassVar[bool] = False
+    #: its name in the report's navigation bar (default: :attr:`title`)
+    nav: ClassVar[str] = ""
+    #: its template draws with Plotly (the report then inlines the Plotly bundle)
+    interactive: ClassVar[bool] = False
     #: Finished units of work of this run (see :class:`PartialStore`); the runner gives
     #: each section its own, keyed like its result; this default keeps nothing.
     partial: PartialStore = PartialStore()
@@ -74,7 +81,16 @@ def run_order() -> list[str]:
 
 
 def resolve(chosen: tuple[str, ...] | None, skip: tuple[str, ...]) -> list[str]:
-    """The sections to run, in order: ``chosen`` (default all) and what they need, less ``skip``."""
+    """The sections to run, in order: ``chosen`` (default all), what they need and the
+    :attr:`~Section.always` sections that read one of them, less ``skip``.
+
+    Examples
+    --------
+    >>> resolve(("robustness",), ())
+    ['robustness', 'verdict']
+    >>> resolve(("robustness",), ("verdict",))
+    ['robustness']
+    """
     order = run_order()
     for name in (*(chosen or ()), *skip):
         if name not in SECTIONS:
@@ -83,6 +99,12 @@ def resolve(chosen: tuple[str, ...] | None, skip: tuple[str, ...]) -> list[str]:
     for name in reversed(order):  # later sections add their needs
         if name in want:
             want |= set(SECTIONS[name].needs)
+    extra = {n for n, c in SECTIONS.items() if c.always and n not in skip and n not in want
+             and want & {*c.needs, *c.uses} and not set(c.needs) & set(skip)}
+    for name in reversed(order):  # and so do the sections that always run
+        if name in extra:
+            extra |= set(SECTIONS[name].needs)
+    want |= extra
     for name in want & set(skip):
         users = [n for n in want - set(skip) if name in SECTIONS[n].needs]
         if users:

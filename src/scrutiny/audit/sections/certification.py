@@ -67,6 +67,7 @@ class Certification(Section):
                                  "skipped")
                 return out
             for i, start in enumerate(chunks):
+                bar.step(f"certify ({cfg.certifier}) {min(start + CHUNK, n)}/{n}")
                 part = self.partial.load(f"chunk{i}")
                 if part is None:
                     got = cert.certified_at(ctx.model, ctx.x[start:start + CHUNK],
@@ -75,14 +76,13 @@ class Certification(Section):
                     part = {"certified": torch.stack([got[e] for e in radii])}
                     self.partial.save(f"chunk{i}", part)
                 masks.append(part["certified"])
-                bar.advance(f"certify ({cfg.certifier}) {min(start + CHUNK, n)}/{n}")
+                bar.advance()
                 advanced += 1
         except InputError as e:  # unsupported layers
             out.notes.append(f"{cfg.certifier} certification was skipped: {e}")
             return out
         finally:
-            for _ in range(advanced, len(chunks)):
-                bar.advance(f"certify ({cfg.certifier})")
+            bar.advance(n=len(chunks) - advanced)
         certified = torch.cat(masks, dim=1)
         rows = [{"eps": e, "certified_accuracy": float(certified[j].float().mean()),
                  "robust_accuracy": float(robust_at(ctx, done, e)[:n].float().mean())}

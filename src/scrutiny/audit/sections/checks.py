@@ -20,6 +20,7 @@ class MaskingChecks(Section):
 
     name = "checks"
     title = "Can the robustness number be trusted?"
+    nav = "Masking checks"
     group = "trusted"
     needs = ("robustness",)
     uses = ("headline", "certification")
@@ -31,6 +32,7 @@ class MaskingChecks(Section):
     def run(self, ctx: AuditContext, done: dict[str, SectionResult], bar: Any) -> SectionResult:
         cfg = ctx.config
         out = SectionResult(self.name)
+        bar.step("gradient-masking checks")
         head = done.get("headline")
         strong = head.data.get("strong_attack") if head else None
         robust = robust_at(ctx, done, cfg.reference_eps)
@@ -50,5 +52,5 @@ class MaskingChecks(Section):
             ref = cert.data["rows"][-1]
             out.flags.append(check_certified(ref["certified_accuracy"], ref["robust_accuracy"],
                                              ref["eps"]))
-        bar.advance("gradient-masking checks")
+        bar.advance()
         return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any
 
 from scrutiny.audit import figures
 from scrutiny.audit.context import AuditContext, Figure, SectionResult, build_context
@@ -30,12 +30,13 @@ class Comparison(Section):
     Each sub-section's units of work are saved like the section's own, so a killed
     audit resumes inside the compared model's evaluation too.
 
-    The compared model is evaluated on the first :attr:`samples` audited samples (all of
-    them when there are fewer), and the audited model's numbers beside it are read from
-    its per-sample results on the same samples: a robust model leaves most samples for
-    the headline ensemble, whose black-box stage spends its whole query budget on each
-    sample it cannot break (on the digits CNNs, minutes per hundred samples on a CPU),
-    and ``make demo`` must stay a few minutes.
+    The compared model is evaluated on the first ``compare_samples`` audited samples
+    (:class:`~scrutiny.audit.config.AuditConfig`, default 100; all of them when there are
+    fewer), and the audited model's numbers beside it are read from its per-sample results
+    on the same samples: a robust model leaves most samples for the headline ensemble,
+    whose black-box stage spends its whole query budget on each sample it cannot break (on
+    the digits CNNs, minutes per hundred samples on a CPU), and ``make demo`` must stay a
+    few minutes.
     """
 
     name = "comparison"
@@ -43,13 +44,11 @@ class Comparison(Section):
     needs = ("robustness", "examples")
     uses = ("headline", "certification", "checks")
     display = 35
-    #: The audited samples (their first ones) the compared model is evaluated on.
-    samples: ClassVar[int] = 100
 
     def steps(self, ctx: AuditContext) -> int:
         # the compared model's units; which sections ran for the audited model is known at
         # run time only, so the bar counts those the configuration would run
-        k = min(self.samples, len(ctx.x))
+        k = min(ctx.config.compare_samples, len(ctx.x))
         small = replace(ctx, x=ctx.x[:k], y=ctx.y[:k])
         return sum(SECTIONS[n]().steps(small) for n in SAME_EVALUATION
                    if n == "robustness" or SECTIONS[n]().skip_reason(small) is None)
@@ -61,7 +60,7 @@ class Comparison(Section):
         from scrutiny.explain import Gradient
 
         cfg, x, y = ctx.config, ctx.x, ctx.y
-        k = min(self.samples, len(x))
+        k = min(cfg.compare_samples, len(x))
         # the first k audited samples: build_context takes the same seeded permutation's head
         other = build_context(ctx.robust_model, ctx.data, replace(cfg, n_samples=k))
         robust = other.model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scrutiny import registry
 from scrutiny.audit.context import AuditContext, SectionResult
 from scrutiny.audit.matrix import game_matrix
 from scrutiny.audit.sections.base import Section, register
@@ -36,10 +37,22 @@ class Defenses(Section):
             fit = (ctx.x, ctx.y)
             out.notes.append("too few rows left to fit the defenses on: they were fitted on the "
                              "attacked samples")
+        # game_matrix reports each cell when it is done: the bar names the one that runs next
+        cells = [f"{d} x {a}" for d in ("none", *(registry.get(d, "defense").name
+                                                   for d in ctx.config.defenses))
+                 for a in ctx.config.attacks]
+        bar.step(cells[0])
+
+        def cell_done(label: str) -> None:
+            bar.advance()
+            later = cells[cells.index(label) + 1:] if label in cells else []
+            if later:
+                bar.step(later[0])
+
         matrix = game_matrix(ctx.model, ctx.x, ctx.y, attacks=tuple(ctx.config.attacks),
                              defenses=ctx.config.defenses, threat=ctx.threat(),
                              fit_data=fit, params=ctx.config.params, seed=ctx.seed,
-                             progress=bar.advance).to_dict()
+                             progress=cell_done).to_dict()
         out.notes += [f"defense {d} was skipped: {why}" for d, why in matrix["skipped"].items()]
         out.data = matrix
         return out

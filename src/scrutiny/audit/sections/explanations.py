@@ -70,6 +70,7 @@ class Explanations(Section):
 
     name = "explanations"
     title = "Why this prediction?"
+    nav = "Explanations"
     group = "why"
     needs = ("examples",)
     display = 70
@@ -87,13 +88,14 @@ class Explanations(Section):
         x, y = ctx.x, ctx.y
         info: dict[str, dict[str, Any]] = {}
         for name, explainer in ctx.explainers().items():
+            bar.step(name)
             ts = time.perf_counter()
             data_kw = {"background": ctx.background} if "background" in explainer.call_data else {}
             try:
                 e_clean = explainer(ctx.model, x[ex], y[ex], seed=ctx.seed, **data_kw)
             except InputError as e:  # e.g. Grad-CAM on a model without convolutions
                 out.notes.append(f"{name} was skipped: {e}")
-                bar.advance(name)
+                bar.advance()
                 continue
             e_adv = explainer(ctx.model, x_adv[ex], y[ex], seed=ctx.seed, **data_kw)
             row: dict[str, Any] = {"seconds": time.perf_counter() - ts,
@@ -112,7 +114,7 @@ class Explanations(Section):
             info[name] = row
             out.tensors[f"clean/{name}"] = e_clean.pixel_map().cpu()
             out.tensors[f"adv/{name}"] = e_adv.pixel_map().cpu()
-            bar.advance(name)
+            bar.advance()
         out.data = info
         maps = {k: out.tensors[f"clean/{k}"] for k in info}
         if maps and ctx.data.is_image and len(ex):

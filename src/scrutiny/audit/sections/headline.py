@@ -88,13 +88,14 @@ class Headline(Section):
                 attack = headline_attack(ctx)
                 for i in range(0, len(todo), CHUNK):
                     rows = todo[i:i + CHUNK]
+                    bar.step(f"{cfg.headline_attack} {min(i + CHUNK, len(todo))}/{len(todo)}")
                     unit = self._chunk(ctx, attack, i // CHUNK, rows)
                     held = unit["held"].bool()
                     broken = rows[~held]
                     x_adv[broken] = unit["x_adv"][~held].to(x_adv)
                     robust[broken] = False
                     stages = _add_stages(stages, unit)
-                    bar.advance(f"{cfg.headline_attack} {min(i + CHUNK, len(todo))}/{len(todo)}")
+                    bar.advance()
                 for st in stages:  # robust counts -> accuracies over the attacked samples, and
                     # (AutoAttack's log) over every audited sample: the others are broken already
                     st["robust_samples"] = round(st.pop("robust"))
@@ -121,10 +122,11 @@ class Headline(Section):
         rows = {k: [dict(r) for r in v] for k, v in base.data["rows"].items()}
         for row in rows["worst case"]:
             if row["eps"] == cfg.reference_eps:
-                row["robust_accuracy"] = float(robust.float().mean())
+                row["robust_accuracy"] = int(robust.sum()) / len(robust)
         out.figures.append(curve_figure(ctx, rows))
-        out.data = {"attack": "worst case over " + ", ".join(used), "norm": cfg.norm,
-                    "eps": cfg.reference_eps, "robust_accuracy": float(robust.float().mean()),
+        out.data = {"attack": "worst case over " + ", ".join(dict.fromkeys(used)), "norm": cfg.norm,
+                    "eps": cfg.reference_eps,
+                    "robust_accuracy": int(robust.sum()) / len(robust) if len(robust) else None,
                     "strong_attack": strong, "clean_accuracy": ctx.clean_accuracy,
                     "attacks_used": used, "worst_case_rows": rows["worst case"],
                     "max_perturbation": largest}

@@ -30,11 +30,12 @@ class Queries(Section):
     def run(self, ctx: AuditContext, done: dict[str, SectionResult], bar: Any) -> SectionResult:
         out = SectionResult(self.name)
         for name in ctx.config.query_attacks:
+            bar.step(f"{name} (queries)")
             if registry.get(name, "attack").cls.tags.image_only and not ctx.data.is_image:
                 out.notes.append(f"{name} needs images and was skipped on tabular data")
             else:
                 out.data[name] = query_curve(ctx, name)
-            bar.advance(f"{name} (queries)")
+            bar.advance()
         if out.data:
             cfg = ctx.config
             out.figures.append(Figure(

@@ -47,13 +47,14 @@ class Robustness(Section):
             robust_all = clean_ok.clone()
             worst_x = x.clone()
             for name, attack in ctx.attacks().items():
+                bar.step(f"{name} eps={eps:g}")
                 # the black-box stage only tries what the white-box attacks left robust
                 todo = robust_all if name == ctx.black_box_stage() else None
                 unit = self._unit(ctx, name, i, eps, attack, keep_x=eps == cfg.reference_eps,
                                   todo=todo)
                 robust = unit["robust"].bool()
                 rows[name].append({
-                    "eps": eps, "robust_accuracy": float(robust.float().mean()),
+                    "eps": eps, "robust_accuracy": int(robust.sum()) / max(len(robust), 1),
                     "success_rate": float(unit["success_rate"]),
                     "median_norm": None if unit["median_norm"].isnan() else
                     float(unit["median_norm"]), "seconds": float(unit["seconds"]),
@@ -62,7 +63,7 @@ class Robustness(Section):
                     broken = robust_all & ~robust
                     worst_x[broken] = unit["x_adv"][broken].to(worst_x)
                 robust_all &= robust
-                bar.advance(f"{name} eps={eps:g}")
+                bar.advance()
             rows["worst case"].append({"eps": eps, "robust_accuracy": float(robust_all.float().mean())})
             out.tensors[robust_key(eps)] = robust_all
             if eps == cfg.reference_eps:

@@ -6,6 +6,8 @@ import math
 import time
 from typing import Any
 
+import torch
+
 from scrutiny.audit import figures
 from scrutiny.audit.context import AuditContext, Figure, SectionResult
 from scrutiny.audit.sections.base import Section, register
@@ -14,9 +16,14 @@ from scrutiny.metrics.base import DEGENERATE
 
 _SHORT = {"model_randomization": "rand. corr", "data_randomization": "data-rand. corr",
           "pointing_game": "pointing", "max_sensitivity": "max-sens."}
+#: The row of the trust table (and key of ``scores``) holding the random pixel order.
+RANDOM_ORDER = "random order"
+#: Metrics measured with a random order too, and whether lower is better: an explainer
+#: that does not beat the random order is flagged.
+BEAT_RANDOM = {"deletion": True, "insertion": False}
 _METRIC_NOTES = {
-    "deletion": "deletion AUC (lower is better)",
-    "insertion": "insertion AUC (higher is better)",
+    "deletion": "deletion AUC (lower is better; FLAG: not below the random pixel order's)",
+    "insertion": "insertion AUC (higher is better; FLAG: not above the random pixel order's)",
     "model_randomization": "rand. corr: rank correlation with the map of the randomized model "
                            "(low is good; FLAG: the map does not depend on the weights)",
     "data_randomization": "rank correlation with the map of a model trained on permuted labels",
@@ -24,6 +31,35 @@ _METRIC_NOTES = {
     "infidelity": "infidelity (lower is better)",
     "max_sensitivity": "max-sensitivity (lower is better)",
 }
+
+
+def random_order(metric: Any, model: Any, x: torch.Tensor, y: torch.Tensor, *,
+                 seed: int | None) -> float:
+    """The aggregate of a deletion or insertion ``metric`` with the units in a random order.
+
+    The metric ranks units by attribution and breaks ties in a seeded random order, so
+    constant (all-zero) attributions give a uniformly random order: the chance level an
+    explainer's order must beat (lower deletion, higher insertion) to say anything.
+
+    Examples
+    --------
+    >>> from scrutiny.models import pretrained
+    >>> from scrutiny.data import load_digits
+    >>> from scrutiny.metrics import Deletion
+    >>> data, model = load_digits(split="test"), pretrained("digits-cnn", progress=False)
+    >>> x, y = data.x[:16], data.y[:16]
+    >>> ig = Deletion()(model, x, y, explainer="integrated_gradients").aggregate
+    >>> ig < random_order(Deletion(), model, x, y, seed=0)
+    True
+    """
+    return float(metric(model, x, y, attributions=torch.zeros_like(x), seed=seed).aggregate)
+
+
+def _no_better(value: float, chance: float, lower_is_better: bool) -> bool | None:
+    """Whether ``value`` fails to beat the random order's ``chance`` (None: undecided)."""
+    if math.isnan(value) or math.isnan(chance):
+        return None
+    return value >= chance if lower_is_better else value <= chance
 
 
 def _degenerate_note(row: dict[str, Any]) -> list[str]:
@@ -40,7 +76,10 @@ class Trust(Section):
 
     ``data["scores"][explainer][metric]``: ``value`` (None where the metric is undefined,
     never NaN), ``undefined`` (the metric's reason, or None) and ``flag`` where the metric
-    raises one (None when it could not be decided).
+    raises one (None when it could not be decided). Deletion and insertion are also
+    measured once with the pixels in a random order (:func:`random_order`), under
+    ``data["scores"]["random order"]``; an explainer whose deletion AUC is not below it
+    (insertion: not above it) is flagged: its order is no better than chance.
     """
 
     name = "trust"
@@ -63,9 +102,16 @@ class Trust(Section):
         xt, yt = ctx.x[:n], ctx.y[:n]
         metrics = {m: ctx.create("metric", m) for m in cfg.metrics}
         seconds: dict[str, float] = {}
+        chance: dict[str, float] = {}  # once per audit: the order every explainer must beat
+        for mname in [m for m in metrics if m in BEAT_RANDOM]:
+            try:
+                chance[mname] = random_order(metrics[mname], ctx.model, xt, yt, seed=ctx.seed)
+            except InputError as e:
+                out.notes.append(f"{mname} with a random order was skipped: {e}")
         for name, explainer in ctx.explainers().items():
             if name not in ran:
                 continue
+            bar.step(f"trust {name}")
             ts = time.perf_counter()
             data_kw = {"background": ctx.background} if "background" in explainer.call_data else {}
             attr = explainer(ctx.model, xt, yt, seed=ctx.seed, **data_kw).attributions
@@ -90,9 +136,16 @@ class Trust(Section):
                                  "undefined": res.undefined}
                 if hasattr(res, "flag"):
                     scores[mname]["flag"] = None if res.flag is None else bool(res.flag)
+                if mname in chance:
+                    scores[mname]["flag"] = _no_better(agg, chance[mname], BEAT_RANDOM[mname])
             seconds[name] = time.perf_counter() - ts
             out.data[name] = scores
-            bar.advance(f"trust {name}")
+            bar.advance()
+        if chance and out.data:
+            out.data[RANDOM_ORDER] = {m: {"value": None if math.isnan(v) else v,
+                                          "undefined": None if not math.isnan(v) else
+                                          "no sample has a defined score"}
+                                      for m, v in chance.items()}
         out.tensors = {}
         ex_res = done["examples"] if "examples" in done else None
         maps = {k: done["explanations"].tensors[f"clean/{k}"] for k in ran}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 from scipy.stats import beta, norm
@@ -11,6 +12,7 @@ from scrutiny.audit.checks import Flag
 from scrutiny.audit.context import AuditContext, SectionResult
 from scrutiny.audit.sections.base import SECTIONS, Section, register
 from scrutiny.audit.sections.robustness import robust_at
+from scrutiny.audit.sections.trust import RANDOM_ORDER
 from scrutiny.errors import InputError
 
 #: Confidence level of the robust accuracy's interval.
@@ -55,6 +57,16 @@ SANITY = {
                           "labels (Adebayo et al. 2018), so they do not show what the data "
                           "taught the model.",
 }
+#: Trust measures flagged when an explainer's pixel order does no better than a random one
+#: (the trust section's ``"random order"`` row), and what a raised flag means.
+NO_BETTER_THAN_RANDOM = {
+    "deletion": "removing the pixels its maps rank highest lowers the prediction no faster than "
+                "removing them in a random order, so the maps do not single out what the model "
+                "relies on.",
+    "insertion": "inserting the pixels its maps rank highest raises the prediction no faster "
+                 "than inserting them in a random order, so the maps do not single out what "
+                 "the model relies on.",
+}
 #: Openings of the audit-wide notes that repeat a probe flag (written by ``build_context``).
 _PROBE_NOTES = ("The model is randomized", "The model's input gradients are masked")
 
@@ -96,6 +108,37 @@ def samples_for(p: float, half_width: float = WIDE) -> int:
     return math.ceil(p * (1 - p) * (z / half_width) ** 2)
 
 
+#: Sample-count settings and the section that uses them.
+SAMPLE_SETTINGS = {"cert_samples": "certification", "trust_samples": "trust",
+                   "compare_samples": "comparison"}
+
+
+def sample_counts(ctx: AuditContext, ran: Collection[str]) -> dict[str, dict[str, int]]:
+    """Samples ``requested`` and ``used`` of ``n_samples`` and of the sample-count settings
+    of the sections in ``ran`` (each uses the first of the audited samples)."""
+    cfg, n = ctx.config, len(ctx.x)
+    out = {"n_samples": {"requested": cfg.n_samples, "used": n}}
+    for key, section in SAMPLE_SETTINGS.items():
+        if section in ran:
+            out[key] = {"requested": getattr(cfg, key), "used": min(getattr(cfg, key), n)}
+    return out
+
+
+def fewer_samples(ctx: AuditContext, ran: Collection[str]) -> list[str]:
+    """A note for each sample count of :func:`sample_counts` below what was requested."""
+    have = len(ctx.data)
+    notes = []
+    for key, c in sample_counts(ctx, ran).items():
+        if c["used"] >= c["requested"]:
+            continue
+        why = (f"the data has {have} test samples" if key == "n_samples" else
+               f"{len(ctx.x)} samples were audited (n_samples = {ctx.config.n_samples}, "
+               f"the data has {have})")
+        notes.append(f"Fewer samples than requested: {key} = {c['requested']} was requested; "
+                     f"{why}, so {c['used']} were used")
+    return notes
+
+
 class _EveryOtherSection:
     """``Verdict.uses``: every other registered section, those added later included."""
 
@@ -122,9 +165,13 @@ class Verdict(Section):
     ``"not checked"``), the certified lower bound at the reference eps when certification
     ran, the explainers that ``passed``, ``failed`` or were not checked by a sanity check
     (the trust section's model/data randomization flags, degenerate maps), ``next_steps``,
-    ``items`` (every raised flag of every section and of the model probe, and every note,
-    each explained in one sentence, with ``where`` the report shows it and its ``anchor``) and ``lines``, the
-    summary as text. It runs last (it uses every other section) and is shown first.
+    ``samples`` (:func:`sample_counts`), ``items`` (every raised flag of every section and
+    of the model probe, and every note, a sample count below the one requested included
+    (:func:`fewer_samples`), each explained in one sentence, with ``where`` the report
+    shows it and its ``anchor``; a trust flag of deletion or insertion, an explainer no
+    better than the random pixel order, with both numbers) and ``lines``, the summary as
+    text. It runs last (it uses every other section), whenever any other section runs
+    (unless skipped), and is shown first.
     """
 
     name = "verdict"
@@ -132,6 +179,7 @@ class Verdict(Section):
     group = "top"
     uses = _EveryOtherSection()  # type: ignore[assignment]
     display = -10
+    always = True  # --sections robustness gets its verdict too; --skip verdict drops it
 
     def run(self, ctx: AuditContext, done: dict[str, SectionResult], bar: Any) -> SectionResult:
         cfg = ctx.config
@@ -154,12 +202,13 @@ class Verdict(Section):
                   ("probe", "checks", "headline")]
         v["trust"] = "flagged" if raised else ("no flag" if "checks" in done else "not checked")
         v["trust_reasons"] = [it["check"] for it in raised]
+        v["samples"] = sample_counts(ctx, done)
         v["certified"] = self._certified(ctx, done)
         v["explainers"] = self._explainers(ctx, done)
         v["items"] = items
         v["next_steps"] = self._next(ctx, done, v)
         v["lines"] = self._lines(v)
-        bar.advance("verdict")
+        bar.advance()
         out.data = v
         return out
 
@@ -188,19 +237,24 @@ class Verdict(Section):
                           "sentence": meaning[0].upper() + meaning[1:],
                           "measured": _first_sentence(f.message),
                           **self._where(section, done)})
-        for expl, scores in (done["trust"].data.get("scores", {}) if "trust" in done
-                             else {}).items():
+        trust = done["trust"].data.get("scores", {}) if "trust" in done else {}
+        chance = trust.get(RANDOM_ORDER, {})
+        for expl, scores in trust.items():
             for metric, sc in scores.items():
                 if sc.get("flag"):
+                    measured = f"{metric} {sc['value']:.2f}" if sc.get("value") is not None \
+                        else ""
+                    if measured and (chance.get(metric) or {}).get("value") is not None:
+                        measured += f", random order {chance[metric]['value']:.2f}"
                     items.append({"kind": "flag", "section": "trust",
                                   "check": f"{metric}: {expl}",
                                   "sentence": f"{expl} failed the {metric.replace('_', ' ')} "
-                                  "check: " + SANITY.get(metric, "its trust measure raised a "
-                                                         "flag."),
-                                  "measured": f"{metric} {sc['value']:.2f}"
-                                  if sc.get("value") is not None else "",
-                                  **self._where("trust", done)})
+                                  "check: " + (SANITY.get(metric)
+                                               or NO_BETTER_THAN_RANDOM.get(metric)
+                                               or "its trust measure raised a flag."),
+                                  "measured": measured, **self._where("trust", done)})
         notes = [("", note) for note in ctx.notes if not note.startswith(_PROBE_NOTES)]
+        notes += [("", note) for note in fewer_samples(ctx, done)]
         notes += [(name, note) for name, res in done.items() for note in res.notes]
         for section, note in notes:
             items.append({"kind": "note", "section": section or "audit", "check": "note",
