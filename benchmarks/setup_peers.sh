@@ -30,6 +30,9 @@ zennit_version="0.5.1"
 quantus_version="0.6.0"
 lime_version="0.2.0.1"
 shap_version="0.51.0"
+lucent_version="0.1.8"        # torch-lucent (bench_learned.py)
+kornia_version="0.4.1"        # the newest kornia torch-lucent 0.1.8 accepts
+kronfluence_version="1.0.1"   # bench_learned.py
 
 "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
@@ -52,6 +55,17 @@ echo "torch==$torch_version" >"$constraints"
 "${pip[@]}" install -c "$constraints" "adversarial-robustness-toolbox==$art_version" \
     "foolbox==$foolbox_version" "zennit==$zennit_version" "quantus==$quantus_version" \
     "lime==$lime_version" "shap==$shap_version"
+# Lucent and kronfluence (benchmarks/bench_learned.py) declare torchvision too: both go in
+# without dependencies. Lucent imports only torchvision.transforms.Normalize, which
+# bench_learned.py adds to peers.py's stand-in; its real run-time needs are kornia (<= 0.4.1,
+# imports beside torch 2.13), decorator and IPython (pytest, coverage, future: not needed).
+# accelerate pulls huggingface_hub, whose httpx2 wants idna >= 3.18; requests 2.25.1
+# (torchattacks) wants idna < 3, and kronfluence imports with the older idna, so it stays.
+"${pip[@]}" install -c "$constraints" --no-deps "torch-lucent==$lucent_version" \
+    "kornia==$kornia_version" "kronfluence==$kronfluence_version"
+"${pip[@]}" install -c "$constraints" "decorator==5.3.2" "ipython==9.19.1" \
+    "accelerate==1.16.0" "einops==0.8.2" "einconv==0.1.0" "opt-einsum==3.4.0"
+"${pip[@]}" install -c "$constraints" "idna>=2.8,<3"
 # Zennit and Quantus pull torchvision from the registry: a CUDA build that cannot load
 # next to a CPU torch. Remove it; benchmarks/peers.py stands in for the two torchvision
 # names Zennit imports (its canonizers for torchvision's ResNet blocks, unused here).
@@ -79,10 +93,14 @@ import scrutiny  # noqa: F401
 import shap  # noqa: F401
 import torchattacks  # noqa: F401
 import zennit  # noqa: F401
+import kronfluence.analyzer  # noqa: F401
+import bench_learned  # noqa: F401,E402  (imports Lucent with its Normalize stand-in)
+
+assert bench_learned.lucent is not None, "torch-lucent does not import"
 
 print("torch", torch.__version__, "| cuda build:", torch.version.cuda)
 for dist in ("torchattacks", "captum", "adversarial-robustness-toolbox", "foolbox", "zennit",
-             "quantus", "lime", "shap"):
+             "quantus", "lime", "shap", "torch-lucent", "kornia", "kronfluence"):
     print(f"  {dist} {md.version(dist)}")
 if torch.version.cuda is not None:
     print("warning: this torch is a CUDA build; set TORCH_SPEC to a CPU wheel for CPU numbers")

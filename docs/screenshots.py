@@ -56,7 +56,8 @@ def shoot(root: Path) -> None:
         page.evaluate("document.getElementById('toc').style.position = 'static'")
         for name, selector in (("report-robustness", "#section-robustness"),
                                ("report-comparison", "#section-comparison"),
-                               ("report-explorer", "#section-explorer")):
+                               ("report-explorer", "#section-explorer"),
+                               ("report-influence", "#figure-influence")):
             loc = page.locator(selector)
             loc.scroll_into_view_if_needed()
             if name == "report-explorer":

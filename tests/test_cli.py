@@ -57,7 +57,8 @@ def test_explain(tmp_path, capsys):
 def test_audit_writes_report(tmp_path, capsys):
     assert main(["audit", "--n", "48", "--eps", "0,0.1", "--attacks", "fgsm,pgd", "-p",
                  "pgd.steps=5", "--defenses", "bit_depth,feature_squeezing", "--certifier", "ibp",
-                 "--out",
+                 "--explore-samples", "4", "-p", "class_prototype.steps=20",
+                 "-p", "counterfactual.lambda_steps=3", "--out",
                  str(tmp_path), "-q"]) == 0
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "Robust accuracy" in html
@@ -69,6 +70,8 @@ def test_audit_writes_report(tmp_path, capsys):
     assert set(result["trust"]["saliency"]) == {"deletion", "insertion", "model_randomization"}
     assert result["matrix"]["defenses"] == ["none", "bit_depth", "feature_squeezing"]
     assert "Attacks against defenses" in html and "What can be proven" in html
+    assert "What has the model learned?" in html and "Sample explorer" in html
+    assert {"prototypes", "influence", "counterfactuals", "explorer"} <= set(figs)
     sq = result["queries"]["square"]
     assert 0 < sq["success_rate"] <= 1 and sq["curve"][-1][1] == sq["success_rate"]
     rows = result["certification"]["rows"]
@@ -226,3 +229,141 @@ def test_audit_takes_compare_samples(tmp_path, capsys):
     """Every AuditConfig field is an audit option: --compare-samples too, checked at once."""
     assert main(["audit", "--compare-samples", "0", "--out", str(tmp_path / "r"), "-q"]) == 2
     assert "compare_samples must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.fixture
+def drawn_rows(monkeypatch):
+    """The rows of every figure the learned command draws: [(label, images, titles), ...]."""
+    from scrutiny.audit import figures
+
+    rows = []
+    real = figures.image_rows
+    monkeypatch.setattr(figures, "image_rows",
+                        lambda r, *a, **k: rows.append(r) or real(r, *a, **k))
+    return rows
+
+
+def test_learned_class_prototype_writes_one_labelled_image_per_class(tmp_path, capsys,
+                                                                     drawn_rows):
+    import numpy as np
+
+    out = tmp_path / "proto.png"
+    assert main(["learned", "class_prototype", "-p", "steps=20", "--out", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    a = np.load(out.with_suffix(".npz"))
+    assert a["images"].shape == (10, 1, 8, 8) and a["classes"].tolist() == list(range(10))
+    assert a["images"].min() >= 0 and a["images"].max() <= 1  # inside the model's bounds
+    own = int((a["predicted"] == a["classes"]).sum())
+    assert f"classified as their class: {own} of 10" in text
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(out.with_suffix(".json").read_text())["params"]["steps"] == 20
+    ((label, images, titles),) = drawn_rows[0]
+    assert label == "prototype" and len(images) == len(titles) == 10
+    assert all(re.fullmatch(r"\d -> \d \(\d+%\)", t) for t in titles), titles
+    assert [t.split(" -> ")[0] for t in titles] == [str(c) for c in range(10)]
+    assert [int(t.split(" -> ")[1][0]) for t in titles] == a["predicted"].tolist()
+
+
+def test_learned_counterfactual_moves_each_sample_to_its_second_class(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from scrutiny.models import pretrained
+
+    out = tmp_path / "cf.npz"
+    assert main(["learned", "counterfactual", "--n", "3", "-p", "steps=20", "--out", str(out),
+                 "-q"]) == 0
+    a = np.load(out)
+    assert a["x"].shape == a["x_cf"].shape == (3, 1, 8, 8)
+    model = pretrained("digits-cnn", progress=False)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(a["x"]))
+        pred_cf = model(torch.from_numpy(a["x_cf"])).argmax(1).numpy()
+    assert a["desired"].tolist() == logits.topk(2, dim=1).indices[:, 1].tolist()
+    ok = a["success"]
+    # 3 of 3 found on the shipped weights and SCRUTINY_RETRAIN_SEED=1..4, each closer than the
+    # nearest training example of its class: largest ratio 0.24, 0.38, 0.24, 0.32, 0.27
+    assert ok.all() and (pred_cf == a["desired"]).all() and (a["pred_cf"] == pred_cf).all()
+    assert (a["distance"] < a["nearest_distance"]).all()
+    assert "counterfactuals found: 3 of 3" in capsys.readouterr().out
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_learned_influence_lists_the_top_training_points_of_each_test_input(tmp_path, capsys):
+    import numpy as np
+
+    from scrutiny.data import load_digits
+
+    out = tmp_path / "inf.png"
+    assert main(["learned", "influence", "--n", "2", "-p", "top_k=5", "--out", str(out),
+                 "-q"]) == 0
+    text = capsys.readouterr().out
+    a = np.load(out.with_suffix(".npz"))
+    n_train = len(load_digits(split="train"))
+    assert a["up_loss"].shape == (2, n_train) and a["helpful"].shape == a["harmful"].shape == (2, 5)
+    assert (a["helpful"][:, 0] == a["up_loss"].argmin(1)).all()  # most negative: most helpful
+    assert (a["harmful"][:, 0] == a["up_loss"].argmax(1)).all()
+    assert f"{n_train} training points" in text and "most helpful" in text
+    assert json.loads(out.with_suffix(".json").read_text())["layers"] == ["classifier"]
+
+
+def test_learned_surrogate_tree_prints_its_fidelity_and_the_tree(tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "tree.json"
+    assert main(["learned", "surrogate_tree", "-p", "max_depth=2", "--out", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert re.search(rf"fidelity \(held out\)\W+{100 * record['fidelity']:.1f}%", text)
+    assert "|--- x[0," in text and record["text"].count("class:") == 4  # depth 2: 4 leaves
+    a = np.load(out.with_suffix(".npz"))
+    assert len(a["train_index"]) + len(a["test_index"]) == len(a["predictions"])
+    assert not out.with_suffix(".png").exists()
+
+
+def test_learned_beta_vae_on_factor_data_prints_the_mig(tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "vae.png"
+    assert main(["learned", "beta_vae", "--data", "factors", "-p", "epochs=1", "-p",
+                 "hidden=16", "-p", "latent_dim=3", "--out", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    a = np.load(out.with_suffix(".npz"))
+    assert a["traversals"].shape == (3, 7, 1, 16, 16) and a["kl"].shape == (3,)
+    assert f"MIG {float(a['mig']):.3f}" in text and "z2" in text
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_learned_shows_a_bar_that_quiet_silences(tmp_path, monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    from scrutiny import progress
+
+    buf = io.StringIO()
+    monkeypatch.setattr(progress, "_console",
+                        lambda: Console(file=buf, force_terminal=True, width=200))
+    args = ["learned", "dataset_examples", "--unit", "3", "--out", str(tmp_path / "d.png")]
+    assert main(args) == 0
+    assert "learned" in buf.getvalue() and "dataset_examples on digits" in buf.getvalue()
+    buf.truncate(0)
+    buf.seek(0)
+    assert main([*args, "-q"]) == 0
+    assert buf.getvalue() == ""
+    assert re.search(r"unit\W+\d", capsys.readouterr().out)  # the table, without the bar
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["learned", "nope"], "unknown method 'learned:nope'; registered: learned:"),
+    (["learned", "attack:pgd"], "not of kind learned"),
+    (["learned", "dataset_examples", "--unit", "99"],
+     "--unit 99 is out of range: layer 'features.5' has 64 channels"),
+    (["learned", "class_prototype", "--data", "breast_cancer"], "works on images"),
+    (["learned", "surrogate_tree", "--unit", "2"], "--unit is not read by surrogate_tree"),
+    (["learned", "counterfactual", "--desired", "10"], "--desired 10 is out of range"),
+])
+def test_learned_bad_input_is_one_line(argv, msg, capsys):
+    assert main(argv + ["-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and msg in err and len(err.splitlines()) == 1

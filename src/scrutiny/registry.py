@@ -19,7 +19,7 @@ from typing import Any
 
 from scrutiny.errors import InputError
 
-KINDS: tuple[str, ...] = ("attack", "explainer", "metric", "defense", "certifier")
+KINDS: tuple[str, ...] = ("attack", "explainer", "metric", "defense", "certifier", "learned")
 _BUILTIN_PACKAGES = ("scrutiny.attacks", "scrutiny.explain", "scrutiny.metrics", "scrutiny.defenses",
                      "scrutiny.certify")
 
@@ -53,7 +53,7 @@ def register(kind: str, name: str, *, paper: str, test_params: dict[str, Any] | 
 
     Parameters
     ----------
-    kind : {"attack", "explainer", "metric", "defense", "certifier"}
+    kind : {"attack", "explainer", "metric", "defense", "certifier", "learned"}
     name : str
         Short name, unique within the kind (``"pgd"``).
     paper : str

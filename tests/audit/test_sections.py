@@ -11,7 +11,7 @@ from importlib import resources
 import pytest
 
 from scrutiny.audit import SECTIONS
-from scrutiny.audit.sections import resolve, run_order
+from scrutiny.audit.sections import GROUPS, resolve, run_order
 from scrutiny.cli import main
 from scrutiny.errors import InputError
 
@@ -22,7 +22,7 @@ def test_every_section_has_a_template_piece_and_runs_after_what_it_reads():
     assert sorted(order) == sorted(SECTIONS)
     for name, cls in SECTIONS.items():
         assert (templates / f"{name}.html").is_file(), name
-        assert cls.group in ("top", "fooled", "trusted", "why")
+        assert cls.group in GROUPS
         for dep in (*cls.needs, *cls.uses):
             assert order.index(dep) < order.index(name), (dep, name)
 
@@ -88,7 +88,8 @@ def test_output_path_is_checked_before_any_work(tmp_path, capsys):
 
 
 _ARGS = ["audit", "--n", "24", "--eps", "0,0.1", "--attacks", "fgsm,pgd", "-p", "pgd.steps=5",
-         "--defenses", "bit_depth", "--certifier", "ibp", "--explainers", "saliency", "-q"]
+         "--defenses", "bit_depth", "--certifier", "ibp", "--explainers", "saliency",
+         "--explore-samples", "2", "--skip", "learned", "-q"]
 
 
 def test_a_killed_audit_resumes_with_the_same_numbers(tmp_path):

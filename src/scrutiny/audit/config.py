@@ -147,7 +147,9 @@ class AuditConfig:
             raise InputError(f"explore_samples must be >= 1, got {self.explore_samples}")
         known = (set(self.attacks) | set(self.explainers) | set(self.metrics) | set(self.defenses)
                  | set(self.query_attacks)
-                 | {self.headline_attack, self.black_box, self.certifier})
+                 | {self.headline_attack, self.black_box, self.certifier}
+                 # the "learned" section runs every method of that kind
+                 | {spec.split(":", 1)[1] for spec in registry.list_methods("learned")})
         for k in self.params:
             if k not in known:
                 raise InputError(f"params for {k!r}, which the audit does not run; it runs: "

@@ -149,3 +149,33 @@ def feature_bars(values: dict[str, torch.Tensor], feature_names: tuple[str, ...]
         data[name] = {feature_names[k]: float(imp[k]) for k in order}
     fig.suptitle(title, fontsize=9)
     return _png(fig), data
+
+
+def image_rows(rows: list[tuple[str, torch.Tensor, list[str]]], title: str, *,
+               signed: set[int] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """Rows of images, each ``(label, images (k, C, H, W), titles)``: the label on the
+    left, a title over each image. Rows whose index is in ``signed`` are drawn as maps
+    (symmetric scale, colour bar: a difference), the others as images in the bounds."""
+    signed = signed or set()
+    cols = max((len(imgs) for _, imgs, _ in rows), default=1)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.25 * cols + 0.6, 1.45 * len(rows) + 0.4),
+                             squeeze=False, layout="constrained")
+    data: dict[str, Any] = {}
+    for r, (label, imgs, titles) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(imgs):
+                ax.axis("off")
+                continue
+            if r in signed:
+                draw_map(ax, imgs[c].sum(0) if imgs[c].dim() == 3 else imgs[c],
+                         colorbar=c == len(imgs) - 1)
+            else:
+                ax.imshow(image_array(imgs[c]), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(titles[c] if c < len(titles) else "", fontsize=7)
+        axes[r, 0].set_ylabel(label, fontsize=7)
+        data[label] = titles
+    fig.suptitle(title, fontsize=9)
+    return _png(fig), data

@@ -100,7 +100,7 @@ def render_html(result: AuditResult, provenance: dict[str, Any] | None = None) -
     ``provenance`` is the run's :func:`record` (default: without a command line).
     """
     from scrutiny import __version__
-    from scrutiny.audit.sections import SECTIONS
+    from scrutiny.audit.sections import GROUPS, SECTIONS
 
     by_name = {f.name: f for f in result.figures}
 
@@ -128,7 +128,7 @@ def render_html(result: AuditResult, provenance: dict[str, Any] | None = None) -
         return Markup('<script type="application/json" id="data-{}">{}</script>').format(
             name, Markup(script_json(strict_json(f.data))))
 
-    groups: dict[str, list] = {"top": [], "fooled": [], "trusted": [], "why": []}
+    groups: dict[str, list] = {g: [] for g in GROUPS}
     for name in sorted(result.sections, key=lambda n: SECTIONS[n].display):
         groups[SECTIONS[name].group].append(result.sections[name])
     titles = {name: SECTIONS[name].nav or SECTIONS[name].title or name for name in result.sections}
@@ -137,7 +137,8 @@ def render_html(result: AuditResult, provenance: dict[str, Any] | None = None) -
         or any(SECTIONS[n].interactive for n in result.sections)
     return _ENV.get_template("report.html").render(
         r=result, groups=groups, figure=figure, figure_data=figure_data, eps=eps,
-        titles=titles, plotly_js=Markup(plotly_js()) if interactive else "", version=__version__,
+        titles=titles, headings={g: h for g, h in GROUPS.items() if g != "top"},
+        plotly_js=Markup(plotly_js()) if interactive else "", version=__version__,
         p=provenance or record(result), config=asdict(result.config),
         created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         machine=f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}")

@@ -204,6 +204,7 @@ def _provenance(ctx: AuditContext, done: dict[str, SectionResult]
     count the data cut short."""
     from scrutiny.audit.sections.headline import headline_attack
     from scrutiny.audit.sections.queries import query_attack
+    from scrutiny.audit.sections.verdict import fewer_samples, sample_counts
 
     cfg = ctx.config
     state = ctx.model.state_dict()
@@ -227,19 +228,11 @@ def _provenance(ctx: AuditContext, done: dict[str, SectionResult]
     if "checks" in done and cfg.black_box and f"attack:{cfg.black_box}" in registry.list_methods():
         used.append(("black-box check", f"attack:{cfg.black_box}",
                      registry.create(f"attack:{cfg.black_box}", **cfg.params.get(cfg.black_box, {}))))
-    if "explanations" in done:
+    if "explanations" in done or "explorer" in done:
         used += [("explainer", f"explainer:{e}", m) for e, m in ctx.explainers().items()]
     if "trust" in done:
         used += [("metric", f"metric:{m}", ctx.create("metric", m)) for m in cfg.metrics]
-    n = len(ctx.x)
-    samples = {"n_samples": {"requested": cfg.n_samples, "used": n}}
-    if "certification" in done:
-        samples["cert_samples"] = {"requested": cfg.cert_samples, "used": min(cfg.cert_samples, n)}
-    if "trust" in done:
-        samples["trust_samples"] = {"requested": cfg.trust_samples,
-                                    "used": min(cfg.trust_samples, n)}
-    notes = [f"{k} = {v['requested']} was requested; the data has {len(ctx.data)} test samples, "
-             f"so {v['used']} were used" for k, v in samples.items() if v["used"] < v["requested"]]
+    samples, notes = sample_counts(ctx, done), fewer_samples(ctx, done)
     return {"model_sha256": _digest(*(state[k] for k in sorted(state))),
             "data_sha256": _digest(ctx.x, ctx.y), "device": str(ctx.model.device),
             "samples": samples,

@@ -14,6 +14,7 @@ from .dataset import (
     split_indices,
 )
 from .embedded import SYNTHETIC_SHAPES, load_breast_cancer, load_digits, make_synthetic
+from .factors import FACTOR_SHAPES, FactorDataset, make_factors
 from .files import (
     CIFAR10_CLASSES,
     EMBEDDED,
@@ -29,11 +30,13 @@ from .files import (
 __all__ = [
     "CIFAR10_CLASSES",
     "EMBEDDED",
+    "FACTOR_SHAPES",
     "IMAGE_EXTENSIONS",
     "SPLITS",
     "SYNTHETIC_SHAPES",
     "ArrayDataset",
     "DatasetNotFoundError",
+    "FactorDataset",
     "check_split",
     "load",
     "load_breast_cancer",
@@ -42,6 +45,7 @@ __all__ = [
     "load_image_folder",
     "load_mnist",
     "load_npz",
+    "make_factors",
     "make_synthetic",
     "read_idx",
     "select_split",

@@ -48,3 +48,11 @@ __all__ += ["ExtremalPerturbation", "MCDropout", "extremal_perturbation", "mc_dr
 from scrutiny.explain.lrp import LRP  # noqa: E402  (twin: scrutiny.explain.lrp.lrp)
 
 __all__ += ["LRP"]
+
+# what has the model learned? (registry kind "learned"; base: scrutiny.explain.learned)
+from scrutiny.explain import (  # noqa: E402,F401  (each subpackage registers its methods)
+    counterfactual,
+    disentangle,
+    features,
+    influence,
+)

@@ -523,6 +523,51 @@ EXPLAINER: tuple[Check, ...] = (check_shapes, check_batched_equals_single, check
                                 check_randomization_changes_map)
 
 
+# ------------------------------------------------ what has the model learned
+def _learned_call(spec: str, model: TorchModel, data: ArrayDataset, seed: int = 0):
+    method = _make(spec)
+    return type(method).common_call(method, model, data, seed=seed)
+
+
+def check_learned_leaves_inputs_and_model(spec: str) -> None:
+    """The data is not modified; the model's mode, ``requires_grad`` and hooks are as before
+    and no weight gradient is left behind (also when the model's forward raises)."""
+    data = _tiny_dataset()
+    x0, y0 = data.x.clone(), data.y.clone()
+    model = tiny_cnn(0)
+    model.train()
+    model.module[2].requires_grad_(False)
+    modes = [m.training for m in model.modules()]
+    grads = [p.requires_grad for p in model.parameters()]
+    hooks = [len(m._forward_hooks) for m in model.modules()]
+    _learned_call(spec, model, data)
+    assert torch.equal(data.x, x0) and torch.equal(data.y, y0)
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == grads
+    assert [len(m._forward_hooks) for m in model.modules()] == hooks
+    assert all(p.grad is None for p in model.parameters()), "weight gradients left behind"
+    if registry.get(spec).cls.needs_model:  # a forward that raises mid-way (if it runs twice)
+        failing = TorchModel(Failing(tiny_cnn(0).module, fail_at=2))
+        failing.train()
+        try:
+            _learned_call(spec, failing, data)
+        except RuntimeError as e:
+            assert "on purpose" in str(e)
+        assert all(m.training for m in failing.modules())
+        assert all(len(m._forward_hooks) == 0 for m in failing.modules())
+        assert all(p.requires_grad and p.grad is None for p in failing.parameters())
+
+
+def check_learned_same_seed_same_result(spec: str) -> None:
+    from scrutiny.explain.learned import LearnedResult, same_result
+
+    data = _tiny_dataset()
+    a = _learned_call(spec, tiny_cnn(0), data, seed=3)
+    b = _learned_call(spec, tiny_cnn(0), data, seed=3)
+    assert isinstance(a, LearnedResult)
+    assert same_result(a, b)
+
+
 PARAMS: tuple[Check, ...] = (check_params_roundtrip, check_unknown_param_rejected)
 #: Checks per kind; metrics, defenses and certifiers get the constructor contract, the empty
 #: batch (metrics the refusal of non-finite outputs; certifiers the shared API and soundness
@@ -531,7 +576,8 @@ KIND_CHECKS: dict[str, tuple[Check, ...]] = {
     "attack": COMMON + ATTACK, "explainer": COMMON + EXPLAINER,
     "metric": PARAMS + (check_rejects_nonfinite_outputs, check_empty_batch),
     "certifier": PARAMS + (check_empty_batch, check_certifier_api, check_certified_is_sound),
-    "defense": PARAMS + (check_empty_batch,)}
+    "defense": PARAMS + (check_empty_batch,),
+    "learned": PARAMS + (check_learned_leaves_inputs_and_model, check_learned_same_seed_same_result)}
 
 
 def checks_for(spec: str) -> tuple[Check, ...]:

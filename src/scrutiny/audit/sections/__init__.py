@@ -16,11 +16,12 @@ from scrutiny.audit.sections import (  # noqa: F401  (each module registers its 
     explanations,
     explorer,
     headline,
+    learned,
     queries,
     robustness,
     trust,
     verdict,
 )
-from scrutiny.audit.sections.base import SECTIONS, Section, register, resolve, run_order
+from scrutiny.audit.sections.base import GROUPS, SECTIONS, Section, register, resolve, run_order
 
-__all__ = ["SECTIONS", "Section", "register", "resolve", "run_order"]
+__all__ = ["GROUPS", "SECTIONS", "Section", "register", "resolve", "run_order"]

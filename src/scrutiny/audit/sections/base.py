@@ -8,6 +8,17 @@ from scrutiny.audit.context import AuditContext, SectionResult
 from scrutiny.audit.store import PartialStore
 from scrutiny.errors import InputError
 
+#: The report's groups of sections, in order: the name a section's :attr:`Section.group`
+#: takes, its heading in the report and its short name in the navigation bar ("top" is
+#: shown first, without a heading).
+GROUPS: dict[str, tuple[str, str]] = {
+    "top": ("", ""),
+    "fooled": ("How easily is it fooled?", "Fooled?"),
+    "trusted": ("Can the robustness number be trusted?", "Trusted?"),
+    "why": ("Why this prediction?", "Why?"),
+    "learned": ("What has the model learned?", "Learned?"),
+}
+
 #: Registered sections by name (:func:`run_order` gives the order they run in).
 SECTIONS: dict[str, type[Section]] = {}
 
@@ -60,6 +71,8 @@ def register(cls: type[Section]) -> type[Section]:
     """Add a section to :data:`SECTIONS`."""
     if not cls.name or cls.name in SECTIONS:
         raise InputError(f"a section needs a new name; got {cls.name!r}")
+    if cls.group not in GROUPS:
+        raise InputError(f"section {cls.name!r}: group {cls.group!r} is not one of {list(GROUPS)}")
     SECTIONS[cls.name] = cls
     return cls
 

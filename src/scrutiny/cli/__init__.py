@@ -1,5 +1,5 @@
-"""The ``scrutiny`` command line: audit, compare, serve, attack, explain, trust, certify, reprogram,
-train, list.
+"""The ``scrutiny`` command line: audit, compare, serve, attack, explain, learned, trust, certify,
+reprogram, train, list.
 
 Errors on bad input print one line (``error: ...``) and exit with status 2.
 """
@@ -24,6 +24,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from scrutiny import progress, registry
+from scrutiny.cli.learned import (
+    LEARNED_IMAGE_ONLY,
+    LEARNED_OPTIONS,
+    RUNS,
+    LearnedJob,
+    as_numpy,
+    run_generic,
+)
 from scrutiny.errors import InputError, ScrutinyError
 from scrutiny.params import docstring_params
 
@@ -261,7 +269,7 @@ def _print_method(info: registry.MethodInfo) -> None:
 @app.command("list")
 def list_cmd(name: Annotated[str | None, typer.Argument(
                  metavar="KIND|METHOD",
-                 help="A kind (attack, explainer, metric, defense, certifier) to list its "
+                 help="A kind (attack, explainer, metric, defense, certifier, learned) to list its "
                  "methods, or a method (pgd, attack:pgd) to show its parameters.")] = None,
              markdown: Annotated[bool, typer.Option(help="Print markdown.")] = False) -> None:
     """List the registered methods and their papers, or show one method's parameters."""
@@ -636,6 +644,111 @@ def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")]
         msg += f", max |completeness error| {float(e.delta.abs().max()):.2e}"
     out.print(msg)
     out.print(f"saved {png_path} and {npz_path}")
+
+
+@app.command()
+@_quiet_option
+def learned(method: Annotated[str, typer.Argument(
+                help="Registered method of kind learned ('scrutiny list learned').")],
+            model: ModelOpt = None, weights: WeightsOpt = None,
+            data: Annotated[str | None, typer.Option(
+                "--data", help="As for the other commands; beta_vae also takes 'factors' (the "
+                "synthetic shapes with known generative factors: MIG).")] = None,
+            mean: MeanOpt = None, std: StdOpt = None,
+            layer: Annotated[str | None, typer.Option(
+                help="activation_maximization, multifaceted, dataset_examples: the layer of "
+                "the unit. Default: the last convolution.")] = None,
+            unit: Annotated[int | None, typer.Option(
+                help="The channel of --layer. Default: its most active on the data.")] = None,
+            cls: Annotated[int | None, typer.Option(
+                "--class", help="activation_maximization: maximise this class's logit "
+                "instead of a unit.")] = None,
+            n: Annotated[int | None, typer.Option(
+                "--n", help="Test samples: counterfactual (default 8), influence (4), "
+                "influence_poisoning's targets (1).")] = None,
+            desired: Annotated[int | None, typer.Option(
+                help="counterfactual: the class wanted. Default: each sample's second most "
+                "likely class.")] = None,
+            param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+            save: Annotated[Path, typer.Option(
+                "--out", help="f.png, f.npz or f.json: the labelled figure goes to f.png, the "
+                "arrays to f.npz, the settings and numbers to f.json.")] = Path("learned.png"),
+            quiet: QuietOpt = False) -> None:
+    """What has the model learned? Run a method of kind learned (class prototypes, feature
+    visualisation, influence, counterfactuals, surrogates, beta-VAE); save a labelled figure
+    and the arrays.
+
+    The data is --data's test split; influence, counterfactual and the surrogates read its
+    training split too, beta_vae trains on the training split (or on 'factors').
+    """
+    import json
+
+    from scrutiny.data import load, make_factors
+    from scrutiny.models import RECIPES
+
+    info = registry.get(method, "learned")
+    if info.kind != "learned":
+        raise InputError(f"{info.spec} is not of kind learned; registered: "
+                         f"{', '.join(registry.list_methods('learned'))}")
+    name = info.name
+    meth = registry.create(info.spec, **parse_params(param))
+    given = {"--layer": layer, "--unit": unit, "--class": cls, "--n": n, "--desired": desired}
+    for opt, value in given.items():
+        if value is not None and name not in LEARNED_OPTIONS[opt]:
+            raise InputError(f"{opt} is not read by {name}; it is for "
+                             f"{', '.join(LEARNED_OPTIONS[opt])}")
+    if n is not None and n < 1:
+        raise InputError(f"--n must be >= 1, got {n}")
+    if save.suffix.lower() not in (".png", ".npz", ".json"):
+        raise InputError(f"--out must end in .png, .npz or .json (all are written), got {save}")
+    factors = None
+    if info.cls.needs_model:
+        if data == "factors":
+            raise InputError(f"--data factors is for beta_vae; {name} needs a classifier's data")
+        m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    else:  # learns from the data alone
+        if model is not None or weights is not None:
+            raise InputError(f"{name} learns from the data alone: drop --model/--weights")
+        m = None
+        if data == "factors":
+            factors = make_factors()
+            ds = factors.data
+        else:
+            ds = load(data or "digits", split="train")
+    if name in LEARNED_IMAGE_ONLY and not ds.is_image:
+        raise InputError(f"{name} works on images; {ds.name} is a table (try counterfactual, "
+                         "influence or surrogate_tree)")
+    train_spec = data or (RECIPES[model].dataset if model in RECIPES else "digits")
+    job = LearnedJob(meth, m, ds, seed, layer, unit, cls, n, desired, train_spec, factors)
+    t0 = time.perf_counter()
+    with progress.progress_bar(1, "learned", hand_over=True) as bar:
+        bar.step(f"{name} on {ds.name}")
+        res = RUNS.get(name, run_generic)(job)
+        bar.advance()
+    dt = time.perf_counter() - t0
+    if len(res.table.columns) == 2:
+        res.table.add_row("seconds", f"{dt:.2f}")
+    out.print(res.table)
+    if len(res.table.columns) != 2:
+        out.print(f"{dt:.2f} seconds")
+    if res.text:
+        out.print(escape(res.text))
+    paths = {ext: save.with_suffix(ext) for ext in (".png", ".npz", ".json")}
+    paths[".npz"].parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    if res.figure is not None:
+        paths[".png"].write_bytes(res.figure)
+        written.append(paths[".png"])
+    np.savez_compressed(paths[".npz"], **{k: as_numpy(v) for k, v in res.arrays.items()})
+    written.append(paths[".npz"])
+    record = {"method": info.spec, "params": meth.get_params(), "seed": seed,
+              "model": None if m is None else m.name, "data": ds.name, **(res.record or {})}
+    paths[".json"].write_text(json.dumps(record, indent=1, default=str) + "\n",
+                              encoding="utf-8")
+    written.append(paths[".json"])
+    out.print(f"saved {', '.join(map(str, written))}")
+    if res.figure is None:
+        out.print("no figure for this method and data: the numbers are in the .npz and .json")
 
 
 @app.command()
