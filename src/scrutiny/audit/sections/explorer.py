@@ -129,10 +129,8 @@ class Explorer(Section):
 
         maps: dict[str, dict[str, torch.Tensor]] = {}
         notes: list[str] = []
-        stepped = hasattr(bar, "step")  # the progress API: step(text) then advance(), or
-        for name, explainer in ctx.explainers().items():  # advance(text) alone
-            if stepped:
-                bar.step(f"explorer: {name}")
+        for name, explainer in ctx.explainers().items():
+            bar.step(f"explorer: {name}")
             data_kw = {"background": ctx.background} if "background" in explainer.call_data else {}
             try:
                 maps[name] = {
@@ -141,10 +139,7 @@ class Explorer(Section):
                     for kind, inputs in (("clean", x), ("adversarial", x_adv))}
             except InputError as e:  # e.g. Grad-CAM on a model without convolutions
                 notes.append(f"{name} was left out of the explorer: {e}")
-            if stepped:
-                bar.advance()
-            else:
-                bar.advance(f"explorer: {name}")
+            bar.advance()
 
         cert = done.get("certification")
         certified = cert.tensors.get("certified") if cert is not None else None
