@@ -179,3 +179,17 @@ def image_rows(rows: list[tuple[str, torch.Tensor, list[str]]], title: str, *,
         data[label] = titles
     fig.suptitle(title, fontsize=9)
     return _png(fig), data
+
+
+def influence_rows(x: torch.Tensor, titles: list[str], train_x: torch.Tensor,
+                   train_y: torch.Tensor, helpful: torch.Tensor, harmful: torch.Tensor,
+                   classes: tuple[str, ...], k: int) -> list[tuple[str, torch.Tensor, list[str]]]:
+    """Rows for :func:`image_rows`: each test input (titled ``titles[i]``), then its ``k``
+    most helpful and ``k`` most harmful training images, titled with their labels."""
+    rows = []
+    for i in range(len(x)):
+        help_i, harm_i = helpful[i][:k], harmful[i][:k]
+        rows.append((f"test {i}", torch.cat([x[i:i + 1], train_x[help_i], train_x[harm_i]]),
+                     [titles[i]] + [f"helps: {classes[int(train_y[j])]}" for j in help_i]
+                     + [f"hurts: {classes[int(train_y[j])]}" for j in harm_i]))
+    return rows

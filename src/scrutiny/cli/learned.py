@@ -220,28 +220,19 @@ def _learned_dataset_examples(job: LearnedJob) -> LearnedOutput:
          "direction": r.direction}, table, fig, record={"layer": layer, "unit": unit})
 
 
-def _influence_method(job: LearnedJob) -> Any:
-    """The influence method, over the last linear layer unless ``-p layers=...`` says."""
-    from scrutiny.explain.influence import last_linear
-
-    meth = job.method
-    if meth.layers is None:
-        meth = type(meth)(**{**meth.get_params(), "layers": (last_linear(job.model),)})
-    return meth
-
-
 def _learned_influence(job: LearnedJob) -> LearnedOutput:
+    from scrutiny.audit import figures
+
     train, names = job.train(), job.names()
     n = job.n or 4
     x, y = job.data.x[:n], job.data.y[:n]
-    meth = _influence_method(job)
+    meth = job.method.on_last_layer(job.model)
     r = meth(job.model, train, x_test=x, y_test=y, seed=job.seed)
     pred, titles = _outcomes(job.model, x, y, names)
     k = min(4, r.helpful.shape[1])
     table = Table("test", "true -> predicted", "most helpful (label)", "most harmful (label)",
                   "helpful with its label",
                   title=f"{meth.name} on {job.model.name}: {len(train)} training points")
-    rows = []
     for i in range(len(x)):
         help_i, harm_i = r.helpful[i], r.harmful[i]
         same = int((train.y[help_i] == y[i]).sum())
@@ -249,11 +240,9 @@ def _learned_influence(job: LearnedJob) -> LearnedOutput:
                       " ".join(f"{int(j)}({names[int(train.y[j])]})" for j in help_i[:k]),
                       " ".join(f"{int(j)}({names[int(train.y[j])]})" for j in harm_i[:k]),
                       f"{same} of {len(help_i)}")
-        rows.append((f"test {i}", torch.cat([x[i:i + 1], train.x[help_i[:k]],
-                                             train.x[harm_i[:k]]]),
-                     [titles[i]] + [f"helps: {names[int(train.y[j])]}" for j in help_i[:k]]
-                     + [f"harms: {names[int(train.y[j])]}" for j in harm_i[:k]]))
-    fig = _image_rows(rows, "influence: each test input, its most helpful and most harmful "
+    fig = _image_rows(figures.influence_rows(x, titles, train.x, train.y, r.helpful, r.harmful,
+                                             names, k),
+                      "influence: each test input, its most helpful and most harmful "
                       "training points") if job.data.is_image else None
     return LearnedOutput(
         {"x_test": x, "y_test": y, "pred": pred, "up_loss": r.up_loss, "helpful": r.helpful,
@@ -265,7 +254,7 @@ def _learned_influence_poisoning(job: LearnedJob) -> LearnedOutput:
     train, names = job.train(), job.names()
     n = job.n or 1
     x, y = job.data.x[:n], job.data.y[:n]
-    meth = _influence_method(job)
+    meth = job.method.on_last_layer(job.model)
     r = meth(job.model, train, x_test=x, y_test=y, seed=job.seed)
     before, after = train.x[r.indices], r.poisoned.x[r.indices]
     table = Table("", "value", title=f"{meth.name} on {job.model.name}: {n} target(s), "

@@ -204,12 +204,8 @@ def influence_part(ctx: AuditContext, train: ArrayDataset, out: SectionResult
     Theta is the last linear layer's parameters (the paper's choice for networks) unless
     the audit's ``params`` name ``influence.layers``; the damping is the method's.
     """
-    from scrutiny.explain.influence import last_linear
-
-    params = dict(ctx.config.params.get("influence", {}))
-    if params.get("layers") is None:
-        params["layers"] = (last_linear(ctx.model),)
-    method = registry.create("learned:influence", **{**params, "top_k": TOP})
+    params = {**ctx.config.params.get("influence", {}), "top_k": TOP}
+    method = registry.create("learned:influence", **params).on_last_layer(ctx.model)
     wrong = (ctx.pred != ctx.y).nonzero()[:, 0].tolist()
     right = (ctx.pred == ctx.y).nonzero()[:, 0].tolist()
     k = ctx.config.n_examples
@@ -220,13 +216,9 @@ def influence_part(ctx: AuditContext, train: ArrayDataset, out: SectionResult
     names = ctx.class_names()
     n = len(train)
     if ctx.data.is_image:
-        rows = []
-        for j, i in enumerate(picked):
-            images = torch.cat([ctx.x[i:i + 1], train.x[r.helpful[j]], train.x[r.harmful[j]]])
-            titles = ([f"{names[int(ctx.y[i])]} -> {names[int(ctx.pred[i])]}"]
-                      + [f"helps: {names[int(train.y[t])]}" for t in r.helpful[j]]
-                      + [f"hurts: {names[int(train.y[t])]}" for t in r.harmful[j]])
-            rows.append((f"test #{i}", images, titles))
+        rows = figures.influence_rows(
+            ctx.x[idx], [f"#{i}: {names[int(ctx.y[i])]} -> {names[int(ctx.pred[i])]}"
+                         for i in picked], train.x, train.y, r.helpful, r.harmful, names, TOP)
         out.figures.append(Figure(
             "influence", "Training points behind predictions",
             f"Each row: an audited test sample (misclassified ones first; title: true -> "
@@ -249,7 +241,7 @@ def influence_part(ctx: AuditContext, train: ArrayDataset, out: SectionResult
         top = torch.argsort(r.self_influence, stable=True)[:2 * TOP]
     return {"test_samples": picked, "misclassified": [i in wrong for i in picked],
             "helpful": r.helpful.tolist(), "harmful": r.harmful.tolist(),
-            "suspicious": top.tolist(), "layers": list(params["layers"]), "n_train": n,
+            "suspicious": top.tolist(), "layers": list(method.layers), "n_train": n,
             "caption": "Influence: I_up,loss (Koh and Liang 2017) with theta the parameters of "
-                       f"{', '.join(params['layers'])}; removing a training point changes a test "
+                       f"{', '.join(method.layers)}; removing a training point changes a test "
                        f"loss by about -I/n (n = {n})."}

@@ -286,6 +286,21 @@ class InfluenceSolver(Learned):
     lissa_scale: float | None = param(None, positive=True)
     lissa_repeats: int = param(1, integer=True, positive=True)
 
+    def on_last_layer(self, model: nn.Module) -> InfluenceSolver:
+        """This method when it names its ``layers``; else a copy restricted to the model's last
+        linear layer (:func:`last_linear`: the paper's choice for networks, and what the exact
+        solver can take on a network of more than a few thousand parameters).
+
+        Examples
+        --------
+        >>> from scrutiny.models import pretrained
+        >>> Influence().on_last_layer(pretrained("digits-cnn", progress=False)).layers
+        ('classifier',)
+        """
+        if self.layers is not None:
+            return self
+        return type(self)(**{**self.get_params(), "layers": (last_linear(model),)})
+
     def _problem(self, model: TorchModel, data: ArrayDataset | None) -> _Problem:
         if data is None or len(data) == 0:
             raise InputError(f"{type(self).__name__} needs the training data (a non-empty "
