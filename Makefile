@@ -22,15 +22,21 @@ $(STAMP): $(BIN)/python pyproject.toml $(LOCK)
 demo: $(STAMP)
 	$(BIN)/scrutiny audit --robust-model digits-cnn-pgd --out audit-report
 
-# file order, one torch thread
-test: $(STAMP)
-	$(BIN)/python -m pytest -p no:randomly
+# Both runs share the tests out to $(WORKERS) processes (pytest-xdist), a test file per process
+# at a time so that module fixtures are built once; WORKERS=0 runs them in this process.
+WORKERS ?= 2
 
-# random order (pytest-randomly), two torch threads; the seed is printed first: rerun an
-# order with `make test-random SEED=N`
+# file order, one torch thread per process
+test: $(STAMP)
+	$(BIN)/python -m pytest -p no:randomly -n $(WORKERS) --dist loadfile
+
+# random order (pytest-randomly), one torch thread in the first process and two in the other
+# (so that a test file meets either, whichever process draws it); the seed is printed first:
+# rerun an order with `make test-random SEED=N`
 test-random: $(STAMP)
 	@seed=$${SEED:-$$(date +%s)}; echo "random order: --randomly-seed=$$seed"; \
-	    SCRUTINY_TEST_THREADS=2 $(BIN)/python -m pytest --randomly-seed=$$seed
+	    SCRUTINY_TEST_THREADS=mixed $(BIN)/python -m pytest --randomly-seed=$$seed \
+	    -n $(WORKERS) --dist loadfile
 
 # the newest releases pyproject.toml's ranges allow (torch stays $(TORCH)), in a venv of its own
 test-latest:

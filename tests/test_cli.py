@@ -58,8 +58,8 @@ def test_audit_writes_report(tmp_path, capsys):
     assert main(["audit", "--n", "48", "--eps", "0,0.1", "--attacks", "fgsm,pgd", "-p",
                  "pgd.steps=5", "--defenses", "bit_depth,feature_squeezing", "--certifier", "ibp",
                  "--explore-samples", "4", "-p", "class_prototype.steps=20",
-                 "-p", "counterfactual.lambda_steps=3", "--out",
-                 str(tmp_path), "-q"]) == 0
+                 "-p", "counterfactual.lambda_steps=3", "-p", "neural_cleanse.epochs=2",
+                 "-p", "idlg.iterations=2", "--out", str(tmp_path), "-q"]) == 0
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "Robust accuracy" in html
     figs = json.loads((tmp_path / "figures.json").read_text())
@@ -72,6 +72,9 @@ def test_audit_writes_report(tmp_path, capsys):
     assert "Attacks against defenses" in html and "What can be proven" in html
     assert "What has the model learned?" in html and "Sample explorer" in html
     assert {"prototypes", "influence", "counterfactuals", "explorer"} <= set(figs)
+    assert "Was it tampered with" in html and {"reversed_triggers", "gradient_leakage"} <= set(figs)
+    assert isinstance(result["backdoor"]["flagged"], list) and len(result["backdoor"]["norms"]) == 10
+    assert -1 <= result["privacy"]["membership_inference"]["advantage"] <= 1
     sq = result["queries"]["square"]
     assert 0 < sq["success_rate"] <= 1 and sq["curve"][-1][1] == sq["success_rate"]
     rows = result["certification"]["rows"]

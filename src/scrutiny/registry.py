@@ -19,7 +19,8 @@ from typing import Any
 
 from scrutiny.errors import InputError
 
-KINDS: tuple[str, ...] = ("attack", "explainer", "metric", "defense", "certifier", "learned")
+KINDS: tuple[str, ...] = ("attack", "explainer", "metric", "defense", "certifier", "learned",
+                          "poisoning", "privacy", "backdoor_scan")
 _BUILTIN_PACKAGES = ("scrutiny.attacks", "scrutiny.explain", "scrutiny.metrics", "scrutiny.defenses",
                      "scrutiny.certify")
 

@@ -89,7 +89,7 @@ def test_output_path_is_checked_before_any_work(tmp_path, capsys):
 
 _ARGS = ["audit", "--n", "24", "--eps", "0,0.1", "--attacks", "fgsm,pgd", "-p", "pgd.steps=5",
          "--defenses", "bit_depth", "--certifier", "ibp", "--explainers", "saliency",
-         "--explore-samples", "2", "--skip", "learned", "-q"]
+         "--explore-samples", "2", "--skip", "learned,backdoor,privacy", "-q"]
 
 
 def test_a_killed_audit_resumes_with_the_same_numbers(tmp_path):

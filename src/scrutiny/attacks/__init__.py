@@ -1,6 +1,6 @@
 """Evasion attacks. Every class here is registered under ``attack:<name>``."""
 
-from scrutiny.attacks import blackbox, physical  # noqa: F401  (registers their attacks)
+from scrutiny.attacks import blackbox, physical, poisoning, privacy  # noqa: F401  (registers them)
 from scrutiny.attacks.base import Attack
 from scrutiny.attacks.ensemble import WorstCase
 from scrutiny.attacks.whitebox import (

@@ -149,7 +149,9 @@ class AuditConfig:
                  | set(self.query_attacks)
                  | {self.headline_attack, self.black_box, self.certifier}
                  # the "learned" section runs every method of that kind
-                 | {spec.split(":", 1)[1] for spec in registry.list_methods("learned")})
+                 | {spec.split(":", 1)[1] for spec in registry.list_methods("learned")}
+                 # the "backdoor" and "privacy" sections
+                 | {"neural_cleanse", "membership_inference", "idlg"})
         for k in self.params:
             if k not in known:
                 raise InputError(f"params for {k!r}, which the audit does not run; it runs: "

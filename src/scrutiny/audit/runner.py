@@ -60,6 +60,8 @@ class AuditResult:
         d["figures"] = [f.name for f in self.figures]
         d["sections"] = {k: {"seconds": s.seconds, "resumed": s.resumed}
                          for k, s in self.sections.items()}
+        for k, s in self.sections.items():  # the sections without a field of their own
+            d.setdefault(k, s.data)
         return d
 
 
@@ -232,6 +234,16 @@ def _provenance(ctx: AuditContext, done: dict[str, SectionResult]
         used += [("explainer", f"explainer:{e}", m) for e, m in ctx.explainers().items()]
     if "trust" in done:
         used += [("metric", f"metric:{m}", ctx.create("metric", m)) for m in cfg.metrics]
+    if "backdoor" in done:
+        used.append(("backdoor scan", "backdoor_scan:neural_cleanse",
+                     ctx.create("backdoor_scan", "neural_cleanse")))
+    if "privacy" in done:
+        from scrutiny.audit.sections.privacy import IDLG
+
+        used += [("privacy attack", "privacy:membership_inference",
+                  ctx.create("privacy", "membership_inference")),
+                 ("privacy attack", "privacy:idlg",
+                  registry.create("privacy:idlg", **{**IDLG, **cfg.params.get("idlg", {})}))]
     samples, notes = sample_counts(ctx, done), fewer_samples(ctx, done)
     return {"model_sha256": _digest(*(state[k] for k in sorted(state))),
             "data_sha256": _digest(ctx.x, ctx.y), "device": str(ctx.model.device),

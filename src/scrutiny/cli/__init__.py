@@ -1,5 +1,5 @@
-"""The ``scrutiny`` command line: audit, compare, serve, attack, explain, learned, trust, certify,
-reprogram, train, list.
+"""The ``scrutiny`` command line: audit, compare, serve, attack, explain, learned, poison, scan,
+privacy, trust, certify, reprogram, train, list.
 
 Errors on bad input print one line (``error: ...``) and exit with status 2.
 """
@@ -41,8 +41,9 @@ out = Console()
 err = Console(stderr=True)
 
 ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="Zoo model (digits-cnn, digits-mlp, synthetic-cnn, breast-cancer-mlp) or "
-    "'module:factory' returning an nn.Module. Default: the zoo model of --data.")]
+    "--model", help="Zoo model (digits-cnn, digits-mlp, synthetic-cnn, breast-cancer-mlp), "
+    "'module:factory' returning an nn.Module, or a .safetensors file written by scrutiny "
+    "(scrutiny poison). Default: the zoo model of --data.")]
 WeightsOpt = Annotated[Path | None, typer.Option(
     "--weights", help="safetensors weights for a 'module:factory' model.")]
 DataOpt = Annotated[str | None, typer.Option(
@@ -106,7 +107,7 @@ def resolve(model: str | None, weights: Path | None, data: str | None, mean: str
             progress: bool = True):
     """Load the model and data the options name, and check they fit together."""
     from scrutiny.data import load
-    from scrutiny.models import RECIPES, TorchModel, load_factory, load_weights, pretrained
+    from scrutiny.models import RECIPES, TorchModel, load_built, load_factory, load_weights, pretrained
 
     by_data: dict[str, str] = {}
     for name, r in RECIPES.items():
@@ -122,6 +123,13 @@ def resolve(model: str | None, weights: Path | None, data: str | None, mean: str
             raise InputError("--weights is for 'module:factory' models, not zoo models")
         data = data or RECIPES[model].dataset
         m = pretrained(model, progress=progress)
+    elif model.endswith(".safetensors"):  # a network saved with its architecture (save_built)
+        if weights is not None:
+            raise InputError("--model FILE.safetensors holds its weights; drop --weights")
+        m = load_built(model)
+        if mean is not None or std is not None:
+            m = TorchModel(m.module, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                           num_classes=m.num_classes, name=m.name)
     elif ":" in model:
         net = load_factory(model)
         if weights is not None:
@@ -138,8 +146,9 @@ def resolve(model: str | None, weights: Path | None, data: str | None, mean: str
             m = TorchModel(net, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                            name=model)
     else:
-        raise InputError(f"--model must be a zoo model ({', '.join(RECIPES)}) or "
-                         f"'module:factory', got {model!r}")
+        raise InputError(f"--model must be a zoo model ({', '.join(RECIPES)}), "
+                         f"'module:factory' or a .safetensors file written by scrutiny, got "
+                         f"{model!r}")
     ds = load(data or "digits", split=split)
     m = m.to(_device(device))
     try:
@@ -381,8 +390,9 @@ def _run_record(run: dict[str, Any]) -> dict[str, Any]:
     for k in ("weights", "robust_weights"):
         if k in rec:
             rec[k] = str(Path(rec[k]).resolve())
-    if "data" in rec and Path(rec["data"]).exists():
-        rec["data"] = str(Path(rec["data"]).resolve())
+    for k in ("data", "model", "robust_model"):
+        if k in rec and Path(rec[k]).exists():
+            rec[k] = str(Path(rec[k]).resolve())
     return rec
 
 
@@ -686,10 +696,7 @@ def learned(method: Annotated[str, typer.Argument(
     from scrutiny.data import load, make_factors
     from scrutiny.models import RECIPES
 
-    info = registry.get(method, "learned")
-    if info.kind != "learned":
-        raise InputError(f"{info.spec} is not of kind learned; registered: "
-                         f"{', '.join(registry.list_methods('learned'))}")
+    info = _kind_method(method, "learned")
     name = info.name
     meth = registry.create(info.spec, **parse_params(param))
     given = {"--layer": layer, "--unit": unit, "--class": cls, "--n": n, "--desired": desired}
@@ -749,6 +756,229 @@ def learned(method: Annotated[str, typer.Argument(
     out.print(f"saved {', '.join(map(str, written))}")
     if res.figure is None:
         out.print("no figure for this method and data: the numbers are in the .npz and .json")
+
+
+def _kind_method(method: str, kind: str) -> registry.MethodInfo:
+    """The registered method ``method`` of ``kind`` (an unknown one: an error listing that
+    kind's)."""
+    info = registry.get(method, kind)
+    if info.kind != kind:  # "attack:pgd" given to a command of another kind
+        raise InputError(f"{info.spec} is not of kind {kind}; registered: "
+                         f"{', '.join(registry.list_methods(kind))}")
+    return info
+
+
+def _finish(job: Any, res: Any, folder: Path, record: dict[str, Any], title: str,
+            dt: float) -> list[Path]:
+    """Print a run's numbers, write its record and figure to ``folder``; the paths written."""
+    from scrutiny.cli.tampering import figure_of, numbers_table, write_record
+
+    numbers = res.to_dict()
+    table = numbers_table(numbers, title)
+    table.add_row("seconds", f"{dt:.2f}")
+    out.print(table)
+    written = [write_record(folder, {**record, "seconds": dt, "result": numbers})]
+    png = figure_of(job, res)
+    if png is not None:
+        (folder / "figure.png").write_bytes(png)
+        written.append(folder / "figure.png")
+    return written
+
+
+@app.command()
+@_quiet_option
+def poison(method: Annotated[str, typer.Argument(
+               help="Registered attack on training ('scrutiny list poisoning'): badnets, "
+               "backdoor_embedding, dba, feature_collision, svm_poisoning.")],
+           model: Annotated[str | None, typer.Option(
+               "--model", help="The victim: a zoo model name (its architecture, trained from "
+               "scratch on the poisoned data; feature_collision fine-tunes the trained zoo "
+               "model, dba starts federated training from it) or 'module:factory' (with "
+               "--weights: trained on from them). Default: the zoo model of --data.")] = None,
+           weights: WeightsOpt = None, data: DataOpt = None,
+           target: Annotated[int | None, typer.Option(
+               help="feature_collision: the test sample to misclassify (default 0).")] = None,
+           param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+           save: Annotated[Path, typer.Option(
+               "--out", help="Folder for victim.safetensors, poisoned.npz, result.json and "
+               "figure.png.")] = Path("poisoned"),
+           quiet: QuietOpt = False) -> None:
+    """Poison a training set and train a model on it: a backdoored or poisoned victim to
+    study, scan and audit.
+
+    The training split of --data is poisoned, the victim trained on it and measured on the
+    test split (clean accuracy, attack success). The victim's weights go to
+    OUT/victim.safetensors (load it with --model OUT/victim.safetensors in every command,
+    e.g. scrutiny audit), the poisoned set to OUT/poisoned.npz (--data OUT/poisoned.npz).
+    """
+    from scrutiny.base import seeded
+    from scrutiny.cli.tampering import CALLS, PRETRAINED_VICTIM, Job, check_out_folder
+    from scrutiny.data import load
+    from scrutiny.models import RECIPES, TorchModel, build, save_built, save_weights
+
+    info = _kind_method(method, "poisoning")
+    meth = registry.create(info.spec, **parse_params(param))
+    check_out_folder(save)
+    if target is not None and info.name != "feature_collision":
+        raise InputError(f"--target is for feature_collision; {info.name} does not read it")
+    train_ds = load(data or (RECIPES[model].dataset if model in RECIPES else "digits"),
+                    split="train")
+    arch = None
+    if not info.cls.needs_model:
+        if model is not None or weights is not None:
+            raise InputError(f"{info.name} poisons a model it fits itself: drop --model/--weights")
+        m, test_ds = None, load(data or "digits", split="test")
+    elif info.name in PRETRAINED_VICTIM or (model is not None and model not in RECIPES):
+        m, test_ds = resolve(model, weights, data, None, None, device, progress=not quiet)
+        if m.name in RECIPES:  # a trained zoo model, fine-tuned
+            arch = RECIPES[m.name].arch
+    else:  # a zoo architecture, untrained: the outsourced-training scenario
+        name = model or next((n for n, r in RECIPES.items()
+                              if r.dataset == (data or "digits")), None)
+        if name is None:
+            raise InputError(f"no zoo architecture for data {data!r}: give --model module:factory")
+        arch = RECIPES[name].arch
+        test_ds = load(data or RECIPES[name].dataset, split="test")
+        with seeded(seed):
+            m = build(arch, tuple(train_ds.input_shape), train_ds.num_classes)
+        m = m.to(_device(device))
+    if target is not None and not 0 <= target < len(test_ds):
+        raise InputError(f"--target {target} is not a test sample (0 to {len(test_ds) - 1})")
+    job = Job(meth, m, train_ds, test_ds, seed, {"target": target or 0})
+    t0 = time.perf_counter()
+    with progress.progress_bar(1, "poison", hand_over=True) as bar:
+        bar.step(f"{info.name} on {train_ds.name}")
+        res = CALLS[info.name](job) if info.name in CALLS else \
+            job.method(job.model, job.train, test=job.test, seed=job.seed)
+        bar.advance()
+    dt = time.perf_counter() - t0
+    record = {"method": info.spec, "params": meth.get_params(), "seed": seed,
+              "data": train_ds.name, "model": model}
+    written = _finish(job, res, save, record, f"{info.name} on {train_ds.name}", dt)
+    victim = getattr(res, "model", None)
+    if isinstance(victim, TorchModel):
+        victim = victim.module
+    if isinstance(victim, torch.nn.Module):
+        path = save / "victim.safetensors"
+        meta = {"method": info.spec, "seed": str(seed)}
+        if arch is not None:
+            save_built(victim, path, arch=arch, input_shape=tuple(train_ds.input_shape),
+                       num_classes=train_ds.num_classes, metadata=meta)
+            hint = f"scrutiny audit --model {path}"
+        else:
+            save_weights(victim, path, metadata=meta)
+            hint = f"scrutiny audit --model {model} --weights {path}"
+        written.append(path)
+    else:
+        hint = ""
+    pdata = getattr(res, "data", None)
+    if pdata is not None and hasattr(pdata, "x"):
+        npz = save / "poisoned.npz"
+        np.savez_compressed(npz, x=pdata.x.numpy(), y=pdata.y.numpy(),
+                            classes=np.array(pdata.classes), poisoned=res.poisoned.numpy())
+        written.append(npz)
+    out.print(f"saved {', '.join(map(str, written))}")
+    if hint:
+        out.print(f"audit the victim: {escape(hint)}")
+
+
+@app.command()
+@_quiet_option
+def scan(method: Annotated[str, typer.Argument(
+             help="Registered backdoor scan ('scrutiny list backdoor_scan'): neural_cleanse "
+             "(the model, on clean test data), activation_clustering or spectral_signatures "
+             "(the model's training set).")] = "neural_cleanse",
+         model: ModelOpt = None, weights: WeightsOpt = None,
+         data: Annotated[str | None, typer.Option(
+             "--data", help="As for the other commands. neural_cleanse reads its test split; the "
+             "training-set scans read its training split, or the whole of a poisoned.npz "
+             "written by scrutiny poison (whose poison points then score the scan).")] = None,
+         mean: MeanOpt = None, std: StdOpt = None,
+         param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+         save: Annotated[Path, typer.Option(
+             "--out", help="Folder for result.json and figure.png.")] = Path("scan"),
+         quiet: QuietOpt = False) -> None:
+    """Scan a model for a backdoor (Neural Cleanse) or its training set for poison points
+    (activation clustering, spectral signatures); print the flagged labels."""
+    from scrutiny.cli.tampering import CALLS, Job, check_out_folder
+
+    info = _kind_method(method, "backdoor_scan")
+    meth = registry.create(info.spec, **parse_params(param))
+    check_out_folder(save)
+    training_scan = info.name != "neural_cleanse"
+    m, ds = resolve(model, weights, data, mean, std, device, split="train" if training_scan
+                    else "test", progress=not quiet)
+    poisoned = None
+    if data is not None and data.endswith(".npz") and Path(data).is_file():
+        with np.load(data, allow_pickle=False) as f:
+            if "poisoned" in f.files:
+                poisoned = torch.as_tensor(f["poisoned"], dtype=torch.long)
+    job = Job(meth, m, ds, ds, seed, {"poisoned": poisoned})
+    t0 = time.perf_counter()
+    with progress.progress_bar(1, "scan", hand_over=True) as bar:
+        bar.step(f"{info.name} on {m.name}")
+        res = CALLS.get(info.name, lambda j: j.method(j.model, j.train, seed=j.seed))(job)
+        bar.advance()
+    dt = time.perf_counter() - t0
+    record = {"method": info.spec, "params": meth.get_params(), "seed": seed, "data": ds.name,
+              "model": m.name}
+    if poisoned is not None and len(res.suspicious):
+        from scrutiny.defenses.backdoor import precision_recall
+
+        p, r = precision_recall(res.suspicious, poisoned)
+        record.update(precision=p, recall=r, n_poisoned=len(poisoned))
+    written = _finish(job, res, save, record, f"{info.name} on {m.name}", dt)
+    if "precision" in record:
+        out.print(f"against the {record['n_poisoned']} poison points of {data}: precision "
+                  f"{record['precision']:.2f}, recall {record['recall']:.2f}")
+    names = ds.classes
+    flagged = ", ".join(f"{k} ({names[k]})" for k in res.flagged)
+    out.print(f"[bold red]flagged labels: {escape(flagged)}[/]" if res.flagged
+              else "no label flagged")
+    out.print(f"saved {', '.join(map(str, written))}")
+
+
+@app.command()
+@_quiet_option
+def privacy(method: Annotated[str, typer.Argument(
+                help="Registered privacy attack ('scrutiny list privacy'): dlg, idlg (gradient "
+                "leakage of training inputs), membership_inference.")],
+            model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
+            mean: MeanOpt = None, std: StdOpt = None,
+            index: Annotated[int, typer.Option(
+                help="dlg, idlg: the first training sample of the client's batch.")] = 0,
+            batch: Annotated[int, typer.Option(
+                "--batch", help="dlg, idlg: the client's batch size (samples index.. "
+                "index+batch-1 of the training split).")] = 1,
+            param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
+            save: Annotated[Path, typer.Option(
+                "--out", help="Folder for result.json and figure.png.")] = Path("privacy"),
+            quiet: QuietOpt = False) -> None:
+    """What a model gives away about its training data: rebuild training inputs from the
+    gradient a federated-learning client shares (dlg, idlg), or tell training members from
+    non-members by their loss (membership_inference: training split vs test split)."""
+    from scrutiny.cli.tampering import CALLS, Job, check_out_folder
+
+    info = _kind_method(method, "privacy")
+    meth = registry.create(info.spec, **parse_params(param))
+    check_out_folder(save)
+    m, test_ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    _, train_ds = resolve(model, weights, data, mean, std, device, split="train",
+                          progress=False)
+    if batch < 1 or not 0 <= index <= len(train_ds) - batch:
+        raise InputError(f"--index {index} --batch {batch} do not fit the {len(train_ds)} "
+                         "training samples")
+    job = Job(meth, m, train_ds, test_ds, seed, {"index": index, "batch": batch})
+    t0 = time.perf_counter()
+    with progress.progress_bar(1, "privacy", hand_over=True) as bar:
+        bar.step(f"{info.name} on {m.name}")
+        res = CALLS.get(info.name, lambda j: j.method(j.model, j.train, seed=j.seed))(job)
+        bar.advance()
+    dt = time.perf_counter() - t0
+    record = {"method": info.spec, "params": meth.get_params(), "seed": seed,
+              "data": train_ds.name, "model": m.name, **job.options}
+    written = _finish(job, res, save, record, f"{info.name} on {m.name}", dt)
+    out.print(f"saved {', '.join(map(str, written))}")
 
 
 @app.command()

@@ -6,6 +6,7 @@ Every class here is registered under ``defense:<name>``; a defense is
 :func:`adaptive` gives the model an adaptive attack (BPDA / EOT) should use.
 """
 
+from scrutiny.defenses import backdoor  # noqa: F401  (registers the backdoor scans)
 from scrutiny.defenses.adaptive import adaptive, eot_input_gradient, is_non_differentiable, is_randomized
 from scrutiny.defenses.base import (
     Defense,

@@ -6,21 +6,10 @@ optimised to excite a unit or a class (activation maximisation, class prototypes
 multifaceted visualisation), the training points behind a prediction (influence
 functions), the dataset examples of a direction, interpretable surrogates of the whole
 classifier, disentangled generative factors, and counterfactuals (the smallest change
-that moves a prediction). Their inputs and outputs differ; what they share is what this
-base owns:
-
-- hyperparameters in the constructor (declared with :func:`~scrutiny.params.param`),
-  data at call time, a dataclass result (a subclass of :class:`LearnedResult`);
-- the call (:meth:`Learned.__call__`) wraps the model (:func:`~scrutiny.models.wrapper.as_model`),
-  puts it in eval mode with frozen parameters for the duration (restored afterwards, also
-  on error), seeds torch's RNG from ``seed`` (the caller's RNG is left as it was), checks
-  that a given :class:`~scrutiny.data.ArrayDataset` holds finite values, never modifies the
-  caller's tensors, and hands the rest to :meth:`Learned._run`;
-- the common test suite calls every registered method through its
-  :meth:`Learned.common_call` on a tiny model and dataset, and checks the constructor
-  contract, that inputs are not modified, that the model's mode, ``requires_grad`` and hooks
-  are restored and no weight gradient is left behind, and that the same seed gives the same
-  result (:func:`same_result`).
+that moves a prediction). Their inputs and outputs differ; what they share (the call, the
+checks of the data, the restored model, the seed, the common checks) is
+:class:`~scrutiny.models.data_method.DataMethod`'s, which this base specialises to the kind
+``"learned"``.
 
 A method that needs no classifier (a beta-VAE trained on data) declares
 ``needs_model = False`` and is called with ``model=None``.
@@ -46,114 +35,28 @@ Examples
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
 
-import numpy as np
-import torch
-
-from scrutiny.base import Method, seeded
-from scrutiny.data import ArrayDataset
-from scrutiny.errors import InputError
-from scrutiny.models.wrapper import TorchModel, as_model
-from scrutiny.types import Tags
+from scrutiny.models.data_method import DataMethod, DataResult, same_result
 
 __all__ = ["Learned", "LearnedResult", "same_result"]
 
 
-@dataclass
-class LearnedResult:
+@dataclass(repr=False)
+class LearnedResult(DataResult):
     """Base of the results of the ``"learned"`` methods: a subclass adds its fields
     (tensors, indices, fitted estimators, scores); ``meta`` holds the method's name and
     the settings the result depends on."""
 
-    meta: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
-    def __repr__(self) -> str:
-        parts = []
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor | np.ndarray):
-                parts.append(f"{f.name}={type(v).__name__}{tuple(v.shape)}")
-            elif f.name != "meta":
-                text = repr(v)
-                parts.append(f"{f.name}={text if len(text) <= 40 else text[:37] + '...'}")
-        return f"{type(self).__name__}({', '.join(parts)})"
-
-
-def same_result(a: Any, b: Any) -> bool:
-    """Whether two results are equal field by field (tensors and arrays exactly, dataclasses,
-    dicts, lists and tuples recursively, fitted scikit-learn estimators by their learned
-    arrays, other values by ``==``)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, torch.Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a.cpu(), b.cpu()))
-    if isinstance(a, np.ndarray):
-        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
-    if dataclasses.is_dataclass(a):
-        return all(same_result(getattr(a, f.name), getattr(b, f.name))
-                   for f in dataclasses.fields(a))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same_result(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same_result(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, torch.nn.Module):
-        sa, sb = a.state_dict(), b.state_dict()
-        return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    if hasattr(a, "get_params") and hasattr(a, "fit"):  # a fitted scikit-learn estimator
-        learned = [k for k in vars(a) if k.endswith("_") and not k.startswith("_")]
-        return a.get_params() == b.get_params() and all(
-            same_result(getattr(a, k), getattr(b, k)) for k in learned)
-    if isinstance(a, float) and a != a:
-        return b != b
-    return a == b
-
-
-class Learned(Method):
+class Learned(DataMethod):
     """Base of the methods of kind ``"learned"`` (what has the model learned?).
 
     A subclass declares its hyperparameters, implements :meth:`_run` (the call's work, on a
     :class:`~scrutiny.models.wrapper.TorchModel` in eval mode with frozen parameters, under
     the seed) and :meth:`common_call` (how the common test suite calls it on a tiny
-    problem), and returns a :class:`LearnedResult`.
+    problem), and returns a :class:`LearnedResult`. The call, the checks of the data and
+    the common checks are :class:`~scrutiny.models.data_method.DataMethod`'s.
     """
 
     kind = "learned"
-    tags = Tags()
-    #: False for a method that learns from data alone (called with ``model=None``).
-    needs_model: ClassVar[bool] = True
-
-    def __call__(self, model: Any, data: ArrayDataset | None = None, *, seed: int | None = 0,
-                 **call: Any) -> LearnedResult:
-        """Run the method on ``model`` (an ``nn.Module`` or TorchModel; None when
-        ``needs_model`` is False) and ``data`` (an :class:`~scrutiny.data.ArrayDataset`,
-        for the methods that read data; never modified); ``seed`` seeds every random
-        choice; ``call`` holds the method's other call-time data (see its ``_run``)."""
-        if data is not None:
-            if not isinstance(data, ArrayDataset):
-                raise InputError(f"{type(self).__name__}: data must be an ArrayDataset, got "
-                                 f"{type(data).__name__}")
-            if data.x.is_floating_point() and not bool(torch.isfinite(data.x).all()):
-                raise InputError(f"{type(self).__name__}: the data holds NaN or infinite values")
-        if model is None:
-            if self.needs_model:
-                raise InputError(f"{type(self).__name__} needs a model")
-            with seeded(seed):
-                return self._run(None, data, seed=seed, **call)
-        tm = as_model(model)
-        with tm.evaluating(), seeded(seed, tm.device):
-            return self._run(tm, data, seed=seed, **call)
-
-    def _run(self, model: TorchModel | None, data: ArrayDataset | None, *, seed: int | None,
-             **call: Any) -> LearnedResult:
-        raise NotImplementedError
-
-    @classmethod
-    def common_call(cls, method: Learned, model: TorchModel, data: ArrayDataset, *,
-                    seed: int | None = 0) -> LearnedResult:
-        """Call ``method`` the way the common test suite does, on ``model`` (a tiny CNN over
-        ``(1, 6, 6)`` images with 3 classes, first conv layer ``"0"``) and ``data`` (20
-        labelled tiny images). Override with the method's call-time arguments."""
-        return method(model if cls.needs_model else None, data, seed=seed)

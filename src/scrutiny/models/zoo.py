@@ -168,6 +168,56 @@ def build(arch: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Modul
     raise InputError(f"unknown arch {arch!r}; accepted: cnn, mlp")
 
 
+#: Metadata keys of a weights file written by :func:`save_built` (how to rebuild its network).
+BUILT_KEYS = ("scrutiny.arch", "scrutiny.input_shape", "scrutiny.num_classes")
+
+
+def save_built(module: nn.Module, path: str | Path, *, arch: str, input_shape: tuple[int, ...],
+               num_classes: int, metadata: dict[str, str] | None = None) -> Path:
+    """Save the weights of a network made by :func:`build` with what rebuilds it (its arch,
+    input shape and class count in the safetensors metadata), so that :func:`load_built`
+    (and ``scrutiny audit --model FILE.safetensors``) can load it with no code.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> net = build("cnn", (1, 8, 8), 10)
+    >>> path = save_built(net, pathlib.Path(tempfile.mkdtemp()) / "net.safetensors",
+    ...                   arch="cnn", input_shape=(1, 8, 8), num_classes=10)
+    >>> load_built(path).num_classes
+    10
+    """
+    shape = ",".join(str(int(s)) for s in input_shape)
+    meta = {**(metadata or {}), "scrutiny.arch": arch, "scrutiny.input_shape": shape,
+            "scrutiny.num_classes": str(int(num_classes))}
+    return save_weights(module, path, metadata=meta)
+
+
+def load_built(path: str | Path, *, name: str | None = None) -> TorchModel:
+    """The network a :func:`save_built` file describes, with its weights (no pickle, no code
+    from the file: the architecture is one of :func:`build`'s)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types
+        raise InputError(f"{path.name} is not a valid safetensors file: {e}") from e
+    if not all(k in meta for k in BUILT_KEYS):
+        raise InputError(f"{path.name} does not say which network it holds (written by "
+                         "save_built, e.g. by `scrutiny poison`); for your own network give "
+                         "--model module:factory --weights FILE")
+    try:
+        shape = tuple(int(v) for v in meta["scrutiny.input_shape"].split(","))
+        k = int(meta["scrutiny.num_classes"])
+    except ValueError as e:
+        raise InputError(f"{path.name}: malformed scrutiny metadata ({e})") from e
+    net = build(meta["scrutiny.arch"], shape, k)
+    load_weights(net, path)
+    return TorchModel(net.eval(), num_classes=k, name=name or path.stem)
+
+
 def pretrained(name: str = "digits-cnn", *, retrain: bool = False, seed: int | None = None,
                progress: bool = True, device: str | torch.device | None = None) -> TorchModel:
     """A zoo model: the weights shipped with scrutiny, or trained here and cached.

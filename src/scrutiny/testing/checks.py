@@ -523,13 +523,14 @@ EXPLAINER: tuple[Check, ...] = (check_shapes, check_batched_equals_single, check
                                 check_randomization_changes_map)
 
 
-# ------------------------------------------------ what has the model learned
-def _learned_call(spec: str, model: TorchModel, data: ArrayDataset, seed: int = 0):
+# ------------------------------------------------ methods on a model and a dataset
+# (kinds learned, poisoning, privacy, backdoor_scan: scrutiny.models.data_method.DataMethod)
+def _data_call(spec: str, model: TorchModel, data: ArrayDataset, seed: int = 0):
     method = _make(spec)
     return type(method).common_call(method, model, data, seed=seed)
 
 
-def check_learned_leaves_inputs_and_model(spec: str) -> None:
+def check_leaves_data_and_model(spec: str) -> None:
     """The data is not modified; the model's mode, ``requires_grad`` and hooks are as before
     and no weight gradient is left behind (also when the model's forward raises)."""
     data = _tiny_dataset()
@@ -540,7 +541,7 @@ def check_learned_leaves_inputs_and_model(spec: str) -> None:
     modes = [m.training for m in model.modules()]
     grads = [p.requires_grad for p in model.parameters()]
     hooks = [len(m._forward_hooks) for m in model.modules()]
-    _learned_call(spec, model, data)
+    _data_call(spec, model, data)
     assert torch.equal(data.x, x0) and torch.equal(data.y, y0)
     assert [m.training for m in model.modules()] == modes
     assert [p.requires_grad for p in model.parameters()] == grads
@@ -550,7 +551,7 @@ def check_learned_leaves_inputs_and_model(spec: str) -> None:
         failing = TorchModel(Failing(tiny_cnn(0).module, fail_at=2))
         failing.train()
         try:
-            _learned_call(spec, failing, data)
+            _data_call(spec, failing, data)
         except RuntimeError as e:
             assert "on purpose" in str(e)
         assert all(m.training for m in failing.modules())
@@ -558,17 +559,19 @@ def check_learned_leaves_inputs_and_model(spec: str) -> None:
         assert all(p.requires_grad and p.grad is None for p in failing.parameters())
 
 
-def check_learned_same_seed_same_result(spec: str) -> None:
-    from scrutiny.explain.learned import LearnedResult, same_result
+def check_data_same_seed_same_result(spec: str) -> None:
+    from scrutiny.models.data_method import DataResult, same_result
 
     data = _tiny_dataset()
-    a = _learned_call(spec, tiny_cnn(0), data, seed=3)
-    b = _learned_call(spec, tiny_cnn(0), data, seed=3)
-    assert isinstance(a, LearnedResult)
+    a = _data_call(spec, tiny_cnn(0), data, seed=3)
+    b = _data_call(spec, tiny_cnn(0), data, seed=3)
+    assert isinstance(a, DataResult)
     assert same_result(a, b)
 
 
 PARAMS: tuple[Check, ...] = (check_params_roundtrip, check_unknown_param_rejected)
+DATA_METHOD: tuple[Check, ...] = PARAMS + (check_leaves_data_and_model,
+                                           check_data_same_seed_same_result)
 #: Checks per kind; metrics, defenses and certifiers get the constructor contract, the empty
 #: batch (metrics the refusal of non-finite outputs; certifiers the shared API and soundness
 #: against PGD) here, and their other invariants in their own test modules.
@@ -577,7 +580,7 @@ KIND_CHECKS: dict[str, tuple[Check, ...]] = {
     "metric": PARAMS + (check_rejects_nonfinite_outputs, check_empty_batch),
     "certifier": PARAMS + (check_empty_batch, check_certifier_api, check_certified_is_sound),
     "defense": PARAMS + (check_empty_batch,),
-    "learned": PARAMS + (check_learned_leaves_inputs_and_model, check_learned_same_seed_same_result)}
+    **{kind: DATA_METHOD for kind in ("learned", "poisoning", "privacy", "backdoor_scan")}}
 
 
 def checks_for(spec: str) -> tuple[Check, ...]:

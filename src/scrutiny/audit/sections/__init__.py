@@ -8,6 +8,7 @@ and ``--skip`` take its name. Sections run after those they need or use
 """
 
 from scrutiny.audit.sections import (  # noqa: F401  (each module registers its section)
+    backdoor,
     certification,
     checks,
     comparison,
@@ -17,6 +18,7 @@ from scrutiny.audit.sections import (  # noqa: F401  (each module registers its 
     explorer,
     headline,
     learned,
+    privacy,
     queries,
     robustness,
     trust,

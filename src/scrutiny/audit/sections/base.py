@@ -17,6 +17,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "trusted": ("Can the robustness number be trusted?", "Trusted?"),
     "why": ("Why this prediction?", "Why?"),
     "learned": ("What has the model learned?", "Learned?"),
+    "tampered": ("Was it tampered with, and what does it give away?", "Tampered?"),
 }
 
 #: Registered sections by name (:func:`run_order` gives the order they run in).
@@ -65,6 +66,28 @@ class Section:
     def run(self, ctx: AuditContext, done: dict[str, SectionResult], bar: Any) -> SectionResult:
         """Compute the section from the context and the results of earlier sections."""
         raise NotImplementedError
+
+
+def run_parts(section: Section, parts: tuple[str, ...], ctx: AuditContext, out: SectionResult,
+              bar: Any, *args: Any) -> dict[str, Any]:
+    """Run a section's parts in order, each one step of the bar: ``section._<part>(ctx, *args,
+    out)`` returns its numbers (None: the part does not apply here) and gets its ``seconds``;
+    a part that raises :class:`InputError` is left out with a note. The numbers by part."""
+    import time
+
+    data: dict[str, Any] = {}
+    for part in parts:
+        bar.step(part)
+        ts = time.perf_counter()
+        try:
+            got = getattr(section, f"_{part}")(ctx, *args, out)
+        except InputError as e:
+            out.notes.append(f"{part} was left out: {e}")
+            got = None
+        if got is not None:
+            data[part] = {**got, "seconds": time.perf_counter() - ts}
+        bar.advance()
+    return data
 
 
 def register(cls: type[Section]) -> type[Section]:

@@ -4,7 +4,6 @@ points (self-influence), interpretable surrogates' fidelity and counterfactuals.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ import torch
 from scrutiny import registry
 from scrutiny.audit import figures
 from scrutiny.audit.context import AuditContext, Figure, SectionResult
-from scrutiny.audit.sections.base import Section, register
+from scrutiny.audit.sections.base import Section, register, run_parts
 from scrutiny.data import EMBEDDED, ArrayDataset, load
 from scrutiny.errors import InputError
 from scrutiny.plot import outcome_title
@@ -78,19 +77,7 @@ class Learned(Section):
             out.notes.append("the training split of this data is not known to the audit: the "
                              "influence part was left out and the surrogates were fitted on the "
                              "test data's rows not attacked")
-        data: dict[str, Any] = {}
-        for part in PARTS:
-            bar.step(part)
-            ts = time.perf_counter()
-            try:
-                got = getattr(self, f"_{part}")(ctx, train, out)
-            except InputError as e:
-                out.notes.append(f"{part} was left out: {e}")
-                got = None
-            if got is not None:
-                data[part] = {**got, "seconds": time.perf_counter() - ts}
-            bar.advance()
-        out.data = data
+        out.data = run_parts(self, PARTS, ctx, out, bar, train)
         return out
 
     # ------------------------------------------------------------------ parts

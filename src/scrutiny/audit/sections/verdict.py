@@ -47,6 +47,9 @@ MEANING = {
                                "they say nothing about the prediction.",
     "perturbation above eps": "an adversarial input lies outside the threat model, so the "
                               "robust accuracy is too low: a bug in an attack.",
+    "backdoor suspected": "a label is reached by a far smaller trigger than every other label "
+                          "(Neural Cleanse), the signature of a backdoor planted in training: "
+                          "inputs carrying a hidden trigger may all go to that label.",
 }
 #: Trust measures whose flag is a sanity check of the explainer, and what a raised one means.
 SANITY = {
@@ -328,6 +331,13 @@ class Verdict(Section):
         if v["certified"] is None and "certification" not in done and v["robust_accuracy"]:
             steps.append("No certificate: add a lower bound beside the attacks' upper bound "
                          "with --certifier crown (or ibp; smoothing for l2).")
+        backdoor = done.get("backdoor")
+        if backdoor is not None and backdoor.data.get("flagged"):
+            steps.append(f"Neural Cleanse flagged label(s) "
+                         f"{', '.join(backdoor.data['flagged_names'])}: do not ship the model "
+                         "before its training data is checked (scrutiny scan "
+                         "activation_clustering or spectral_signatures on that set flag the "
+                         "poison points); retrain on trusted data.")
         failed = v["explainers"]["failed"]
         if failed:
             ok = v["explainers"]["passed"]
