@@ -812,7 +812,7 @@ def poison(method: Annotated[str, typer.Argument(
     e.g. scrutiny audit), the poisoned set to OUT/poisoned.npz (--data OUT/poisoned.npz).
     """
     from scrutiny.base import seeded
-    from scrutiny.cli.tampering import CALLS, PRETRAINED_VICTIM, Job, check_out_folder
+    from scrutiny.cli.tampering import CALLS, PRETRAINED_VICTIM, Job, call_training, check_out_folder
     from scrutiny.data import load
     from scrutiny.models import RECIPES, TorchModel, build, save_built, save_weights
 
@@ -848,8 +848,7 @@ def poison(method: Annotated[str, typer.Argument(
     t0 = time.perf_counter()
     with progress.progress_bar(1, "poison", hand_over=True) as bar:
         bar.step(f"{info.name} on {train_ds.name}")
-        res = CALLS[info.name](job) if info.name in CALLS else \
-            job.method(job.model, job.train, test=job.test, seed=job.seed)
+        res = CALLS.get(info.name, call_training)(job)
         bar.advance()
     dt = time.perf_counter() - t0
     record = {"method": info.spec, "params": meth.get_params(), "seed": seed,

@@ -24,8 +24,8 @@ from rich.table import Table
 
 from scrutiny.errors import InputError
 
-__all__ = ["CALLS", "FIGURES", "PRETRAINED_VICTIM", "Job", "figure_of", "numbers_table",
-           "write_record"]
+__all__ = ["CALLS", "FIGURES", "PRETRAINED_VICTIM", "Job", "call_training", "figure_of",
+           "numbers_table", "write_record"]
 
 #: Poisoning attacks whose victim starts from the trained zoo model (feature collision
 #: fine-tunes its last layer; DBA attacks a federated model that has converged, as in the
@@ -57,7 +57,7 @@ def _image_rows(rows: list[tuple[str, torch.Tensor, list[str]]], title: str,
 
 
 # ------------------------------------------------------------------ the calls
-def _call_training(job: Job) -> Any:
+def call_training(job: Job) -> Any:
     """A poisoning attack that trains its victim: on the training split, measured on the test
     split."""
     return job.method(job.model, job.train, test=job.test, seed=job.seed)
@@ -92,9 +92,9 @@ def _call_privacy(job: Job) -> Any:
 
 #: How each method is called from a Job (a method not listed: ``method(model, train, seed=)``).
 CALLS: dict[str, Callable[[Job], Any]] = {
-    "badnets": _call_training,
-    "backdoor_embedding": _call_training,
-    "dba": _call_training,
+    "badnets": call_training,
+    "backdoor_embedding": call_training,
+    "dba": call_training,
     "feature_collision": _call_collision,
     "svm_poisoning": _call_svm,
     "dlg": _call_privacy,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 from scrutiny.audit.context import AuditContext, SectionResult
@@ -73,8 +74,6 @@ def run_parts(section: Section, parts: tuple[str, ...], ctx: AuditContext, out: 
     """Run a section's parts in order, each one step of the bar: ``section._<part>(ctx, *args,
     out)`` returns its numbers (None: the part does not apply here) and gets its ``seconds``;
     a part that raises :class:`InputError` is left out with a note. The numbers by part."""
-    import time
-
     data: dict[str, Any] = {}
     for part in parts:
         bar.step(part)
