@@ -18,7 +18,8 @@ Cases
 - PGD linf eps=0.1, 40 steps, step 2.5*eps/40, one random start;
 - APGD-CE linf eps=0.1, 100 iterations, one restart;
 - worst case at linf eps=0.1: scrutiny ``worst_case`` vs torchattacks'
-  ``AutoAttack(version="standard")`` (APGD-CE, APGD-T, FAB-T, Square; 100 iterations);
+  ``AutoAttack(version="standard")`` (APGD-CE, APGD-T, FAB-T at torchattacks' default of 10
+  iterations, Square 5000 queries; benchmarks/bench_worstcase.py adds the 100-iteration version);
 - C&W L2 with binary search (9 constants x 100 iterations, lr 0.01,
   initial constant 1e-3; torchattacks' CW has no binary search: c=1, 100
   steps) on the first ``--n-cw`` samples: success rate and median L2 of the

@@ -39,8 +39,8 @@ def test_scan_finds_the_cli_victims_trigger_and_scores_the_poison_points(victim,
                  "-q"]) == 0
     rec = json.loads((out / "result.json").read_text())["result"]
     # the target's reversed trigger is the smallest (mask L1 6.3-6.8 against a median of
-    # 11-15, at 60 and 200 epochs); flagging it (anomaly index > 2) is less reliable at
-    # 8x8 (index 1.2-3.2 over scan seeds and victims: docs/poisoning.md)
+    # 11-15, at 60 and 200 epochs); flagging it is not reliable at 8x8 (index 1.2-3.2 over
+    # scan seeds and victims, threshold 3.88: docs/poisoning.md)
     assert int(np.argmin(rec["norms"])) == 3
     text = capsys.readouterr().out
     assert ("flagged labels" in text) == bool(rec["flagged"])
@@ -54,9 +54,10 @@ def test_scan_finds_the_cli_victims_trigger_and_scores_the_poison_points(victim,
 
 def test_audit_scans_the_cli_victim_and_the_embedded_model(victim, tmp_path):
     """The backdoor section in result.json: the target (3) has the victim's smallest reversed
-    trigger, the embedded clean model does not flag it, and the verdict's flag follows the
-    flagged labels. (On the clean embedded CNN, Neural Cleanse's criterion flags label 5, a
-    natural shortcut of 8x8 digits: docs/poisoning.md.)"""
+    trigger, the embedded clean model has nothing flagged, and the verdict's flag follows
+    the flagged labels. (On the clean embedded CNN, label 5's natural shortcut passes the
+    paper's threshold of 2 with index 2.5; the default threshold for 10 labels is 3.88:
+    docs/poisoning.md. The victim's target is not flagged reliably: index 1.2-3.2.)"""
     for model in (str(victim / "victim.safetensors"), "digits-cnn"):
         out = tmp_path / model.replace("/", "_")
         assert main(["audit", "--model", model, "--sections", "backdoor", "--out", str(out),
@@ -64,7 +65,7 @@ def test_audit_scans_the_cli_victim_and_the_embedded_model(victim, tmp_path):
         result = json.loads((out / "result.json").read_text())
         d = result["backdoor"]
         if model == "digits-cnn":
-            assert 3 not in d["flagged"]
+            assert d["flagged"] == [] and d["anomaly_threshold"] > 3.5
         else:
             assert int(np.argmin(d["norms"])) == 3
         verdict = [it["check"] for it in result["verdict"]["items"] if it["kind"] == "flag"]

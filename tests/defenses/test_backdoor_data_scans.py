@@ -22,6 +22,15 @@ clean models: the shipped digits CNN and two victims trained on clean data, seed
   precision 0.65 here (0.29 to 0.57 over the fixture seeds) and recall 0.19 (0.13 to
   0.17); nothing is flagged on the clean models (largest index above the median 1.7).
   Spectral signatures draw nothing at random: the result does not depend on the seed.
+  The index 3.5 passes the paper-like threshold of 2 used here, not the default (3.88 for
+  10 classes, a 5% false-positive rate for normal shares).
+
+At the rate the papers study (``badnets_3pct``: 3% of the training set, 40 points, 23% of
+class 0; 30 epochs; BadNets seeds 0..4, attack success 0.24 to 0.99), both scans work with
+their papers' defaults: activation clustering flags class 0 for every seed (and 2 to 5
+clean classes), precision 0.12 to 0.25 against chance 0.03, recall 0.45 to 0.75 where
+flagging as many points at random recalls 0.09 to 0.14; spectral signatures (last hidden
+layer, eps 0.1) precision 0.05 to 0.09, recall 0.28 to 0.45 against 0.15 at random.
 """
 
 import json
@@ -50,8 +59,35 @@ def ac_infected(badnets_digits):
 
 @pytest.fixture(scope="module")
 def spectral_infected(badnets_digits):
-    return SpectralSignatures(layer="features.6", only_flagged=True)(
+    return SpectralSignatures(layer="features.6", only_flagged=True, anomaly_threshold=2.0)(
         badnets_digits.model, badnets_digits.data, seed=0)
+
+
+@pytest.fixture(scope="module")
+def badnets_3pct(digits_train, digits_test):
+    """BadNets at 3% (target 0, 30 epochs, seed 0): the poison is 23% of class 0 (~10 s)."""
+    from scrutiny.attacks.poisoning import BadNets
+    from scrutiny.base import seeded
+    from scrutiny.models import build
+
+    with seeded(0):
+        net = build("cnn", (1, 8, 8), 10)
+    return BadNets(target=0, rate=0.03, epochs=30)(net, digits_train, test=digits_test, seed=0)
+
+
+def test_both_scans_beat_chance_at_the_papers_poison_rate(badnets_3pct):
+    """Paper defaults on a 3% BadNets set: measured over BadNets seeds 0..4 (module
+    docstring): clustering precision >= 4x chance, recall >= 4x random; spectral precision
+    >= 1.7x chance, recall >= 1.9x random."""
+    r, n = badnets_3pct, len(badnets_3pct.data)
+    chance = len(r.poisoned) / n
+    ac = ActivationClustering()(r.model, r.data, seed=0)
+    precision, recall = precision_recall(ac.suspicious, r.poisoned)
+    assert 0 in ac.flagged
+    assert precision > 3 * chance and recall > 2.5 * len(ac.suspicious) / n
+    ss = SpectralSignatures()(r.model, r.data, seed=0)
+    precision, recall = precision_recall(ss.suspicious, r.poisoned)
+    assert precision > 1.5 * chance and recall > 1.5 * len(ss.suspicious) / n
 
 
 def test_representations_read_the_last_hidden_layer(digits_model, digits_test):

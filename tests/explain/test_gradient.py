@@ -254,3 +254,16 @@ def test_adaptive_ig_without_completeness_goal_gives_a_better_map(digits_model, 
     # retrained with seeds 1-4 (weights trained on another CPU once gave 1.01: hence shipped
     # weights, and no margin claimed beyond "closer")
     assert dist(free) < dist(gl)
+
+
+def test_ig_passes_are_sized_to_the_input_and_do_not_change_the_result(digits_model, digits_test):
+    from scrutiny.explain.gradient.integrated import path_batch
+
+    # None: about 2**15 input values per pass (cache-sized on a CPU), at least 16 points
+    assert path_batch(None, 64) == 512 and path_batch(None, 28 * 28) == 41
+    assert path_batch(None, 3 * 224 * 224) == 16 and path_batch(100, 64) == 100
+    x = digits_test.x[:8]
+    auto = IntegratedGradients(steps=24)(digits_model, x)
+    small = IntegratedGradients(steps=24, batch_size=7)(digits_model, x)
+    assert torch.equal(auto.meta["nodes"], small.meta["nodes"])  # the same decisions
+    assert torch.allclose(auto.attributions, small.attributions, atol=1e-5)

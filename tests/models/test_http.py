@@ -1,9 +1,11 @@
-"""HttpModel + serve: a real local server, counted queries, retries and a clear error when down."""
+"""HttpModel + serve over the Open Inference Protocol: a real local server, counted queries,
+retries and a clear error when down (faults: test_oip_faults.py; MLServer: test_mlserver.py)."""
 
 import json
 import socket
 import urllib.request
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ def served():
 
 def test_answers_like_the_model_and_counts(served):
     model, server = served
-    assert server.url.startswith("http://127.0.0.1:")
+    assert server.url.startswith("http://127.0.0.1:") and server.url.endswith("/v2/models/model")
     x = tiny_images(5)
     hm = HttpModel(server.url, budget=12, batch_size=2)  # three requests
     assert torch.allclose(hm.predict(x), model.logits(x), atol=1e-6)
@@ -38,18 +40,22 @@ def test_label_server_and_server_side_counter():
     with serve(qm) as server:
         hm = HttpModel(server.url, output="label")
         assert torch.equal(hm.predict(x), model.predict(x))
-        info = json.loads(urllib.request.urlopen(server.url, timeout=5).read())
-    assert info["output"] == "label"
+        info = json.loads(urllib.request.urlopen(server.url, timeout=5).read())  # OIP metadata
+    assert info["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [-1]}]
     assert qm.queries == 4 == hm.queries
 
 
 def test_server_refuses_bad_requests(served):
     _, server = served
-    with pytest.raises(InputError, match="HTTP 400.*shape"):
-        HttpModel(server.url).predict(torch.rand(2, 1, 5, 5))
+    hm = HttpModel(server.url)
+    with pytest.raises(InputError, match=r"takes inputs of shape \[-1, 1, 6, 6\].*\[2, 1, 5, 5\]"):
+        hm.predict(torch.rand(2, 1, 5, 5))  # checked against the metadata, before counting
+    assert hm.queries == 0
+    with pytest.raises(InputError, match="HTTP 400.*shape"):  # the server checks too
+        HttpModel(server.url, input_name="x", datatype="FP32")._infer(np.zeros((2, 1, 5, 5)))
     with pytest.raises(InputError, match="HTTP 413"):
         HttpModel(server.url, batch_size=4000).predict(torch.rand(2000, 1, 6, 6))  # ~1 MB
-    req = urllib.request.Request(server.url, data=b"{not json", method="POST")
+    req = urllib.request.Request(server.url + "/infer", data=b"{not json", method="POST")
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=5)
     assert e.value.code == 400
@@ -71,7 +77,7 @@ def test_timeout_is_bounded():
     sock.bind(("127.0.0.1", 0))
     sock.listen(1)  # accepts connections, never answers
     try:
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/predict"
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v2/models/m"
         hm = HttpModel(url, retries=0, timeout=0.3)
         with pytest.raises(ModelUnavailableError, match="timed out|Timeout"):
             hm.predict(tiny_images(1))
@@ -83,9 +89,14 @@ def test_bad_arguments():
     with pytest.raises(InputError, match="url"):
         HttpModel("localhost:80")
     with pytest.raises(InputError, match="timeout"):
-        HttpModel("http://127.0.0.1:1/", timeout=0)
+        HttpModel("http://127.0.0.1:1/v2/models/m", timeout=0)
     with pytest.raises(InputError, match="retries"):
-        HttpModel("http://127.0.0.1:1/", retries=-1)
+        HttpModel("http://127.0.0.1:1/v2/models/m", retries=-1)
+    with pytest.raises(InputError, match="v2/models/NAME"):
+        HttpModel("http://127.0.0.1:1/predict")  # scrutiny's former protocol
+    with pytest.raises(InputError, match="credentials") as e:
+        HttpModel("http://user:hunter2@127.0.0.1:1/v2/models/m")
+    assert "hunter2" not in str(e.value)
     with pytest.raises(InputError, match="output"):
         serve(tiny_cnn(0), output="scores")
 

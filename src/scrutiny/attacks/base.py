@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from scrutiny.base import Method, grad_wrt
-from scrutiny.errors import InputError, QueryBudgetExceeded
+from scrutiny.errors import InputError, ModelUnavailableError, QueryBudgetExceeded
 from scrutiny.losses import margin_loss_terms  # also re-exported: attacks import it from here
 from scrutiny.models.adaptive import adaptive, is_non_differentiable, is_randomized
 from scrutiny.models.calls import Call, as_batch, prepare
@@ -167,6 +167,12 @@ class Attack(Method):
                 except QueryBudgetExceeded:  # stop cleanly with the best points so far
                     x_adv = box.best
                     box.refuse()  # the run was cut off: every sample it had not finished
+                except ModelUnavailableError as e:  # the endpoint stayed down: nothing to verify
+                    e.partial = {"x_adv": threat.project(x0, box.best).to(x.device),  # type: ignore[attr-defined]
+                                 "queries": box.counts.cpu().clone()}
+                    e.add_note("the attack's best points so far (unverified) and its queries per "
+                               "sample are in this error's .partial['x_adv'] and ['queries']")
+                    raise
             else:
                 x_adv = x0
             x_adv = threat.project(x0, x_adv.detach().to(x0.dtype)).detach()

@@ -15,6 +15,7 @@ from scrutiny.base import seeded
 from scrutiny.data import ArrayDataset
 from scrutiny.errors import InputError
 from scrutiny.models.adaptive import declare
+from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import ThreatModel
 from scrutiny.validation import check_outputs
@@ -79,8 +80,12 @@ def _digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def model_digest(model: torch.nn.Module) -> str:
-    """A hash of the model's parameters and buffers (what its predictions depend on)."""
+def model_digest(model: torch.nn.Module | QueryModel) -> str:
+    """A hash of the model's parameters and buffers (what its predictions depend on); for a
+    model only queried (an endpoint), of what names it: its class, name (URL) and output."""
+    if isinstance(model, QueryModel):
+        return hashlib.sha256("|".join((type(model).__name__, str(model.name), model.output))
+                              .encode()).hexdigest()
     state = model.state_dict()
     return _digest(*(state[k] for k in sorted(state))) + type(model).__name__
 
@@ -91,7 +96,10 @@ class AuditContext:
 
     Attributes
     ----------
-    model : TorchModel
+    model : TorchModel or QueryModel
+        A QueryModel (an :class:`~scrutiny.models.HttpModel` endpoint) is only
+        queried (:attr:`endpoint`): the sections that need gradients or weights
+        are skipped.
     data : ArrayDataset
         The test data the samples come from.
     config : AuditConfig
@@ -118,7 +126,7 @@ class AuditContext:
         Notes about the audit as a whole (methods skipped for the data).
     """
 
-    model: TorchModel
+    model: TorchModel | QueryModel
     data: ArrayDataset
     config: AuditConfig
     idx: torch.Tensor
@@ -136,6 +144,11 @@ class AuditContext:
     @property
     def seed(self) -> int:
         return self.config.seed
+
+    @property
+    def endpoint(self) -> bool:
+        """Whether the model is only queried (a QueryModel: an endpoint), without gradients."""
+        return isinstance(self.model, QueryModel)
 
     def threat(self, eps: float | None = None) -> ThreatModel:
         """The audit's threat model at ``eps`` (default the reference eps); bounds from the model."""
@@ -185,10 +198,13 @@ class AuditContext:
         return bb
 
     def explainers(self) -> dict[str, Any]:
-        """The explainers that fit the data (image-only ones are left out on tables)."""
+        """The explainers that fit the data (image-only ones are left out on tables) and the
+        model (only the black-box ones on an :attr:`endpoint`)."""
         out = {e: self.create("explainer", e) for e in self.config.explainers}
         if not self.data.is_image:
             out = {k: v for k, v in out.items() if not v.tags.image_only}
+        if self.endpoint:
+            out = {k: v for k, v in out.items() if not v.tags.white_box}
         return out
 
     def fingerprint(self) -> str:
@@ -202,8 +218,13 @@ class AuditContext:
 
 def build_context(model, data: ArrayDataset, config: AuditConfig, robust_model=None
                   ) -> AuditContext:
-    """The context every section reads: the samples, clean predictions, background rows."""
-    model = as_model(model)
+    """The context every section reads: the samples, clean predictions, background rows.
+
+    A :class:`QueryModel` (an endpoint) is only queried: no probe of its gradients, the
+    clean predictions are the evaluator's look (:meth:`QueryModel._evaluate`)."""
+    endpoint = isinstance(model, QueryModel)
+    if not endpoint:
+        model = as_model(model)
     if not isinstance(data, ArrayDataset):
         raise InputError(f"data must be an ArrayDataset, got {type(data).__name__}")
     g = torch.Generator().manual_seed(config.seed)
@@ -218,15 +239,19 @@ def build_context(model, data: ArrayDataset, config: AuditConfig, robust_model=N
         # a subset of the classes (a test split holding classes 0-2 of ten) is valid data
         raise InputError(f"the data has labels up to {int(y.max())}, the model only "
                          f"{k_model} outputs")
-    probe = probe_model(model, x, y, seed=config.seed)
-    if probe.randomized or probe.masked:  # every white-box attack adapts: EOT, BPDA
-        model = declare(model, non_differentiable=probe.masked, randomized=probe.randomized,
-                        eot_samples=probe.eot_samples if probe.randomized else None)
-    # the first forward under the seed: the same draw of a randomized model as each attack's
-    # own clean pass, so the eps-0 column equals the clean accuracy
-    dev = model.device
-    with model.evaluating(), seeded(config.seed, dev), torch.no_grad():
-        pred = check_outputs(model(x.to(dev)), len(x)).argmax(1).cpu()
+    if endpoint:  # no gradients to probe; the clean look is the evaluator's, not a query
+        probe = ModelProbe()
+        pred = model._evaluate(x)[1].cpu()
+    else:
+        probe = probe_model(model, x, y, seed=config.seed)
+        if probe.randomized or probe.masked:  # every white-box attack adapts: EOT, BPDA
+            model = declare(model, non_differentiable=probe.masked, randomized=probe.randomized,
+                            eot_samples=probe.eot_samples if probe.randomized else None)
+        # the first forward under the seed: the same draw of a randomized model as each
+        # attack's own clean pass, so the eps-0 column equals the clean accuracy
+        dev = model.device
+        with model.evaluating(), seeded(config.seed, dev), torch.no_grad():
+            pred = check_outputs(model(x.to(dev)), len(x)).argmax(1).cpu()
     ctx = AuditContext(model=model, data=data, config=config, idx=idx, x=x, y=y, pred=pred,
                        clean_accuracy=float((pred == y).float().mean()), background=background,
                        rest=rest, robust_model=as_model(robust_model) if robust_model is not None
@@ -247,4 +272,15 @@ def build_context(model, data: ArrayDataset, config: AuditConfig, robust_model=N
         for name in config.explainers:
             if registry.get(name, "explainer").cls.tags.image_only:
                 ctx.notes.append(f"{name} needs images and was skipped on tabular data")
+    if endpoint:
+        ctx.notes.append(
+            f"The model is an endpoint ({model.name}) answering {model.output} to queries: the "
+            "audit ran what needs only queries (black-box attacks, perturbation explainers) "
+            "and skipped what needs gradients or weights. A resumed audit assumes the model "
+            "behind the endpoint did not change.")
+        white = [e for e in config.explainers
+                 if registry.get(e, "explainer").cls.tags.white_box]
+        if white:
+            ctx.notes.append(f"explainers {', '.join(white)} need gradients: the model is an "
+                             "endpoint (they were skipped)")
     return ctx

@@ -12,9 +12,11 @@ from scrutiny.audit.checks import Flag
 from scrutiny.audit.config import DEFAULT_EPS, AuditConfig
 from scrutiny.audit.context import AuditContext, Figure, SectionResult, _digest, build_context
 from scrutiny.audit.sections import SECTIONS, resolve
+from scrutiny.audit.sections.base import endpoint_skip
 from scrutiny.audit.sections.robustness import rows_at
 from scrutiny.audit.store import SectionStore, section_key
 from scrutiny.data import ArrayDataset
+from scrutiny.errors import ModelUnavailableError
 from scrutiny.progress import progress_bar
 
 __all__ = ["DEFAULT_EPS", "AuditConfig", "AuditResult", "Figure", "build_context", "run_audit"]
@@ -28,6 +30,8 @@ class AuditResult:
     fields are views of them kept for the report and ``result.json``. ``probe``
     is what the audit measured of the model before any attack
     (:class:`~scrutiny.audit.checks.ModelProbe`: randomness, masked gradients).
+    ``endpoint``, for a model only queried, is what it was asked in this run (URL,
+    queries, requests, seconds per query: ``HttpModel.usage``; never a credential).
     """
 
     model: str
@@ -52,6 +56,7 @@ class AuditResult:
     seconds: float = 0.0
     sections: dict[str, SectionResult] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    endpoint: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (figures as their names, no pixels or per-sample tensors)."""
@@ -118,7 +123,7 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
     ctx = build_context(model, data, cfg, robust_model)
     order = resolve(cfg.sections, cfg.skip)
     sections = {name: SECTIONS[name]() for name in order}
-    reasons = {name: s.skip_reason(ctx) for name, s in sections.items()}
+    reasons = {name: endpoint_skip(s, ctx) for name, s in sections.items()}
     for name, why in reasons.items():
         if why:
             ctx.notes.append(f"section {name} was skipped: {why}")
@@ -140,7 +145,10 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                 if store is not None:  # units of work the section finished before a kill
                     section.partial = store.partial(name, keys[name])
                 ts = time.perf_counter()
-                result = section.run(ctx, done, bar)
+                try:
+                    result = section.run(ctx, done, bar)
+                except ModelUnavailableError as e:  # the endpoint went down: stop, resumable
+                    raise _stopped(name, e, done, store) from e
                 result.seconds = time.perf_counter() - ts
                 if store is not None:
                     store.save(result, keys[name])
@@ -148,6 +156,15 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
             bar.advance(n=max(share - bar.completed, 0))  # units it counted but did not run
             done[name] = result
     return _assemble(ctx, done, sections, time.perf_counter() - t0)
+
+
+def _stopped(name: str, error: ModelUnavailableError, done: dict[str, SectionResult],
+             store: SectionStore | None) -> ModelUnavailableError:
+    """The error that stops an audit whose model stopped answering in section ``name``."""
+    saved = (f"; the {len(done)} finished section(s) are saved in {store.directory}: rerun "
+             "the same audit once the model answers to resume after them" if store is not None
+             and done else "; rerun the audit once the model answers")
+    return ModelUnavailableError(f"the audit stopped in section {name!r}: {error}{saved}")
 
 
 def _assemble(ctx: AuditContext, done: dict[str, SectionResult], sections: dict[str, Any],
@@ -194,7 +211,17 @@ def _assemble(ctx: AuditContext, done: dict[str, SectionResult], sections: dict[
                        queries=data("queries", {}), config=cfg, probe=asdict(ctx.probe),
                        verdict=data("verdict"),
                        figures=figures, notes=notes,
-                       flags=flags, seconds=seconds, sections=done, provenance=provenance)
+                       flags=flags, seconds=seconds, sections=done, provenance=provenance,
+                       endpoint=_usage(ctx.model) if ctx.endpoint else None)
+
+
+def _usage(model: Any) -> dict[str, Any]:
+    """What a model only queried was asked (``HttpModel.usage``; a plain QueryModel: its
+    counters)."""
+    if hasattr(model, "usage"):
+        return model.usage()
+    return {"url": None, "name": str(model.name), "output": model.output, "budget": model.budget,
+            "queries": model.queries, "evaluations": model.evaluations}
 
 
 def _provenance(ctx: AuditContext, done: dict[str, SectionResult]
@@ -209,7 +236,7 @@ def _provenance(ctx: AuditContext, done: dict[str, SectionResult]
     from scrutiny.audit.sections.verdict import fewer_samples, sample_counts
 
     cfg = ctx.config
-    state = ctx.model.state_dict()
+    state = {} if ctx.endpoint else ctx.model.state_dict()
     used: list[tuple[str, str, Any]] = []
     if "robustness" in done:
         bb = ctx.black_box_stage()
@@ -237,15 +264,18 @@ def _provenance(ctx: AuditContext, done: dict[str, SectionResult]
     if "backdoor" in done:
         used.append(("backdoor scan", "backdoor_scan:neural_cleanse",
                      ctx.create("backdoor_scan", "neural_cleanse")))
-    if "privacy" in done:
+    if "privacy" in done:  # the parts that ran (an endpoint leaves iDLG out)
         from scrutiny.audit.sections.privacy import IDLG
 
-        used += [("privacy attack", "privacy:membership_inference",
-                  ctx.create("privacy", "membership_inference")),
-                 ("privacy attack", "privacy:idlg",
-                  registry.create("privacy:idlg", **{**IDLG, **cfg.params.get("idlg", {})}))]
+        ran = done["privacy"].data or {}
+        if "membership_inference" in ran:
+            used.append(("privacy attack", "privacy:membership_inference",
+                         ctx.create("privacy", "membership_inference")))
+        if "idlg" in ran:
+            used.append(("privacy attack", "privacy:idlg",
+                         registry.create("privacy:idlg", **{**IDLG, **cfg.params.get("idlg", {})})))
     samples, notes = sample_counts(ctx, done), fewer_samples(ctx, done)
-    return {"model_sha256": _digest(*(state[k] for k in sorted(state))),
+    return {"model_sha256": None if ctx.endpoint else _digest(*(state[k] for k in sorted(state))),
             "data_sha256": _digest(ctx.x, ctx.y), "device": str(ctx.model.device),
             "samples": samples,
             "methods": [{"role": role, "method": spec, "params": m.get_params()}

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import torch
 
 from scrutiny.base import Method
-from scrutiny.certify.propagation import Interval, Network, margin_spec
+from scrutiny.certify.propagation import Interval, Network, compile_network, margin_spec
 from scrutiny.errors import InputError
 from scrutiny.models.calls import prepare
 from scrutiny.models.wrapper import TorchModel
@@ -390,11 +390,17 @@ def _full_precision() -> Iterator[None]:
 class BoundCertifier(Certifier):
     """Shared driver of the bound-propagation certifiers (IBP, CROWN).
 
-    A subclass writes ``_lower(net, spec, box, norm, x0, eps)``: lower bounds
-    of ``spec @ logits`` over the threat set, ``(N, S)``. This class reads the
-    network, chunks the samples by ``batch_size``, offers :meth:`bounds` and
-    gives :class:`Certifier`'s API its two steps: ``_certify`` (every margin's
-    lower bound > 0 at ``threat.eps``) and ``_radius`` (a bisection over eps).
+    A subclass writes ``_lower(net, spec, box, norm, x0, eps, margins=False)``:
+    lower bounds of ``spec @ logits`` over the threat set, ``(N, S)``
+    (``margins``: the rows are the margins ``z_y - z_j``, row ``y`` zero, and
+    only whether they are all > 0 matters). This class gets the model's
+    compiled network (:func:`~scrutiny.certify.propagation.compile_network`:
+    read once per model, reused across calls, eps values and batches), chunks
+    the samples by ``batch_size``, offers :meth:`bounds` (logit and margin
+    rows, lower and upper, in one batch of specifications) and gives
+    :class:`Certifier`'s API its two steps: ``_certify`` (every margin's
+    lower bound > 0 at ``threat.eps``; only the margin lower rows are
+    bounded) and ``_radius`` (a bisection over eps).
     """
 
     tags = Tags(norms=("linf", "l2"))
@@ -402,20 +408,24 @@ class BoundCertifier(Certifier):
     radius_steps: int = param(12, integer=True, positive=True)
 
     def _lower(self, net: Network, spec: torch.Tensor, box: Interval, norm: str, x0: torch.Tensor,
-               eps: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+               eps: torch.Tensor, margins: bool = False
+               ) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor | None, eps: torch.Tensor,
-             norm: str, box_bounds: tuple[float, float]) -> Bounds:
+             norm: str, box_bounds: tuple[float, float], margins_only: bool = False) -> Bounds:
+        """Bounds of every logit and margin, lower and upper; ``margins_only``: only the
+        margins' lower bounds (the other fields are NaN), all certification needs."""
         dev = model.device
         dtype = next(iter(model.parameters()), torch.empty(0)).dtype
         x0 = x.detach().to(dev, dtype)
         eps = eps.to(dev, dtype)
         with model.evaluating(), torch.no_grad(), _full_precision():
-            k = model(x0[:1]).shape[1]  # one forward tells K (an empty batch's too)
+            net = compile_network(model, x0[:64]) if len(x0) else None
+            # K: the network's output size (one forward for an empty batch)
+            k = net.shapes()[-1][0] if net is not None else model(x0[:1]).shape[1]
             y = model.predict(x0) if y is None else check_labels(y, len(x0), k).to(dev)
-            net = Network(model, x0[:64]) if len(x0) else None
             outs = []
             bs = self.batch_size
             with progress_bar(math.ceil(len(x0) / bs), type(self).__name__) as bar:
@@ -423,7 +433,12 @@ class BoundCertifier(Certifier):
                     xc, yc, ec = x0[i:i + bs], y[i:i + bs], eps[i:i + bs]
                     spec = margin_spec(yc, k, dtype)
                     box = Network.input_box(xc, ec, box_bounds)
-                    low = self._lower(net, torch.cat([spec, -spec], dim=1), box, norm, xc, ec)
+                    if margins_only:
+                        low = self._lower(net, spec[:, k:], box, norm, xc, ec, margins=True)
+                        low = torch.cat([low.new_full((len(low), k), math.nan), low,
+                                         low.new_full((len(low), 2 * k), math.nan)], dim=1)
+                    else:
+                        low = self._lower(net, torch.cat([spec, -spec], dim=1), box, norm, xc, ec)
                     outs.append(low)
                     bar.advance()
         low = torch.cat(outs) if outs else x0.new_zeros(0, 4 * k)
@@ -472,7 +487,8 @@ class BoundCertifier(Certifier):
 
     def _certify(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor,
                  threat: ThreatModel) -> CertResult:
-        b = self._run(model, x, y, _eps_tensor(threat.eps, len(x), x), threat.norm, threat.bounds)
+        b = self._run(model, x, y, _eps_tensor(threat.eps, len(x), x), threat.norm, threat.bounds,
+                      margins_only=True)
         label = model.predict(x).cpu()
         cert = b.certified().cpu()
         radius = torch.where(cert, torch.full_like(cert, threat.eps, dtype=torch.float32),
@@ -499,7 +515,8 @@ class BoundCertifier(Certifier):
         def cert(idx: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
             if not len(idx):
                 return torch.zeros(0, dtype=torch.bool)
-            return self._run(model, x[idx], y[idx], e, norm, box_bounds).certified().cpu()
+            return self._run(model, x[idx], y[idx], e, norm, box_bounds,
+                             margins_only=True).certified().cpu()
 
         all_idx = torch.arange(n)
         correct = cert(all_idx, torch.zeros(n))

@@ -88,5 +88,5 @@ class CROWN(BoundCertifier):
     batch_size: int = param(32, integer=True, positive=True)
 
     def _lower(self, net: Network, spec: torch.Tensor, box: Interval, norm: str, x0: torch.Tensor,
-               eps: torch.Tensor) -> torch.Tensor:
+               eps: torch.Tensor, margins: bool = False) -> torch.Tensor:
         return crown_bounds(net, spec, box, norm, x0, eps, self.relaxation, self.intersect_ibp)

@@ -58,5 +58,5 @@ class IBP(BoundCertifier):
     """
 
     def _lower(self, net: Network, spec: torch.Tensor, box: Interval, norm: str, x0: torch.Tensor,
-               eps: torch.Tensor) -> torch.Tensor:
+               eps: torch.Tensor, margins: bool = False) -> torch.Tensor:
         return ibp_spec(net, spec, ibp_bounds(net, box), norm, x0, eps)

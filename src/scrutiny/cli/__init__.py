@@ -1,7 +1,9 @@
 """The ``scrutiny`` command line: audit, compare, serve, attack, explain, learned, poison, scan,
 privacy, trust, certify, reprogram, train, list.
 
-Errors on bad input print one line (``error: ...``) and exit with status 2.
+Errors on bad input print one line (``error: ...``) and exit with status 2; an endpoint
+(``--model http(s)://...``) that stays down, with status 3 (``attack --out`` then saved its
+state: the same command resumes).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import ast
 import functools
 import inspect
+import json
+import os
 import re
 import sys
 import time
@@ -32,7 +36,7 @@ from scrutiny.cli.learned import (
     as_numpy,
     run_generic,
 )
-from scrutiny.errors import InputError, ScrutinyError
+from scrutiny.errors import InputError, ModelUnavailableError, ScrutinyError
 from scrutiny.params import docstring_params
 
 app = typer.Typer(help="Explain, attack, defend and certify PyTorch classifiers.",
@@ -42,8 +46,10 @@ err = Console(stderr=True)
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Zoo model (digits-cnn, digits-mlp, synthetic-cnn, breast-cancer-mlp), "
-    "'module:factory' returning an nn.Module, or a .safetensors file written by scrutiny "
-    "(scrutiny poison). Default: the zoo model of --data.")]
+    "'module:factory' returning an nn.Module, a .safetensors file written by scrutiny "
+    "(scrutiny poison), or an Open Inference Protocol endpoint "
+    "http(s)://host:port/v2/models/NAME (KServe, MLServer, Triton; queried as a black box). "
+    "Default: the zoo model of --data.")]
 WeightsOpt = Annotated[Path | None, typer.Option(
     "--weights", help="safetensors weights for a 'module:factory' model.")]
 DataOpt = Annotated[str | None, typer.Option(
@@ -58,6 +64,25 @@ DeviceOpt = Annotated[str | None, typer.Option(
     "--device", help="cpu or cuda; default cuda when available.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every stochastic step.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+TokenEnvOpt = Annotated[str | None, typer.Option(
+    "--token-env", help="Endpoint: the environment variable holding its credential (sent as "
+    "'Authorization: Bearer ...'). Default: SCRUTINY_TOKEN when it is set. The token itself "
+    "never goes on the command line.")]
+TokenFileOpt = Annotated[Path | None, typer.Option(
+    "--token-file", help="Endpoint: a file whose first line is its credential.")]
+OutputKindOpt = Annotated[str | None, typer.Option(
+    "--output", help="Endpoint: what it answers: logits, probs or label. Default: logits.")]
+CaBundleOpt = Annotated[Path | None, typer.Option(
+    "--ca-bundle", help="Endpoint (https): CA certificates its TLS certificate is verified "
+    "with (default: the system's; verification is always on).")]
+RateLimitOpt = Annotated[float | None, typer.Option(
+    "--rate-limit", help="Endpoint: most requests started a second (retries included).")]
+ConcurrencyOpt = Annotated[int | None, typer.Option(
+    "--max-concurrency", help="Endpoint: most requests in flight at once (default 1).")]
+
+#: The environment variable an endpoint's credential is read from when it is set and
+#: neither --token-env nor --token-file is given.
+TOKEN_ENV = "SCRUTINY_TOKEN"
 
 
 def _quiet_option(command: Callable[..., None]) -> Callable[..., None]:
@@ -102,13 +127,254 @@ def _device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def is_endpoint(model: str | None) -> bool:
+    """Whether ``--model`` names an endpoint (``http://`` or ``https://``)."""
+    return isinstance(model, str) and model.lower().startswith(("http://", "https://"))
+
+
+def endpoint_options(model: str | None, *, output: str | None = None,
+                     token_env: str | None = None, token_file: Path | None = None,
+                     budget: int | None = None, ca_bundle: Path | None = None,
+                     rate_limit: float | None = None,
+                     max_concurrency: int | None = None) -> dict[str, Any] | None:
+    """The :class:`~scrutiny.models.HttpModel` keywords of ``--output``, ``--token-env``,
+    ``--token-file``, ``--budget``, ``--ca-bundle``, ``--rate-limit`` and
+    ``--max-concurrency`` for an endpoint ``--model``; None for another model (then the
+    endpoint options must not be given). The credential is named (an environment
+    variable, default :data:`TOKEN_ENV` when set, or a file), never given."""
+    if not is_endpoint(model):
+        given = [o for o, v in (("--output", output), ("--token-env", token_env),
+                                ("--token-file", token_file), ("--ca-bundle", ca_bundle),
+                                ("--rate-limit", rate_limit),
+                                ("--max-concurrency", max_concurrency)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: only for an endpoint --model "
+                             f"http(s)://host:port/v2/models/NAME (--model is {model or 'the zoo model'!r})")
+        return None
+    if token_env is not None and token_file is not None:
+        raise InputError("give --token-env or --token-file, not both")
+    if token_env is None and token_file is None and os.environ.get(TOKEN_ENV):
+        token_env = TOKEN_ENV
+    if budget is not None and budget < 0:
+        raise InputError(f"--budget must be >= 0, got {budget}")
+    limits = {k: v for k, v in (("rate_limit", rate_limit), ("max_concurrency", max_concurrency))
+              if v is not None}
+    return {"output": output or "logits", "token_env": token_env,
+            "token_file": None if token_file is None else str(token_file), "budget": budget,
+            "ca_bundle": None if ca_bundle is None else str(ca_bundle), **limits}
+
+
+def black_box_methods(kind: str, output: str = "logits") -> list[str]:
+    """Registered methods of ``kind`` that need only queries an endpoint answering ``output``
+    reveals (``tags.white_box=False``; an explainer needs scores)."""
+    from scrutiny.models.query import REVEALS
+
+    names = []
+    for spec in registry.list_methods(kind):
+        t = registry.get(spec).cls.tags
+        need = "probs" if kind == "explainer" else t.output
+        if not t.white_box and REVEALS[output] >= REVEALS[need]:
+            names.append(spec.split(":", 1)[1])
+    return names
+
+
+def refuse_white_box(kind: str, name: str, output: str) -> InputError:
+    """The one-line error for a white-box method asked to run on an endpoint."""
+    alts = black_box_methods(kind, output)
+    hint = (f"use a black-box {kind} ({', '.join(alts)}; 'scrutiny list {kind}' marks them)"
+            if alts else f"no black-box {kind} works on an endpoint answering {output!r} only")
+    return InputError(f"{name} is a white-box {kind} (it needs the model's gradients); the "
+                      f"model is an endpoint that only answers queries: {hint}")
+
+
+def resolve_endpoint(url: str, data: str | None, *, split: str = "test", output: str = "logits",
+                     budget: int | None = None, **options: Any):
+    """The :class:`~scrutiny.models.HttpModel` at ``url`` and the data, checked against its
+    metadata (input shape, number of classes) before any query; ``options``: its other
+    keywords (credential, ``ca_bundle``, limits: :func:`endpoint_options`)."""
+    from scrutiny.data import load
+    from scrutiny.models import HttpModel
+
+    ds = load(data or "digits", split=split)
+    hm = HttpModel(url, output=output, budget=budget,
+                   num_classes=ds.num_classes if output == "label" else None, **options)
+    hm.metadata()  # not a query: unreachable, unknown or refusing servers stop here
+    try:
+        hm._check_shape((len(ds.x), *ds.x.shape[1:]))
+    except InputError as e:
+        raise InputError(f"--data {ds.name} does not fit the endpoint: {e}") from None
+    if hm.num_classes is not None and hm.num_classes != ds.num_classes:
+        raise InputError(f"the endpoint has {hm.num_classes} outputs, {ds.name} has "
+                         f"{ds.num_classes} classes")
+    return hm, ds
+
+
+def _endpoint_rows(table: Table, model: Any) -> None:
+    """An endpoint's usage (:meth:`HttpModel.usage`) as rows of a result table."""
+    u = model.usage()
+    per = u["seconds_per_query"]
+    for k, v in (("endpoint", u["url"]), ("endpoint queries", u["queries"]),
+                 ("evaluator queries", u["evaluations"]), ("requests", u["requests"]),
+                 ("seconds per query", "n/a" if per is None else f"{per:.4f}")):
+        table.add_row(k, escape(str(v)))
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # a reader (a resumed run) never sees half a record
+
+
+#: Exit status of a command whose endpoint stayed down (ModelUnavailableError); ``attack
+#: --out`` has then saved its state, and the same command resumes from it.
+EXIT_UNAVAILABLE = 3
+
+
+def _npz_path(save: Path) -> Path:
+    """Where ``np.savez`` writes ``save`` (it adds ``.npz`` to a name without it)."""
+    return save if save.suffix == ".npz" else save.with_name(save.name + ".npz")
+
+
+def _resume_key(atk: Any, m: Any, x: torch.Tensor, y: torch.Tensor, **settings: Any
+                ) -> dict[str, Any]:
+    """What an interrupted endpoint attack's saved state is valid for: the attack and its
+    settings, the endpoint, the budget and the inputs (their SHA-256, as
+    :class:`~scrutiny.attacks.WorstCase` fingerprints its state)."""
+    from scrutiny.attacks.ensemble import _fingerprint
+
+    key = {"version": 1, "method": atk.name, "params": atk.get_params(), **settings,
+           "endpoint": m.url, "output": m.output, "inputs_sha256": _fingerprint(x, y)}
+    return json.loads(json.dumps(key, default=str))  # as it reads back from the JSON
+
+
+def _load_resume(save: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The state ``attack --out save`` left when its endpoint stayed down (None: none, or
+    for other settings, or unreadable: the attack starts afresh)."""
+    rec_path, npz_path = save.with_suffix(".json"), _npz_path(save)
+    if not (rec_path.is_file() and npz_path.is_file()):
+        return None
+    try:
+        rec = json.loads(rec_path.read_text(encoding="utf-8"))
+        if rec.get("status") != "interrupted":
+            return None
+        if rec.get("resume") != key:
+            err.print(escape(f"warning: {rec_path} holds an interrupted run of other settings, "
+                             "endpoint or inputs: starting afresh"))
+            return None
+        with np.load(npz_path) as z:
+            state = {k: torch.from_numpy(z[k]) for k in ("x_adv", "queries")}
+        if len(state["queries"]) != key["n"]:
+            raise ValueError(f"{len(state['queries'])} samples saved, {key['n']} attacked")
+        return {**state, "budget_spent": int(rec["budget_spent"]), "runs": int(rec["runs"]),
+                "evaluations": int(rec["evaluator_queries_total"])}
+    except Exception as e:  # a damaged state (truncated, edited): not a reason to stop
+        err.print(escape(f"warning: cannot read the saved state {rec_path} "
+                         f"({type(e).__name__}: {e}): starting afresh"))
+        return None
+
+
+def _attack_endpoint(atk: Any, m: Any, x: torch.Tensor, y: torch.Tensor, threat: Any,
+                     target: int | None, seed: int, save: Path | None,
+                     key: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Run ``atk`` on the endpoint ``m``, resumable: ``(result, totals over every run)``.
+
+    When the endpoint stays down (:class:`ModelUnavailableError`) the attack's best points
+    so far (unverified), the queries answered per sample and the queries charged to the
+    budget go to ``save`` (``.npz`` and ``.json``, ``"status": "interrupted"``) and the
+    error, naming them, goes on. A rerun with the same settings resumes: the saved points
+    are verified (the evaluator's look, outside the budget), the samples they fool are
+    kept (``finished``), the others are attacked again from their clean inputs, and the
+    budget is what the earlier runs left (never exceeded over all of them).
+    """
+    from scrutiny.types import AttackResult
+
+    n = len(y)
+    state = _load_resume(save, key) if save is not None else None
+    x_adv, queries = x.clone(), torch.zeros(n, dtype=torch.long)
+    finished = torch.zeros(n, dtype=torch.bool)
+    spent, evals, runs = 0, 0, 1
+    clean = adv = None
+    rest = torch.arange(n)
+    if state is not None:
+        x_adv, queries = state["x_adv"].to(x.dtype), state["queries"].long()
+        spent, evals, runs = state["budget_spent"], state["evaluations"], state["runs"] + 1
+        if m.budget is not None:
+            m.budget = max(m.budget - spent, 0)
+    try:
+        if state is not None:  # verify the saved points: the evaluator's, outside the budget
+            scores, _ = m._evaluate(torch.cat([x, x_adv]))
+            clean, adv = scores[:n], scores[n:]
+            pred = adv.argmax(1)
+            finished = pred != y if target is None else pred == target
+        rest = (~finished).nonzero()[:, 0]
+        res = atk(m, x[rest], y[rest], threat=threat, target=target, seed=seed) \
+            if len(rest) else None
+    except ModelUnavailableError as e:
+        part = getattr(e, "partial", None)
+        if part is not None:
+            x_adv[rest] = part["x_adv"].cpu().to(x.dtype)
+            queries[rest] += part["queries"].cpu().long()
+        if save is None:
+            raise ModelUnavailableError(f"{e}; nothing saved: give --out FILE.npz to keep the "
+                                        "best points so far and resume") from e
+        spent_now = spent + m.queries
+        np.savez_compressed(save, x=x.numpy(), x_adv=x_adv.numpy(), y=y.numpy(),
+                            queries=queries.numpy(), finished=finished.numpy())
+        _write_record(save.with_suffix(".json"), {
+            "status": "interrupted", "error": str(e), "resume": key, "runs": runs,
+            "budget": key.get("budget"), "budget_spent": spent_now,
+            "queries_total": int(queries.sum()), "evaluator_queries_total": evals + m.evaluations,
+            "finished": int(finished.sum()), "endpoint": m.usage()})
+        raise ModelUnavailableError(
+            f"{e}; saved the best points so far (unverified) of {n - int(finished.sum())} "
+            f"unfinished sample(s) and {spent_now} queries spent in {_npz_path(save)} and "
+            f"{save.with_suffix('.json')}: rerun the same command to resume") from e
+    totals = {"runs": runs, "budget_spent": spent + m.queries,
+              "evaluator_queries_total": evals + m.evaluations}
+    if state is None:
+        return res, {**totals, "queries_total": int(res.queries.sum())}
+    # resumed: the samples the saved points fool, and this run's result for the others
+    logits, clean_ok = adv.clone(), clean.argmax(1) == y
+    exhausted = torch.zeros(n, dtype=torch.bool)
+    meta: dict[str, Any] = {"attack": atk.name}
+    if res is not None:
+        x_adv[rest], logits[rest] = res.x_adv.cpu().to(x.dtype), res.logits.cpu()
+        clean_ok[rest], queries[rest] = res.clean_correct, queries[rest] + res.queries.cpu()
+        if res.budget_exhausted is not None:
+            exhausted[rest] = res.budget_exhausted
+        meta = {**res.meta, "stopped_by_budget": bool(res.meta.get("stopped_by_budget"))}
+    pred = logits.argmax(1)
+    tt = None if target is None else torch.full_like(y, target)
+    resolved = threat if res is None else res.threat
+    merged = AttackResult(
+        x_adv=x_adv, success=pred != y if tt is None else pred == tt,
+        norms=resolved.distance(x, x_adv), logits=logits, clean_correct=clean_ok,
+        adv_correct=pred == y, y=y, target=tt, threat=resolved, queries=queries,
+        meta={**meta, "resumed_samples": int(finished.sum()),
+              "queries_total": int(queries.sum())}, budget_exhausted=exhausted)
+    return merged, {**totals, "queries_total": int(queries.sum())}
+
+
 def resolve(model: str | None, weights: Path | None, data: str | None, mean: str | None = None,
             std: str | None = None, device: str | None = None, split: str = "test",
-            progress: bool = True):
-    """Load the model and data the options name, and check they fit together."""
+            progress: bool = True, endpoint: dict[str, Any] | None = None):
+    """Load the model and data the options name, and check they fit together.
+
+    An endpoint ``--model http(s)://...`` gives an :class:`~scrutiny.models.HttpModel`
+    (``endpoint``: the keywords of :func:`endpoint_options`), checked against the data by
+    its metadata (:func:`resolve_endpoint`)."""
     from scrutiny.data import load
     from scrutiny.models import RECIPES, TorchModel, load_built, load_factory, load_weights, pretrained
 
+    if is_endpoint(model):
+        given = [o for o, v in (("--weights", weights), ("--mean", mean), ("--std", std),
+                                ("--device", device)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} do not apply to an endpoint (it runs the "
+                             "model, its normalisation and its device itself)")
+        return resolve_endpoint(model, data, split=split,
+                                **(endpoint or endpoint_options(model) or {}))
     by_data: dict[str, str] = {}
     for name, r in RECIPES.items():
         by_data.setdefault(r.dataset, name)
@@ -182,9 +448,9 @@ def method_tags(info: registry.MethodInfo) -> list[str]:
     """What a method declares about itself (its ``Tags``), in words."""
     t = info.cls.tags
     words = []
-    if info.kind in ("attack", "explainer"):
+    if info.kind in ("attack", "explainer"):  # a black-box explainer needs scores (probs)
         words.append("white-box (gradients)" if t.white_box else
-                     f"black-box (queries revealing {t.output})")
+                     f"black-box (queries revealing {'probs' if info.kind == 'explainer' else t.output})")
     if info.kind in ("attack", "certifier"):
         words.append("norms " + ", ".join(t.norms))
     if info.kind == "attack":
@@ -292,9 +558,12 @@ def list_cmd(name: Annotated[str | None, typer.Argument(
     if markdown:
         print(methods_markdown(name), end="")
         return
-    table = Table("method", "reference", title="scrutiny methods")
-    for spec in registry.list_methods(name):
-        table.add_row(spec, registry.get(spec).paper)
+    table = Table("method", "access", "reference", title="scrutiny methods")
+    for spec in registry.list_methods(name):  # access: what an endpoint (--model http...) runs
+        info = registry.get(spec)
+        access = ("" if info.kind not in ("attack", "explainer") else
+                  "white-box" if info.cls.tags.white_box else "black-box")
+        table.add_row(spec, access, info.paper)
     out.print(table)
 
 
@@ -349,7 +618,11 @@ def _opt(help: str, field: str, *names: str) -> Any:
 
 #: Settings of ``scrutiny audit`` outside :class:`AuditConfig` that a config file may hold.
 AUDIT_RUN_KEYS = ("model", "weights", "data", "mean", "std", "device", "robust_model",
-                  "robust_weights", "out")
+                  "robust_weights", "out", "output", "token_env", "token_file", "budget",
+                  "ca_bundle", "rate_limit", "max_concurrency")
+#: The explainers of an audit of an endpoint when none are configured (the default ones
+#: need gradients).
+ENDPOINT_EXPLAINERS = ("occlusion", "lime", "kernel_shap")
 
 
 def audit_settings(config: Path | None, given: dict[str, Any]
@@ -378,7 +651,7 @@ def audit_settings(config: Path | None, given: dict[str, Any]
             merged.setdefault(m, {}).update(p)
         values["params"] = merged
     run = {k: values.pop(k) for k in AUDIT_RUN_KEYS if k in values}
-    for k in ("weights", "robust_weights", "out"):
+    for k in ("weights", "robust_weights", "out", "token_file", "ca_bundle"):
         if k in run and run[k] is not None:
             run[k] = Path(run[k])
     return AuditConfig(**values), run
@@ -387,7 +660,7 @@ def audit_settings(config: Path | None, given: dict[str, Any]
 def _run_record(run: dict[str, Any]) -> dict[str, Any]:
     """The run settings as ``config.toml`` keeps them: paths absolute, no output folder."""
     rec = {k: v for k, v in run.items() if k != "out" and v is not None}
-    for k in ("weights", "robust_weights"):
+    for k in ("weights", "robust_weights", "token_file", "ca_bundle"):  # paths, never a text
         if k in rec:
             rec[k] = str(Path(rec[k]).resolve())
     for k in ("data", "model", "robust_model"):
@@ -465,6 +738,12 @@ def audit(config: Annotated[Path | None, typer.Option(
           fresh: Annotated[bool, typer.Option(
               help="Recompute every section instead of resuming the finished ones saved in "
               "OUT/.audit-state.")] = False,
+          output: OutputKindOpt = None, token_env: TokenEnvOpt = None,
+          token_file: TokenFileOpt = None,
+          budget: Annotated[int | None, typer.Option(
+              help="Endpoint: total queries the audit may send it.")] = None,
+          ca_bundle: CaBundleOpt = None, rate_limit: RateLimitOpt = None,
+          max_concurrency: ConcurrencyOpt = None,
           quiet: QuietOpt = False) -> None:
     """Attack and explain a model; write one HTML report (default: embedded digits CNN).
 
@@ -475,6 +754,10 @@ def audit(config: Annotated[Path | None, typer.Option(
     OUT/config.toml holds the resolved settings; the report, the command that reruns them.
 
     Finished sections are saved under OUT/.audit-state: a rerun resumes after them.
+
+    --model http(s)://host:port/v2/models/NAME audits an endpoint: only what needs queries
+    runs (query attacks, black-box explainers: occlusion, lime, kernel_shap by default);
+    the sections that need gradients are skipped with a note.
     """
     import shutil
 
@@ -486,6 +769,12 @@ def audit(config: Annotated[Path | None, typer.Option(
             raise InputError(f"audit --param must be METHOD.NAME=VALUE, got {k!r}")
         meth, name = k.split(".", 1)
         params.setdefault(meth, {})[name] = v
+    if explainers is None:  # an endpoint's default explainers: the default ones need gradients
+        from scrutiny.audit.config import read_toml
+
+        in_file = read_toml(config) if config is not None else {}
+        if is_endpoint(model or in_file.get("model")) and "explainers" not in in_file:
+            explainers = ",".join(ENDPOINT_EXPLAINERS)
     cfg, run = audit_settings(config, {
         "attacks": attacks, "headline_attack": headline_attack, "explainers": explainers,
         "norm": norm, "eps": eps, "reference_eps": reference_eps, "n_samples": n,
@@ -496,10 +785,22 @@ def audit(config: Annotated[Path | None, typer.Option(
         "explore_samples": explore_samples, "sections": sections,
         "skip": skip, "model": model, "weights": weights, "data": data, "mean": mean,
         "std": std, "device": device,
-        "robust_model": robust_model, "robust_weights": robust_weights, "out": out_dir})
+        "robust_model": robust_model, "robust_weights": robust_weights, "out": out_dir,
+        "output": output, "token_env": token_env, "token_file": token_file, "budget": budget,
+        "ca_bundle": ca_bundle, "rate_limit": rate_limit, "max_concurrency": max_concurrency})
     model, weights, data, mean, std, device, robust_model, robust_weights = (
         run.get(k) for k in ("model", "weights", "data", "mean", "std", "device", "robust_model",
                              "robust_weights"))
+    endpoint = endpoint_options(model, output=run.get("output"), token_env=run.get("token_env"),
+                                token_file=run.get("token_file"), ca_bundle=run.get("ca_bundle"),
+                                rate_limit=run.get("rate_limit"),
+                                max_concurrency=run.get("max_concurrency"))
+    if run.get("budget") is not None:
+        if endpoint is None:
+            raise InputError("--budget is for an endpoint --model http(s)://...")
+        endpoint["budget"] = int(run["budget"])
+        if endpoint["budget"] < 0:
+            raise InputError(f"--budget must be >= 0, got {endpoint['budget']}")
     if robust_weights is not None and robust_model is None:
         raise InputError("--robust-weights is for a 'module:factory' --robust-model; give one")
     out_dir = run.get("out") or Path("audit-report")
@@ -510,7 +811,8 @@ def audit(config: Annotated[Path | None, typer.Option(
     state = out_dir / ".audit-state"
     if fresh and state.is_dir():
         shutil.rmtree(state)
-    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet,
+                    endpoint=endpoint)
     robust = None
     if robust_model is not None:
         try:  # any model spec --model takes, checked against the audited model's data
@@ -527,7 +829,8 @@ def audit(config: Annotated[Path | None, typer.Option(
                   title=f"{res.model} on {res.dataset}: robust accuracy ({res.n_samples} samples)")
     for name, rows in res.robustness.items():
         table.add_row(name, *[f"{100 * r['robust_accuracy']:.1f}%" for r in rows])
-    out.print(table)
+    if res.robustness:
+        out.print(table)
     h = res.headline
     robust = (f"robust accuracy {100 * h['robust_accuracy']:.1f}% at {h['norm']} eps={h['eps']:g} "
               "(worst case)" if h.get("robust_accuracy") is not None
@@ -545,6 +848,12 @@ def audit(config: Annotated[Path | None, typer.Option(
               f"{len(res.flags) - len(flagged)} of {len(res.flags)} ok")
     for f in flagged if res.verdict is None else ():  # else the verdict listed them
         out.print(f"[bold red]FLAGGED[/] {f.check}: {f.message}")
+    if res.endpoint is not None:
+        u, per = res.endpoint, res.endpoint.get("seconds_per_query")
+        out.print(escape(f"endpoint {u.get('url') or u.get('name')}: {u['queries']} queries, "
+                         f"{u['evaluations']} evaluator queries, {u.get('requests', 'n/a')} "
+                         "requests, " + ("n/a" if per is None else f"{1000 * per:.2f} ms")
+                         + " per query"))
     out.print(f"report: {path}  ({res.seconds:.1f} s)")
 
 
@@ -559,45 +868,77 @@ def attack(method: Annotated[str, typer.Argument(help="Registered attack, e.g. p
            n: Annotated[int, typer.Option("--n", help="Test samples attacked.")] = 256,
            param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
            save: Annotated[Path | None, typer.Option(
-               "--out", help="Save x, x_adv, y, success as .npz.")] = None,
+               "--out", help="Save x, x_adv, y, success as f.npz and the settings and numbers "
+               "as f.json.")] = None,
            budget: Annotated[int | None, typer.Option(
                help="Black-box attacks: total queries the model answers (all samples).")] = None,
+           output: OutputKindOpt = None, token_env: TokenEnvOpt = None,
+           token_file: TokenFileOpt = None, ca_bundle: CaBundleOpt = None,
+           rate_limit: RateLimitOpt = None, max_concurrency: ConcurrencyOpt = None,
            quiet: QuietOpt = False) -> None:
-    """Run one attack on test samples and print robust accuracy."""
+    """Run one attack on test samples and print robust accuracy.
+
+    --model http(s)://host:port/v2/models/NAME attacks an endpoint with a black-box attack.
+    """
     from scrutiny.models import QueryModel
     from scrutiny.types import ThreatModel
 
     atk = registry.create(method, kind="attack", **parse_params(param))
     threat = ThreatModel(norm, eps)
+    endpoint = endpoint_options(model, output=output, token_env=token_env,
+                                token_file=token_file, budget=budget, ca_bundle=ca_bundle,
+                                rate_limit=rate_limit, max_concurrency=max_concurrency)
+    if endpoint is not None and atk.tags.white_box:
+        raise refuse_white_box("attack", method, endpoint["output"])
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
     if budget is not None and atk.tags.white_box:
         raise InputError(f"--budget is for black-box attacks; {method} is white-box")
     if budget is not None and budget < 0:
         raise InputError(f"--budget must be >= 0, got {budget}")
-    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet,
+                    endpoint=endpoint)
     x, y = ds.x[:n], ds.y[:n]
     t0 = time.perf_counter()
-    subject = m if budget is None else QueryModel(m, output=atk.tags.output, budget=budget)
+    subject = m if budget is None or endpoint is not None else QueryModel(
+        m, output=atk.tags.output, budget=budget)
+    totals: dict[str, Any] = {}
     # one call (attacks do not split into batches without changing their numbers); an attack
     # that counts its own steps or stages shows its bar in this one's place
     with progress.progress_bar(1, "attack", hand_over=True) as bar:
         bar.step(f"{atk.name} on {len(y)} samples")
-        res = atk(subject, x, y, threat=threat, target=target, seed=seed)  # bounds: the model's
+        if endpoint is not None:  # resumable when the endpoint stays down
+            key = _resume_key(atk, m, x, y, norm=norm, eps=eps, target=target, seed=seed,
+                              data=ds.name, n=len(y), budget=budget)
+            res, totals = _attack_endpoint(atk, m, x, y, threat, target, seed, save, key)
+        else:
+            res = atk(subject, x, y, threat=threat, target=target, seed=seed)  # model's bounds
         bar.advance()
     dt = time.perf_counter() - t0
     table = Table("metric", "value", title=f"{atk!r} on {m.name} / {ds.name}")
     for k, v in res.to_dict().items():
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     table.add_row("seconds", f"{dt:.2f}")
+    if endpoint is not None:
+        _endpoint_rows(table, m)
+        if totals["runs"] > 1:  # resumed: what every run together spent
+            table.add_row("runs (resumed)", str(totals["runs"]))
+            table.add_row("budget spent (all runs)", str(totals["budget_spent"]))
     out.print(table)
     if res.meta.get("stopped_by_budget"):
         out.print(f"the query budget cut the attack short on {int(res.budget_exhausted.sum())} "
                   f"of {len(y)} samples: their robustness is the budget's, not the model's")
     if save is not None:
+        arrays = {"queries": res.queries.numpy()} if res.queries is not None else {}
         np.savez_compressed(save, x=x.numpy(), x_adv=res.x_adv.cpu().numpy(), y=y.numpy(),
-                            success=res.success.numpy())
-        out.print(f"saved {save}")
+                            success=res.success.numpy(), **arrays)
+        record = {"method": atk.name, "params": atk.get_params(), "norm": norm, "eps": eps,
+                  "target": target, "n": len(y), "seed": seed, "data": ds.name,
+                  "model": m.name, "budget": budget, "seconds": dt, **res.to_dict()}
+        if endpoint is not None:  # this run's usage; the totals: over every (resumed) run
+            record.update(status="complete", endpoint=m.usage(), **totals)
+        _write_record(save.with_suffix(".json"), record)
+        out.print(f"saved {save} and {save.with_suffix('.json')}")
 
 
 @app.command()
@@ -613,27 +954,55 @@ def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")]
                                                "(inputs titled true -> predicted (confidence), "
                                                "maps with colour bars) goes to f.png, the "
                                                "arrays (x, y, pred, attributions, map) to "
-                                               "f.npz.")] = Path("explanation.png"),
+                                               "f.npz, the settings and numbers to "
+                                               "f.json.")] = Path("explanation.png"),
+            budget: Annotated[int | None, typer.Option(
+                help="Endpoint: total queries it may answer.")] = None,
+            output: OutputKindOpt = None, token_env: TokenEnvOpt = None,
+            token_file: TokenFileOpt = None, ca_bundle: CaBundleOpt = None,
+            rate_limit: RateLimitOpt = None, max_concurrency: ConcurrencyOpt = None,
             quiet: QuietOpt = False) -> None:
-    """Explain predictions on test samples; save a labelled figure and the arrays."""
+    """Explain predictions on test samples; save a labelled figure and the arrays.
+
+    --model http(s)://host:port/v2/models/NAME explains an endpoint with a black-box
+    explainer (lime, kernel_shap, occlusion), every perturbed input a query.
+    """
     from scrutiny import plot
     from scrutiny.audit import figures
 
     exp = registry.create(method, kind="explainer", **parse_params(param))
+    endpoint = endpoint_options(model, output=output, token_env=token_env,
+                                token_file=token_file, budget=budget, ca_bundle=ca_bundle,
+                                rate_limit=rate_limit, max_concurrency=max_concurrency)
+    if endpoint is None and budget is not None:
+        raise InputError("--budget is for an endpoint --model http(s)://...")
+    if endpoint is not None and exp.tags.white_box:
+        raise refuse_white_box("explainer", method, endpoint["output"])
     if n < 1:
         raise InputError(f"--n must be >= 1, got {n}")
     if save.suffix.lower() not in (".png", ".npz"):
-        raise InputError(f"--out must end in .png or .npz (both are written), got {save}")
-    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet)
+        raise InputError(f"--out must end in .png or .npz (all are written), got {save}")
+    m, ds = resolve(model, weights, data, mean, std, device, progress=not quiet,
+                    endpoint=endpoint)
     x, y = ds.x[:n], ds.y[:n]
-    data_kw = {"background": ds.x[n:n + 100]} if "background" in exp.call_data else {}
+    # background rows for the tabular surrogates (on images LIME and SHAP use their fill)
+    data_kw = ({"background": ds.x[n:n + 100]} if "background" in exp.call_data
+               and not ds.is_image else {})
     t0 = time.perf_counter()
     e = exp(m, x, target, seed=seed, **data_kw)
     dt = time.perf_counter() - t0
+    if endpoint is not None:  # the evaluator's look (not a query), as log-probabilities
+        scores, _ = m._evaluate(x)
+        scores = scores.log_softmax(1) if m.output == "logits" else scores.clamp_min(1e-45).log()
+
+        def view(t: torch.Tensor) -> torch.Tensor:  # the figure's titles: the first len(t)
+            return scores[:len(t)]
+    else:
+        view = m.logits
     png_path, npz_path = save.with_suffix(".png"), save.with_suffix(".npz")
     png_path.parent.mkdir(parents=True, exist_ok=True)
     if ds.is_image:
-        fig = plot.explanation(x, e, y=y, model=m, classes=ds.classes, max_samples=16,
+        fig = plot.explanation(x, e, y=y, model=view, classes=ds.classes, max_samples=16,
                                title=f"{exp.name} (first {min(n, 16)} of {n} samples)"
                                if n > 16 else exp.name)
         fig.savefig(png_path, dpi=110)
@@ -641,7 +1010,7 @@ def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")]
         png, _ = figures.feature_bars({exp.name: e.attributions}, ds.feature_names or (),
                                       exp.name)
         png_path.write_bytes(png)
-    logits = m.logits(x).cpu()
+    logits = view(x).cpu()
     arrays = {"x": x.cpu().numpy(), "y": y.cpu().numpy(), "pred": logits.argmax(1).numpy(),
               "confidence": logits.softmax(1).amax(1).numpy(),
               "attributions": e.attributions.cpu().numpy(), "target": e.target.numpy(),
@@ -649,11 +1018,21 @@ def explain(method: Annotated[str, typer.Argument(help="Registered explainer.")]
     if ds.is_image:
         arrays["map"] = e.pixel_map().cpu().numpy()
     np.savez_compressed(npz_path, **arrays)
+    json_path = save.with_suffix(".json")
+    record = {"method": exp.name, "params": exp.get_params(), "n": n, "target": target,
+              "seed": seed, "data": ds.name, "model": m.name, "seconds": dt}
     msg = f"{exp!r}: {n} samples in {dt:.2f} s"
     if e.delta is not None:
         msg += f", max |completeness error| {float(e.delta.abs().max()):.2e}"
-    out.print(msg)
-    out.print(f"saved {png_path} and {npz_path}")
+    if endpoint is not None:
+        record["endpoint"] = u = m.usage()
+        per = u["seconds_per_query"]
+        msg += (f"; {u['url']}: {u['queries']} queries (+{u['evaluations']} evaluator), "
+                f"{u['requests']} requests, "
+                + ("n/a" if per is None else f"{1000 * per:.2f} ms") + " per query")
+    _write_record(json_path, record)
+    out.print(escape(msg))
+    out.print(f"saved {png_path}, {npz_path} and {json_path}")
 
 
 @app.command()
@@ -1216,6 +1595,9 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="scrutiny")
     except SystemExit as e:  # typer exits on its own after a command or --help
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except ModelUnavailableError as e:  # the endpoint stayed down: rerun to resume
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except (ScrutinyError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

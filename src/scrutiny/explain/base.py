@@ -8,9 +8,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from scrutiny import registry
 from scrutiny.base import Method, grad_wrt
+from scrutiny.errors import InputError
 from scrutiny.models.calls import as_batch, check_call_data, prepare
 from scrutiny.models.hooks import capture  # noqa: F401  (re-exported: explainers import it from here)
+from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import Explanation, Tags
 
@@ -23,6 +26,16 @@ class Explainer(Method):
     seeds the RNG, resolves the target (default: the predicted class), calls
     ``_explain`` and packs an :class:`~scrutiny.types.Explanation`. Inputs are
     never modified.
+
+    A method that needs only forward passes (``tags.white_box=False``: LIME,
+    KernelSHAP, occlusion) also explains a :class:`~scrutiny.models.QueryModel`
+    (e.g. an :class:`~scrutiny.models.HttpModel` endpoint) as a black-box attack
+    queries one: every perturbed input is a query (counted, within the budget;
+    ``meta["queries"]``), the clean look that picks the default target is the
+    evaluator's (``meta["evaluator_queries"]``). The QueryModel must reveal scores;
+    one that reveals probabilities is explained through their logarithm (a softmax
+    gives the probabilities back; an explained "logit" is the log-probability).
+    A white-box method refuses a QueryModel with an :class:`InputError`.
     """
 
     kind = "explainer"
@@ -37,7 +50,8 @@ class Explainer(Method):
 
         Parameters
         ----------
-        model : nn.Module or TorchModel
+        model : nn.Module, TorchModel or QueryModel
+            A QueryModel (only queries) for a method with ``tags.white_box=False``.
         x : Tensor or DataLoader
             Inputs ``(N, ...)`` within the model's bounds; not modified. A
             DataLoader (any iterable of ``(x, y)`` batches or of input
@@ -54,10 +68,20 @@ class Explainer(Method):
         """
         data = {**self._bound_data, **data}
         x, _ = as_batch(x)
+        queried = isinstance(model, QueryModel)
+        if queried and self.tags.white_box:
+            raise InputError(
+                f"{type(self).__name__} needs the model's gradients or layers (white-box); a "
+                f"QueryModel (an endpoint) only answers queries: use a black-box explainer "
+                f"({', '.join(black_box_explainers())})")
         with prepare(self, model, x, seed=seed, data=data, entry="explain",
-                     image=self.tags.image_only) as call:
+                     image=self.tags.image_only, query="probs" if queried else None) as call:
             logits, target = call.logits, call.target(target)
-            attr, extra = self._explain(call.model, call.x0, target, **data)
+            subject = QueryScores(call.model) if queried else call.model
+            attr, extra = self._explain(subject, call.x0, target, **data)
+            if queried:
+                extra["queries"] = call.model.queries - call.queries_at_start
+                extra["evaluator_queries"] = call.model.evaluations - call.evaluations_at_start
         delta = extra.pop("delta", None)
         return Explanation(
             attributions=attr.detach().to(x.device),
@@ -103,6 +127,49 @@ class Explainer(Method):
     def _explain(self, model: TorchModel, x: torch.Tensor, target: torch.Tensor
                  ) -> tuple[torch.Tensor, dict[str, Any]]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def black_box_explainers() -> list[str]:
+    """Names of the registered explainers that need only queries (``tags.white_box=False``)."""
+    return [s.split(":", 1)[1] for s in registry.list_methods("explainer")
+            if not registry.get(s).cls.tags.white_box]
+
+
+class QueryScores:
+    """A QueryModel as a black-box explainer's ``_explain`` sees it: ``model(x)`` gives scores.
+
+    Each call is a query (:meth:`QueryModel.predict`: counted, within the budget).
+    The scores are the logits, or the log-probabilities of a QueryModel revealing
+    probabilities (their softmax is the probabilities). ``bounds``, ``device`` and
+    ``num_classes`` are the QueryModel's.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> qm = QueryModel(nn.Linear(4, 3), output="probs")
+    >>> scores = QueryScores(qm)(torch.rand(2, 4))
+    >>> torch.allclose(scores.exp().sum(1), torch.ones(2)), qm.queries
+    (True, 2)
+    """
+
+    def __init__(self, model: QueryModel) -> None:
+        if not model.reveals("probs"):
+            raise InputError(f"explaining needs scores; this QueryModel answers only "
+                             f"{model.output!r}")
+        self.model = model
+        self.bounds = model.bounds
+        self.device = model.device
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.model.num_classes
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model.predict(x)
+        if self.model.output == "probs":
+            out = out.clamp_min(torch.finfo(out.dtype).tiny).log()
+        return out
 
 
 def target_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor

@@ -98,17 +98,19 @@ class TorchModel(nn.Module):
     def evaluating(self) -> Iterator[TorchModel]:
         """Eval mode, parameters frozen (input gradients only); all restored on exit."""
         modes = [(m, m.training) for m in self.modules()]
-        grads = [(p, p.requires_grad) for p in self.parameters()]
+        grads = [p for p in self.parameters() if p.requires_grad]
         try:
-            self.eval()
-            for p, _ in grads:
+            if any(t for _, t in modes):  # already in eval mode (an attack's query): no writes
+                self.eval()
+            for p in grads:
                 p.requires_grad_(False)
             yield self
         finally:
             for m, t in modes:
-                m.training = t
-            for p, g in grads:
-                p.requires_grad_(g)
+                if m.training != t:
+                    m.training = t
+            for p in grads:
+                p.requires_grad_(True)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

@@ -59,6 +59,35 @@ def _window(n: int, h: int, w: int, s: int, device: torch.device
     return inside[:, None].float(), ii.clamp(0, s - 1), jj.clamp(0, s - 1)
 
 
+#: Largest number of values in a cached table of every window position (see :func:`_windows`).
+_BANK_LIMIT = 2**22
+_banks: dict[tuple[int, int, int, str], torch.Tensor] = {}
+
+
+def _windows(n: int, h: int, w: int, s: int, device: torch.device) -> torch.Tensor:
+    """Random ``s x s`` window per sample as a bool mask ``(n, 1, h, w)``.
+
+    Draws from a cached table of all ``(h - s + 1) (w - s + 1)`` window masks
+    (one index per sample) when it is small, else builds them (:func:`_window`).
+    """
+    positions = (h - s + 1) * (w - s + 1)
+    if positions * h * w > _BANK_LIMIT:
+        return _window(n, h, w, s, device)[0].bool()
+    key = (h, w, s, str(device))
+    bank = _banks.get(key)
+    if bank is None:
+        r = torch.arange(h - s + 1, device=device).repeat_interleave(w - s + 1)
+        c = torch.arange(w - s + 1, device=device).repeat(h - s + 1)
+        ii = torch.arange(h, device=device)[None, :] - r[:, None]
+        jj = torch.arange(w, device=device)[None, :] - c[:, None]
+        bank = (((ii >= 0) & (ii < s))[:, :, None] & ((jj >= 0) & (jj < s))[:, None, :])[:, None]
+        _banks[key] = bank
+    # the same draws as _window: row offset, then column offset, each uniform
+    r = torch.randint(0, h - s + 1, (n,), device=device)
+    c = torch.randint(0, w - s + 1, (n,), device=device)
+    return bank[r * (w - s + 1) + c]
+
+
 def _place(pattern: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor) -> torch.Tensor:
     """``pattern`` (s, s) at each sample's window offsets: (n, 1, h, w) (mask it afterwards)."""
     return pattern.to(ii.device)[ii[:, :, None], jj[:, None, :]][:, None]
@@ -102,6 +131,14 @@ class Square(Attack):
         uses 0.8 on CIFAR-10/MNIST); 0.8 suits small images such as 8x8 digits.
     batch_size : int, optional
         Largest number of inputs per query call.
+    stop_stalled : bool
+        Untargeted runs: stop querying a sample once, after a fifth of its
+        budget, even twice the margin decrease of its last ``max(max_queries /
+        20, 100)`` queries, kept up for every query it has left, would not reach the
+        boundary (the random search has stalled: nothing is left to find at
+        its pace). The samples stopped are in ``meta["stalled"]`` (bool per
+        sample). Off by default (the paper's attack spends the whole budget);
+        :class:`~scrutiny.attacks.WorstCase` turns it on.
 
     Notes
     -----
@@ -136,6 +173,7 @@ class Square(Attack):
     max_queries: int = param(5000, integer=True, positive=True)
     p_init: float = param(0.8, between=(0, 1), interval="(]")
     batch_size: int | None = param(None, integer=True, positive=True)
+    stop_stalled: bool = param(False, kind=bool)
 
     # ------------------------------------------------------------------ losses
     @staticmethod
@@ -145,6 +183,20 @@ class Square(Attack):
         margin = -margin_loss_terms(logp, y, t, "margin")
         loss = margin if t is None else -logp.gather(1, t[:, None])[:, 0]
         return loss, margin
+
+    def _stalled(self, margin: torch.Tensor, checked: torch.Tensor, counts: torch.Tensor,
+                 every: int) -> torch.Tensor:
+        """Samples that cannot reach the boundary at twice their recent pace.
+
+        Untargeted, the loss is the margin and never increases. A sample is
+        stalled when, after at least a fifth of its budget, its margin exceeds
+        twice the decrease of the last ``every`` iterations extrapolated
+        linearly over its remaining queries (the schedule's squares only
+        shrink, so the pace slows down, not up).
+        """
+        left = (self.max_queries - counts).to(margin.dtype)
+        pace = (checked - margin).clamp_min(0) / every
+        return (margin > 0) & (counts >= self.max_queries // 5) & (margin > 2 * pace * left)
 
     # ------------------------------------------------------------------ inits
     def _init_linf(self, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -166,23 +218,33 @@ class Square(Attack):
         return delta / norms * eps
 
     # ------------------------------------------------------------------ steps
-    def _step_linf(self, x: torch.Tensor, best: torch.Tensor, eps: float, p: float,
-                   lo: float, hi: float) -> torch.Tensor:
+    def _step_linf(self, x: torch.Tensor, best: torch.Tensor, ends: tuple[torch.Tensor, torch.Tensor],
+                   p: float) -> torch.Tensor:
+        """One proposal per sample: a random ``s x s`` window set to ``x +- eps`` (one sign per
+        channel), the rest kept; proposals that would leave the image unchanged are resampled.
+
+        ``ends`` are ``x + eps`` and ``x - eps`` projected into the threat set once per run (the
+        linf set is a box per pixel, so any mix of them and ``best`` stays inside it).
+        """
         n, c, h, w = x.shape
         s = min(max(int(round(math.sqrt(p * h * w))), 1), max(h - 1, 1))
-        mask, _, _ = _window(n, h, w, s, x.device)
-        delta = best - x
-        todo = torch.ones(n, dtype=torch.bool, device=x.device)
-        new = delta.clone()
-        for _ in range(100):  # resample proposals that would leave the image unchanged
-            signs = eps * (torch.randint(0, 2, (n, c, 1, 1), device=x.device) * 2 - 1).to(x.dtype)
-            cand = torch.where(mask.bool(), signs.expand_as(delta), delta)
-            new = torch.where(todo.view(-1, 1, 1, 1), cand, new)
-            same = (((x + new).clamp(lo, hi) - best).abs() < 1e-7).flatten(1).all(dim=1)
-            todo = same & todo
-            if not todo.any():
+        inside = _windows(n, h, w, s, x.device)
+        up, down = ends
+        # per sample and channel: would the window's +eps (-eps) values leave it unchanged?
+        out = ~inside
+        keep_up = (((up - best).abs() < 1e-7) | out).flatten(2).all(dim=2)
+        keep_down = (((down - best).abs() < 1e-7) | out).flatten(2).all(dim=2)
+        stuck = (keep_up & keep_down).all(dim=1)  # no sign changes it (e.g. a masked window)
+        pos = torch.rand((n, c), device=x.device) < 0.5
+        for _ in range(100):  # resample the signs of proposals that would change nothing
+            same = torch.where(pos, keep_up, keep_down).all(dim=1) & ~stuck
+            if not bool(same.any()):
                 break
-        return (x + new).clamp(lo, hi)
+            if c == 1:  # the other sign is the only proposal that changes the window
+                pos = pos ^ same[:, None]
+                continue
+            pos = torch.where(same[:, None], torch.rand((n, c), device=x.device) < 0.5, pos)
+        return torch.where(inside, torch.where(pos[:, :, None, None], up, down), best)
 
     def _step_l2(self, x: torch.Tensor, best: torch.Tensor, eps: float, p: float,
                  lo: float, hi: float) -> torch.Tensor:
@@ -226,16 +288,25 @@ class Square(Attack):
             t = None if target is None else target[live]
             loss[live], margin[live] = self._losses(logp, y[live], t)
             box.best[live] = best[live]
-        step = self._step_linf if threat.norm == "linf" else self._step_l2
+        linf = threat.norm == "linf"
+        if linf:  # the two values a linf window can take, once per run
+            ends = (threat.project(x, (x + eps).clamp(lo, hi)),
+                    threat.project(x, (x - eps).clamp(lo, hi)))
+        stalled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        every = max(self.max_queries // 20, 100)  # the stall check's window, in iterations
+        checked = margin.clone()
         iters = 0
         with progress_bar(self.max_queries - 1, "square") as bar:
             for it in range(self.max_queries - 1):
-                live = box.fit(idx[(margin > 0) & (box.counts < self.max_queries)])
+                live = box.fit(idx[(margin > 0) & (box.counts < self.max_queries) & ~stalled])
                 if not len(live):
                     break
                 p = p_schedule(self.p_init, it, self.max_queries)
-                cand = step(x[live], best[live], eps, p, lo, hi)
-                cand = threat.project(x[live], cand)
+                if linf:
+                    cand = self._step_linf(x[live], best[live], (ends[0][live], ends[1][live]), p)
+                else:
+                    cand = threat.project(x[live], self._step_l2(x[live], best[live], eps, p,
+                                                                 lo, hi))
                 logp = box.log_probs(cand, live)
                 t = None if target is None else target[live]
                 new_loss, new_margin = self._losses(logp, y[live], t)
@@ -244,5 +315,8 @@ class Square(Attack):
                 best[j], loss[j], margin[j] = cand[better], new_loss[better], new_margin[better]
                 box.best[j] = cand[better]
                 iters = it + 1
+                if self.stop_stalled and target is None and iters % every == 0:
+                    stalled |= self._stalled(margin, checked, box.counts, every)
+                    checked = margin.clone()
                 bar.advance(f"{int((margin > 0).sum())} left")
-        return best, {"iterations": iters}
+        return best, {"iterations": iters, "stalled": stalled.cpu()}

@@ -24,13 +24,18 @@ class Backdoor(Section):
     For every label, the smallest trigger (a mask and a pattern) that sends the audited
     clean inputs to that label is reverse-engineered; a label whose trigger is far smaller
     than the others' (an anomaly index, by the median absolute deviation of the masks' L1
-    norms, above 2 on the small side) is flagged as a backdoor's likely target. The section
+    norms, above a threshold on the small side: 3.9 for 10 labels, which a model without a
+    backdoor passes 5% of the time; the paper's 2 is passed 33% of the time) is flagged as
+    a backdoor's likely target. The section
     reports the index and the reversed trigger of every label, the flagged labels (in
     ``result.json`` under ``backdoor.flagged``, a list a script can read) and raises the
     verdict's flag "backdoor suspected" when there is one. Its cost is the scan's (about
     10 s on the digits CNN); ``--skip backdoor`` switches it off, ``-p
-    neural_cleanse.epochs=...`` sets the scan's parameters. Image data only. On small inputs
-    a natural shortcut can trip the criterion too (label 5 of the clean 8x8 digits CNN).
+    neural_cleanse.epochs=...`` sets the scan's parameters (``-p
+    neural_cleanse.anomaly_threshold=2`` for the paper's rule). Image data only. On small
+    inputs the scan has little power: natural shortcuts are almost as small as a planted
+    3x3 trigger on the 8x8 digits (docs/poisoning.md), so the section also names the label
+    with the smallest trigger and how much smaller it is than the median.
     """
 
     name = "backdoor"
@@ -79,17 +84,19 @@ class Backdoor(Section):
             + (" Last row: audited inputs with the flagged label's trigger stamped, titled by "
                "the model's prediction." if flagged else ""),
             *figures.image_rows(rows, "reversed triggers")))
-        limit = scan.anomaly_threshold
+        limit = r.anomaly_threshold
         if flagged:
             at = {k: labels.index(k) for k in flagged}
             msg = (f"label(s) {', '.join(names[k] for k in flagged)} reached by a trigger far "
                    f"smaller than the other labels' (anomaly index "
-                   f"{', '.join(f'{ai[i]:.1f}' for i in at.values())} > {limit:g}; mask L1 "
+                   f"{', '.join(f'{ai[i]:.1f}' for i in at.values())} > {limit:.1f}; mask L1 "
                    f"{', '.join(f'{norms[i]:.1f}' for i in at.values())}, median {median:.1f})")
         else:
-            small = [a for a, n in zip(ai, norms, strict=True) if n < median]
-            msg = (f"no label's trigger stands out as small (largest anomaly index below the "
-                   f"median norm {max(small, default=0.0):.1f} <= {limit:g})")
+            i = int(np.argmin(norms))
+            msg = (f"no label's trigger stands out as small: the smallest, label "
+                   f"{names[labels[i]]}'s (mask L1 {norms[i]:.1f}, {norms[i] / median:.2f} of "
+                   f"the median {median:.1f}), has anomaly index {ai[i] or 0.0:.1f} <= "
+                   f"{limit:.1f}")
         out.flags.append(Flag("backdoor suspected", bool(flagged), msg,
                               {"flagged": flagged, "anomaly_index": ai}))
         return out

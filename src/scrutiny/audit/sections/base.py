@@ -34,9 +34,12 @@ class Section:
     heading it appears under), :attr:`always` (it runs whenever a section it reads runs,
     even when not chosen, unless skipped: the verdict) and implements :meth:`run`;
     :meth:`steps` is its share of the progress bar and :meth:`skip_reason` says why it does not run for this
-    context (None: it runs). Register it with :func:`register`. A long section saves
-    its finished units of work (chunks of samples) in :attr:`partial` and skips the
-    units it finds there, so a killed audit resumes inside it.
+    context (None: it runs). On a model that is only queried (an endpoint,
+    :attr:`AuditContext.endpoint`) only the sections with :attr:`black_box` run; the
+    others are skipped with a note (:func:`endpoint_skip`). Register it with
+    :func:`register`. A long section saves its finished units of work (chunks of
+    samples) in :attr:`partial` and skips the units it finds there, so a killed audit
+    resumes inside it.
     """
 
     name: ClassVar[str] = ""
@@ -52,6 +55,10 @@ class Section:
     nav: ClassVar[str] = ""
     #: its template draws with Plotly (the report then inlines the Plotly bundle)
     interactive: ClassVar[bool] = False
+    #: it needs only queries of the model, so it also runs on an endpoint (a QueryModel)
+    black_box: ClassVar[bool] = False
+    #: what it needs that an endpoint does not give (the note when one skips it)
+    endpoint_needs: ClassVar[str] = "gradients"
     #: Finished units of work of this run (see :class:`PartialStore`); the runner gives
     #: each section its own, keyed like its result; this default keeps nothing.
     partial: PartialStore = PartialStore()
@@ -67,6 +74,16 @@ class Section:
     def run(self, ctx: AuditContext, done: dict[str, SectionResult], bar: Any) -> SectionResult:
         """Compute the section from the context and the results of earlier sections."""
         raise NotImplementedError
+
+
+def endpoint_skip(section: Section, ctx: AuditContext) -> str | None:
+    """Why ``section`` does not run on ``ctx``: its own :meth:`~Section.skip_reason`, else,
+    on an endpoint, what it needs (``"needs gradients: the model is an endpoint"``) unless it
+    is :attr:`~Section.black_box`; None when it runs."""
+    why = section.skip_reason(ctx)
+    if why is None and ctx.endpoint and not section.black_box:
+        why = f"needs {section.endpoint_needs}: the model is an endpoint"
+    return why
 
 
 def run_parts(section: Section, parts: tuple[str, ...], ctx: AuditContext, out: SectionResult,

@@ -38,6 +38,7 @@ class Certification(Section):
     needs = ("robustness",)
     uses = ("headline",)
     display = 30
+    endpoint_needs = "the model's weights"
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if not ctx.config.certifier:

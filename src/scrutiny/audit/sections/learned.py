@@ -66,6 +66,7 @@ class Learned(Section):
     nav = "Learned"
     group = "learned"
     display = 90
+    endpoint_needs = "the model's layers and gradients"
 
     def steps(self, ctx: AuditContext) -> int:
         return len(PARTS)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import nn
+
 from scrutiny import registry
 from scrutiny.audit import figures
 from scrutiny.audit.context import AuditContext, Figure, SectionResult
 from scrutiny.audit.sections.base import Section, register, run_parts
 from scrutiny.audit.sections.learned import training_data
+from scrutiny.errors import InputError
+from scrutiny.models.query import QueryModel
 
 #: The parts of the section, in the order they run (each one step of the progress bar).
 PARTS = ("membership_inference", "idlg")
@@ -37,6 +42,11 @@ class Privacy(Section):
     ``-p idlg.iterations=...`` (default here :data:`IDLG`) set the methods' parameters. On a
     trained model a reconstruction rarely succeeds (the gradient of a well-fitted input
     nearly vanishes); the label is recovered exactly.
+
+    On an endpoint (a model only queried) membership inference runs on its answers (a
+    loss from its logits or probabilities; every member and nonmember one query, within
+    its budget) and iDLG, which needs gradients, is left out with a note; an endpoint
+    answering only labels gives no loss, so the section is skipped.
     """
 
     name = "privacy"
@@ -44,10 +54,13 @@ class Privacy(Section):
     nav = "Privacy"
     group = "tampered"
     display = 105
+    black_box = True  # membership inference needs only the outputs
 
     def skip_reason(self, ctx: AuditContext) -> str | None:
         if training_data(ctx) is None:
             return "the training split of this data is not known to the audit"
+        if ctx.endpoint and ctx.model.output == "label":
+            return "needs scores (a loss): the endpoint answers only labels"
         return None
 
     def steps(self, ctx: AuditContext) -> int:
@@ -62,11 +75,22 @@ class Privacy(Section):
     def _membership_inference(self, ctx: AuditContext, train: Any, out: SectionResult
                               ) -> dict[str, Any]:
         method = ctx.create("privacy", "membership_inference")
-        r = method(ctx.model, train, nonmembers=ctx.data, seed=ctx.seed)
+        model: Any = ctx.model
+        if ctx.endpoint:  # its answers, each a query, as the scores the loss is read from
+            need, left = len(train) + len(ctx.data), ctx.model.remaining
+            if left is not None and need > left:
+                raise InputError(f"it needs {need} queries (one per member and nonmember), "
+                                 f"the endpoint's budget has {left} left")
+            model = _Answers(ctx.model)
+        r = method(model, train, nonmembers=ctx.data, seed=ctx.seed)
         return {**r.to_dict(), "members": len(train), "nonmembers": len(ctx.data),
                 "params": method.get_params()}
 
-    def _idlg(self, ctx: AuditContext, train: Any, out: SectionResult) -> dict[str, Any]:
+    def _idlg(self, ctx: AuditContext, train: Any, out: SectionResult) -> dict[str, Any] | None:
+        if ctx.endpoint:
+            out.notes.append("gradient leakage (iDLG) was left out: it needs the gradient of "
+                             "the loss, and the model is an endpoint that only answers queries")
+            return None
         method = registry.create("privacy:idlg", **{**IDLG, **ctx.config.params.get("idlg", {})})
         one = train.subset([0])
         r = method(ctx.model, one, seed=ctx.seed)
@@ -85,3 +109,17 @@ class Privacy(Section):
                                      ("rebuilt", r.x.cpu(), recovered)], "gradient leakage")))
         return {**r.to_dict(), "index": 0, "params": method.get_params(),
                 "other_inputs_mse": baseline}
+
+
+class _Answers(nn.Module):
+    """An endpoint's answers as the scores of a module: logits as they are, probabilities as
+    their logarithm (what the cross-entropy reads: ``log_softmax(log p) = log p``). Each
+    input is a query (:meth:`QueryModel.predict`: counted, within the budget)."""
+
+    def __init__(self, endpoint: QueryModel) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.endpoint.predict(x).float()
+        return out if self.endpoint.output == "logits" else out.clamp_min(1e-30).log()

@@ -20,6 +20,7 @@ class Queries(Section):
     name = "queries"
     title = "Black-box success against queries"
     display = 20
+    black_box = True  # queries only: it also runs on an endpoint
 
     def steps(self, ctx: AuditContext) -> int:
         return len(ctx.config.query_attacks)

@@ -183,6 +183,7 @@ class Verdict(Section):
     uses = _EveryOtherSection()  # type: ignore[assignment]
     display = -10
     always = True  # --sections robustness gets its verdict too; --skip verdict drops it
+    black_box = True  # it reads the other sections' results, never the model
 
     def run(self, ctx: AuditContext, done: dict[str, SectionResult], bar: Any) -> SectionResult:
         cfg = ctx.config

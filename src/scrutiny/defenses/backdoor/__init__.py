@@ -1,8 +1,14 @@
 """Backdoor scans of a model or its training set (registry kind ``"backdoor_scan"``).
 Base: :mod:`scrutiny.defenses.backdoor.base`."""
 
-from scrutiny.defenses.backdoor.base import BackdoorScan, ScanResult, precision_recall
-from scrutiny.defenses.backdoor.cleanse import CleanseResult, NeuralCleanse, mad_anomaly_index, neural_cleanse
+from scrutiny.defenses.backdoor.base import (
+    BackdoorScan,
+    ScanResult,
+    anomaly_threshold,
+    mad_anomaly_index,
+    precision_recall,
+)
+from scrutiny.defenses.backdoor.cleanse import CleanseResult, NeuralCleanse, neural_cleanse
 from scrutiny.defenses.backdoor.clustering import (
     ActivationClustering,
     ClusteringResult,
@@ -13,5 +19,5 @@ from scrutiny.defenses.backdoor.spectral import SpectralResult, SpectralSignatur
 
 __all__ = ["ActivationClustering", "BackdoorScan", "CleanseResult", "ClusteringResult",
            "NeuralCleanse", "ScanResult", "SpectralResult", "SpectralSignatures",
-           "activation_clustering", "mad_anomaly_index", "neural_cleanse", "precision_recall",
-           "representations", "spectral_signatures"]
+           "activation_clustering", "anomaly_threshold", "mad_anomaly_index", "neural_cleanse",
+           "precision_recall", "representations", "spectral_signatures"]

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from scrutiny.data import ArrayDataset
-from scrutiny.defenses.backdoor.base import BackdoorScan, ScanResult
-from scrutiny.defenses.backdoor.cleanse import mad_anomaly_index
+from scrutiny.defenses.backdoor.base import BackdoorScan, ScanResult, anomaly_threshold, mad_anomaly_index
 from scrutiny.defenses.backdoor.clustering import representations
 from scrutiny.errors import InputError
 from scrutiny.models.wrapper import TorchModel
@@ -73,8 +72,12 @@ class SpectralSignatures(BackdoorScan):
 
     The paper flags points in every class and no class as such. Here ``flagged`` lists
     the classes whose top direction stands out: the share of the class's variance along
-    ``v`` has a MAD anomaly index (as in Neural Cleanse) above ``anomaly_threshold``,
-    above the median across classes. With ``only_flagged=True`` only the points of those
+    ``v`` has a MAD anomaly index (as in Neural Cleanse) above the threshold, above the
+    median across classes; the threshold is chosen, as Neural Cleanse's, for the number
+    of classes so that a model whose shares are normally distributed has a class flagged
+    with probability ``false_positive_rate``
+    (:func:`~scrutiny.defenses.backdoor.base.anomaly_threshold`), unless
+    ``anomaly_threshold`` sets it. With ``only_flagged=True`` only the points of those
     classes are ``suspicious``. The spectral signature is provably there when the poison
     is a small share of its class; when it makes up about half of the class, the scores
     of both halves are alike and the top scores mix them.
@@ -89,8 +92,12 @@ class SpectralSignatures(BackdoorScan):
         ``nn.Linear`` (the last hidden layer).
     eps : float
         Upper bound on the poison's share of a class: ``1.5 * eps`` of each class is flagged.
-    anomaly_threshold : float
-        Anomaly index of a class's top variance share above which the class is flagged.
+    anomaly_threshold : float, optional
+        Anomaly index of a class's top variance share above which the class is flagged;
+        None chooses it from the number of classes and ``false_positive_rate``.
+    false_positive_rate : float
+        With ``anomaly_threshold=None``: the probability that a class of a model whose
+        classes' shares are normally distributed (no backdoor) is flagged.
     only_flagged : bool
         Keep as ``suspicious`` only the top-scored points of the flagged classes (the
         paper's algorithm: False, every class).
@@ -111,7 +118,8 @@ class SpectralSignatures(BackdoorScan):
 
     layer: str | None = param(None, kind=str)
     eps: float = param(0.1, between=(0.0, 2 / 3), interval="(]")
-    anomaly_threshold: float = param(2.0, positive=True)
+    anomaly_threshold: float | None = param(None, positive=True)
+    false_positive_rate: float = param(0.05, between=(0.0, 1.0), interval="()")
     only_flagged: bool = param(False, kind=bool)
 
     def _run(self, model: TorchModel, data: ArrayDataset, *, seed: int | None) -> SpectralResult:
@@ -136,8 +144,10 @@ class SpectralSignatures(BackdoorScan):
         share_a = np.array(share)
         index = mad_anomaly_index(share_a) if len(share_a) else np.zeros(0)
         med = float(np.median(share_a)) if len(share_a) else math.nan
+        limit = (float(self.anomaly_threshold) if self.anomaly_threshold is not None
+                 else anomaly_threshold(len(classes), self.false_positive_rate))
         flagged = [k for k, v, a in zip(classes, share_a, index, strict=True)
-                   if v > med and a > self.anomaly_threshold]
+                   if v > med and a > limit]
         keep = [t for k, t in zip(classes, tops, strict=True)
                 if not self.only_flagged or k in flagged]
         sus = torch.cat(keep).sort().values if keep else torch.zeros(0, dtype=torch.long)

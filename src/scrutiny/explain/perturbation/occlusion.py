@@ -9,6 +9,7 @@ from scrutiny.explain.base import Explainer, function_twin
 from scrutiny.explain.baselines import check_fill, make_baseline
 from scrutiny.params import param
 from scrutiny.registry import register
+from scrutiny.types import Tags
 from scrutiny.validation import check_positive
 
 
@@ -52,7 +53,9 @@ class Occlusion(Explainer):
     stride, 2 stride, ...`` plus the last one, so every element is covered.
     All occluded copies of all inputs go through the model in chunks of
     ``batch_size`` (one forward per chunk). Images give maps ``(N, H, W)``,
-    tables ``(N, D)``.
+    tables ``(N, D)``. Only forward passes: it also explains a
+    :class:`~scrutiny.models.QueryModel` (an endpoint), one query per occluded
+    input plus one per input.
 
     Parameters
     ----------
@@ -82,6 +85,8 @@ class Occlusion(Explainer):
     >>> Occlusion(window=2)(pretrained("digits-cnn", progress=False), x).attributions.shape
     torch.Size([4, 8, 8])
     """
+
+    tags = Tags(white_box=False)
 
     window: int | tuple[int, int] = param(3, check=_check_size)
     stride: int | tuple[int, int] = param(1, check=_check_size)
