@@ -126,6 +126,7 @@ def test_user_model_via_factory_and_weights(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, msg", [
     (["attack", "pgd", "--eps", "-1"], "eps must be"),
+    (["certify", "crown", "--model", "http://127.0.0.1:9/v2/models/m"], "an endpoint only answers"),
     (["attack", "nope"], "unknown method"),
     (["attack", "pgd", "-p", "stepz=3"], "accepted: steps"),
     (["attack", "pgd", "--data", "/no/such/file.npz"], "no such dataset or path"),

@@ -1407,11 +1407,11 @@ def trust(metric: Annotated[str, typer.Argument(help="Registered metric, e.g. de
 @app.command()
 @_quiet_option
 def certify(method: Annotated[str, typer.Argument(help="Registered certifier: ibp, crown, "
-                                                  "smoothing.")],
+                                                  "alpha_crown, smoothing.")],
             model: ModelOpt = None, weights: WeightsOpt = None, data: DataOpt = None,
             mean: MeanOpt = None, std: StdOpt = None,
-            norm: Annotated[str, typer.Option(help="A norm the certifier declares: ibp, crown: "
-                                              "linf or l2; smoothing: l2.")] = "linf",
+            norm: Annotated[str, typer.Option(help="A norm the certifier declares: ibp, crown, "
+                                              "alpha_crown: linf or l2; smoothing: l2.")] = "linf",
             eps: Annotated[str, typer.Option(help="Comma-separated radii.")] = "0.01,0.02,0.05",
             n: Annotated[int, typer.Option("--n", help="Test samples certified.")] = 100,
             param: ParamOpt = None, seed: SeedOpt = 0, device: DeviceOpt = None,
@@ -1420,6 +1420,10 @@ def certify(method: Annotated[str, typer.Argument(help="Registered certifier: ib
     from scrutiny.types import ThreatModel
 
     cert = registry.create(method, kind="certifier", **parse_params(param))
+    if is_endpoint(model):
+        raise InputError("certification reads the network's weights; an endpoint only answers "
+                         "queries: certify the model itself (--model a zoo name, "
+                         "module:factory or .safetensors)")
     radii = _floats(eps, "--eps") or []
     if n < 1 or not radii:
         raise InputError("--n must be >= 1 and --eps must name at least one radius")
