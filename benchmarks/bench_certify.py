@@ -137,7 +137,8 @@ def _max_diff(ours, lb, ub, y) -> float:
 
 
 def lirpa_compare(lirpa, model, x, y, eps_list, rounds: int, crown_rounds: int,
-                  check_n: int, alpha: bool = True) -> dict:
+                  check_n: int, alpha: bool = True, methods: tuple[str, ...] = ("IBP", "CROWN")
+                  ) -> dict:
     """IBP and CROWN bounds (logit and margin rows, lower and upper) and alpha-CROWN
     certification, scrutiny against auto_LiRPA, interleaved rounds."""
     from auto_LiRPA import BoundedModule, BoundedTensor
@@ -172,6 +173,8 @@ def lirpa_compare(lirpa, model, x, y, eps_list, rounds: int, crown_rounds: int,
     for eps in eps_list:
         spec = margin_spec(y, k, torch.float32)
         for method, cert in (("IBP", IBP(batch_size=len(x))), ("CROWN", CROWN())):
+            if method not in methods:
+                continue
             ts, tl = [], []
             for _ in range(rounds if method == "IBP" else crown_rounds):
                 t = time.perf_counter()
@@ -264,7 +267,10 @@ def main() -> None:
     p.add_argument("--lirpa", action="store_true",
                    help="only the comparison with auto_LiRPA (see fetch_lirpa.sh)")
     p.add_argument("--models", default="digits-cnn,digits-cnn-pgd",
-                   help="zoo models of the auto_LiRPA comparison")
+                   help="zoo models of the auto_LiRPA comparison, or 'bigcnn' (benchmarks/bigcnn.py "
+                        "on 28x28 digits)")
+    p.add_argument("--methods", default="IBP,CROWN",
+                   help="bound methods of the auto_LiRPA comparison (IBP, CROWN)")
     p.add_argument("--eps", default="0.01,0.05", help="linf radii of the auto_LiRPA comparison")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of IBP (auto_LiRPA)")
     p.add_argument("--crown-rounds", type=int, default=2, help="interleaved rounds of CROWN")
@@ -279,16 +285,22 @@ def main() -> None:
         if lirpa is None:
             raise SystemExit("auto_LiRPA does not import: run benchmarks/fetch_lirpa.sh and use "
                              "benchmarks/.venv-peers/bin/python")
-        data = load_digits(split="test")
-        x, y = data.x[:a.n], data.y[:a.n]
         report = {"auto_LiRPA": lirpa.__version__, "torch": torch.__version__,
                   "threads": a.threads, "cpu": platform.processor() or platform.machine(),
                   "date": time.strftime("%Y-%m-%d"), "models": {}}
         for name in a.models.split(","):
+            if name == "bigcnn":  # the 28x28 workload of issue 17
+                sys.path.insert(0, str(Path(__file__).resolve().parent))
+                from bigcnn import load_bigcnn
+
+                model, data = load_bigcnn(), load_digits(size=28, split="test")
+            else:
+                model, data = pretrained(name, progress=False), load_digits(split="test")
+            x, y = data.x[:a.n], data.y[:a.n]
             print(f"{name}, {len(x)} test images, {a.threads} thread(s)", flush=True)
-            model = pretrained(name, progress=False)
             res = lirpa_compare(lirpa, model, x, y, [float(e) for e in a.eps.split(",")],
-                                a.rounds, a.crown_rounds, a.check_n, not a.no_alpha)
+                                a.rounds, a.crown_rounds, a.check_n, not a.no_alpha,
+                                tuple(a.methods.split(",")))
             report["models"][name] = res
             print(lirpa_markdown(name, res), flush=True)
             if a.save:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from scrutiny.cli import main
+from scrutiny.cli.tampering import poison_defaults
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,7 @@ def victim(tmp_path_factory, digits_model):
 def test_poison_writes_a_loadable_victim_its_data_and_numbers(victim, capsys):
     rec = json.loads((victim / "result.json").read_text())
     assert rec["method"] == "poisoning:badnets" and rec["params"]["target"] == 3
+    assert rec["params"]["size"] == 2  # the patch sized to the 8x8 digits (poison_defaults)
     # measured 0.98-1.00 attack success, 0.94-0.97 clean accuracy over seeds 0..4
     assert rec["result"]["attack_success"] > 0.9 and rec["result"]["clean_accuracy"] > 0.85
     with np.load(victim / "poisoned.npz") as f:
@@ -38,9 +40,9 @@ def test_scan_finds_the_cli_victims_trigger_and_scores_the_poison_points(victim,
     assert main(["scan", "--model", str(victim / "victim.safetensors"), "--out", str(out),
                  "-q"]) == 0
     rec = json.loads((out / "result.json").read_text())["result"]
-    # the target's reversed trigger is the smallest (mask L1 6.3-6.8 against a median of
-    # 11-15, at 60 and 200 epochs); flagging it is not reliable at 8x8 (index 1.2-3.2 over
-    # scan seeds and victims, threshold 3.88: docs/poisoning.md)
+    # the target's reversed trigger is the smallest (the command's 2x2 victims, target 0, 30
+    # epochs, seeds 0..4: 0.44-0.54 of the median, the clean labels >= 0.65); flagging it is
+    # not reliable at 8x8 (index 2.5-5.7, flagged for 2 of 5, threshold 3.88: docs/poisoning.md)
     assert int(np.argmin(rec["norms"])) == 3
     text = capsys.readouterr().out
     assert ("flagged labels" in text) == bool(rec["flagged"])
@@ -53,11 +55,13 @@ def test_scan_finds_the_cli_victims_trigger_and_scores_the_poison_points(victim,
 
 
 def test_audit_scans_the_cli_victim_and_the_embedded_model(victim, tmp_path):
-    """The backdoor section in result.json: the target (3) has the victim's smallest reversed
-    trigger, the embedded clean model has nothing flagged, and the verdict's flag follows
-    the flagged labels. (On the clean embedded CNN, label 5's natural shortcut passes the
-    paper's threshold of 2 with index 2.5; the default threshold for 10 labels is 3.88:
-    docs/poisoning.md. The victim's target is not flagged reliably: index 1.2-3.2.)"""
+    """Issue 14's done-when: the audit's backdoor section (K-Arm's symmetric check) flags
+    the CLI-built victim's target (3) and nothing on the embedded clean model; the verdict's
+    flag follows the flagged labels. Measured (docs/poisoning.md): the symmetric ratio of
+    the smallest trigger's label is 2.33 on this victim (target 3, 20 epochs) and 1.88-2.75
+    on the command's default victims (target 0, 30 epochs, training seeds 0..4), 1.30 on
+    the embedded CNN (label 5, a natural shortcut: Neural Cleanse's index 2.49) and
+    0.72-1.44 on clean models of the same recipe retrained at seeds 1..4; bound 1.65."""
     for model in (str(victim / "victim.safetensors"), "digits-cnn"):
         out = tmp_path / model.replace("/", "_")
         assert main(["audit", "--model", model, "--sections", "backdoor", "--out", str(out),
@@ -65,12 +69,24 @@ def test_audit_scans_the_cli_victim_and_the_embedded_model(victim, tmp_path):
         result = json.loads((out / "result.json").read_text())
         d = result["backdoor"]
         if model == "digits-cnn":
-            assert d["flagged"] == [] and d["anomaly_threshold"] > 3.5
+            assert d["flagged"] == [] and d["ratio"][0] < d["ratio_bound"]
         else:
-            assert int(np.argmin(d["norms"])) == 3
+            assert int(np.argmin(d["norms"])) == 3 and d["flagged"] == [3]
         verdict = [it["check"] for it in result["verdict"]["items"] if it["kind"] == "flag"]
         assert ("backdoor suspected" in verdict) == bool(d["flagged"])
         assert (out / "report.html").read_text().count("Reversed triggers") >= 1
+
+
+def test_poison_sizes_the_trigger_to_the_image_unless_given(tmp_path):
+    """A seventh of the side, at least 2 pixels (Neural Cleanse's 4x4 on 28x28 MNIST);
+    ``-p size=`` wins."""
+    assert poison_defaults("badnets", (1, 8, 8)) == {"size": 2}
+    assert poison_defaults("backdoor_embedding", (3, 32, 32)) == {"size": 5}
+    assert poison_defaults("badnets", (30,)) == {} and poison_defaults("dba", (1, 8, 8)) == {}
+    assert main(["poison", "badnets", "-p", "size=3", "-p", "epochs=1", "--out", str(tmp_path),
+                 "-q"]) == 0
+    rec = json.loads((tmp_path / "result.json").read_text())
+    assert rec["params"]["size"] == 3
 
 
 def test_privacy_commands(tmp_path, capsys):

@@ -33,6 +33,10 @@ class Method:
     tags: ClassVar[Tags] = Tags()
     #: The declared hyperparameters, by name (filled in for every subclass).
     hyperparameters: ClassVar[dict[str, Param]] = {}
+    #: The test architectures (``scrutiny.testing.ARCHITECTURES``: ``"resnet"``, ``"vit"``)
+    #: the method works on; on the others it raises an UnsupportedModelError naming the
+    #: layer it has no rule for. The common check ``check_architectures`` runs both ways.
+    architectures: ClassVar[tuple[str, ...]] = ("resnet", "vit")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

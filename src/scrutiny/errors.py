@@ -13,6 +13,11 @@ class ModelOutputError(InputError):
     """The model's output cannot be used: NaN or infinite logits, or not ``(N, K)``."""
 
 
+class UnsupportedModelError(InputError, TypeError):
+    """The model has a layer or an operation the method has no rule for (attention, layer
+    norm, a residual connection, ...): the message names its type and its path in the model."""
+
+
 class NotDifferentiableError(ScrutinyError, TypeError):
     """A white-box method was given a model without gradients."""
 

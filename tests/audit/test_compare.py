@@ -1,6 +1,7 @@
 """Models compared on equal terms: the leaderboard of audits, the read-only server over them,
 and the compared model given the audited model's evaluation."""
 
+import dataclasses
 import http.client
 import inspect
 import json
@@ -167,7 +168,7 @@ def test_compared_model_gets_the_audited_models_evaluation(digits_model, digits_
                       sections=("comparison", "headline"))
     res = run_audit(digits_model, digits_test, cfg, robust_model=robust, progress=False)
     alone = run_audit(robust, digits_test,
-                      AuditConfig(**{**vars(cfg), "n_samples": 8, "sections": ("headline",)}),
+                      dataclasses.replace(cfg, n_samples=8, sections=("headline",)),
                       progress=False)
     both = res.comparison
     assert both["samples"] == 8 and both["sections"] == ["robustness", "headline"]

@@ -46,7 +46,8 @@ def test_zero_iterations_is_crown_and_the_same_call_gives_the_same_bounds():
 def test_tighter_than_crown_on_the_digits_cnn(digits_model, digits_test):
     x, y = digits_test.x[:2], digits_test.y[:2]
     crown = CROWN().bounds(digits_model, x, 0.05, y=y)
-    alpha = AlphaCROWN(iterations=5).bounds(digits_model, x, 0.05, y=y)
+    # the output's slopes only (the intermediate ones: test below, on a small CNN)
+    alpha = AlphaCROWN(iterations=5, intermediate=False).bounds(digits_model, x, 0.05, y=y)
     _never_looser(alpha, crown)
     off = ~torch.nn.functional.one_hot(y, 10).bool()
     gain = (alpha.margin_lower - crown.margin_lower)[off].mean()
@@ -75,3 +76,19 @@ def test_registered_with_its_parameters():
         AlphaCROWN(iterations=-1)
     with pytest.raises(InputError, match="lr"):
         AlphaCROWN(lr=0)
+
+
+def test_optimising_the_intermediate_slopes_is_tighter():
+    """Xu et al.'s alpha-CROWN (slopes of the intermediate bounds optimised too) against the
+    output's slopes only, on CROWN's intermediate bounds."""
+    model = random_cnn(seed=1)
+    x0 = torch.rand((3, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    y = model.predict(x0)
+    crown = CROWN().bounds(model, x0, 0.1, y=y)
+    out = AlphaCROWN(iterations=8, intermediate=False).bounds(model, x0, 0.1, y=y)
+    full = AlphaCROWN(iterations=8).bounds(model, x0, 0.1, y=y)
+    _never_looser(full, crown)
+    gain = (full.margin_lower - out.margin_lower).mean()
+    # measured (random_cnn seeds 1, 2, 3): mean gain over CROWN 0.81 vs 0.60, 0.44 vs 0.33,
+    # 0.089 vs 0.076; never below the output-only bound on any row of those
+    assert gain > 0.1

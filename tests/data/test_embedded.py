@@ -334,7 +334,7 @@ def test_synthetic_is_fast():
 
 
 def test_load_embedded_names():
-    assert EMBEDDED == ("digits", "digits28", "synthetic", "breast_cancer")
+    assert EMBEDDED == ("digits", "digits28", "synthetic", "breast_cancer", "colour_digits")
     assert tuple(load("digits").input_shape) == (1, 8, 8)
     assert tuple(load("digits28", split="test").input_shape) == (1, 28, 28)
     assert load("breast_cancer", split="all").feature_names is not None

@@ -323,7 +323,7 @@ def test_load_resolves_paths(tmp_path):
 
 def test_load_path_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no such dataset or path: .*embedded datasets: "
-                       r"digits, digits28, synthetic, breast_cancer\)$") as info:
+                       r"digits, digits28, synthetic, breast_cancer, colour_digits\)$") as info:
         load(str(tmp_path / "missing.npz"))
     assert isinstance(info.value, DatasetNotFoundError) and "\n" not in str(info.value)
     (tmp_path / "data.csv").write_text("1,2\n")

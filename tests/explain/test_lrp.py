@@ -300,9 +300,27 @@ def test_residual_add_splits_and_conserves():
     assert "add" in e.meta["layers"]
     f = e.outputs.double()
     assert torch.allclose(e.attributions.double().sum((1, 2, 3)), f, rtol=1e-5)
-    # a functional '+' hands the full relevance to both branches: conservation breaks
+    # a functional '+' (autograd would hand the full relevance to both branches) is
+    # rewritten to an Add by the canonizer: the same split, conservation holds
     plain = LRP(rule="z")(_Residual(use_add=False), x)
-    assert (plain.meta["conservation_residual"].abs() > 1e-3 * f.abs()).any()
+    assert any(k.startswith("add") for k in plain.meta["layers"])
+    assert torch.allclose(plain.attributions, e.attributions, atol=1e-6)
+    assert (plain.meta["conservation_residual"].abs() < 1e-9).all()
+
+
+def test_resnet_batchnorm_merged_and_residuals_split():
+    """On a ResNet (batch norm after every convolution, identity and projection shortcuts
+    written as a functional '+'), every BatchNorm is folded and relevance is conserved."""
+    from scrutiny.testing.models import tiny_resnet
+
+    model = tiny_resnet(1)
+    x = tiny_images(3, seed=2, shape=(3, 8, 8))
+    e = LRP()(model, x)
+    bns = [n for n, m in model.module.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert sorted(e.meta["merged_batchnorm"]) == sorted(bns) and len(bns) == 6
+    assert sum(k.startswith("add") for k in e.meta["layers"]) == 2
+    assert (e.meta["conservation_residual"].abs() < 1e-9).all()
+    assert torch.allclose(e.outputs, model(x).gather(1, e.target[:, None])[:, 0], atol=1e-5)
 
 
 # ---------------------------------------------------------------- composites

@@ -43,6 +43,24 @@ def test_evaluating_restores_mode_and_grads_even_on_error():
     assert net.classifier.bias.requires_grad
 
 
+def test_evaluating_nested_changes_nothing_and_the_outermost_restores():
+    import copy
+
+    net = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5), nn.Linear(3, 2))
+    net.train()
+    m = TorchModel(net)
+    with m.evaluating():
+        net[1].train()  # MC dropout: a module switched back to training inside
+        with m.evaluating():  # nested (a query path): leaves it so
+            assert net[1].training and not net[0].training
+            twin = copy.deepcopy(m)
+            with twin.evaluating():  # a copy is another model: its own outermost call
+                assert not any(mod.training for mod in twin.modules())
+        assert net[1].training
+    assert all(mod.training for mod in net.modules())
+    assert all(p.requires_grad for p in net.parameters())
+
+
 def test_bad_models_are_refused():
     with pytest.raises(NotDifferentiableError, match="QueryModel"):
         TorchModel(lambda x: x)

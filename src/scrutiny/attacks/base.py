@@ -13,6 +13,7 @@ from scrutiny.errors import InputError, ModelUnavailableError, QueryBudgetExceed
 from scrutiny.losses import margin_loss_terms  # also re-exported: attacks import it from here
 from scrutiny.models.adaptive import adaptive, is_non_differentiable, is_randomized
 from scrutiny.models.calls import Call, as_batch, prepare
+from scrutiny.models.memory import chunked, retry_rows, retry_smaller
 from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import AttackResult, Tags, ThreatModel
@@ -53,6 +54,10 @@ class Attack(Method):
     #: Names of call-time data keywords ``__call__`` forwards to ``_run`` (e.g.
     #: ``("guide",)`` for feature adversaries); data, not hyperparameters.
     call_data: ClassVar[tuple[str, ...]] = ()
+    #: Each sample's adversarial input depends on that sample alone, so a run that
+    #: runs out of memory may be split over the samples; False for a universal
+    #: perturbation (one patch, one UAP for the whole batch).
+    per_sample: ClassVar[bool] = True
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor | None = None, *,
                  threat: ThreatModel,
@@ -98,7 +103,7 @@ class Attack(Method):
             extra: dict = {}
             attacked, how = adaptive_model(model) if adaptive else (model, None)
             if len(x0) and (threat.eps > 0 or self.tags.minimum_norm):
-                x_adv = self._run(attacked, x0, y, threat, target, **data)
+                x_adv = self._run_fitting(attacked, x0, y, threat, target, seed, data)
                 if isinstance(x_adv, tuple):  # (x_adv, meta): extra per-run information
                     x_adv, extra = x_adv
             else:  # nothing to optimise: the threat set is {x}
@@ -110,10 +115,24 @@ class Attack(Method):
                 logits = clean_logits   # randomized model's second draw would differ)
             else:
                 with torch.no_grad():  # success is judged on the defended model itself
-                    logits = model(x_adv)
+                    logits = chunked(model, x_adv, len(x_adv),
+                                     what=f"{type(self).__name__}'s check of x_adv")
         return self._result(x, x0, x_adv, logits, clean_logits, y, target, threat, extra)
 
     # ------------------------------------------------------------------ shared steps
+    def _run_fitting(self, model: TorchModel, x0: torch.Tensor, y: torch.Tensor,
+                     threat: ThreatModel, target: torch.Tensor | None, seed: int | None,
+                     data: dict[str, Any]) -> Any:
+        """``_run`` with out-of-memory handled (:mod:`scrutiny.models.memory`): again at half
+        the ``batch_size`` when the attack declares one, else (a :attr:`per_sample` attack
+        without call-time data) on halves of the samples."""
+        if isinstance(getattr(self, "batch_size", None), int) or not self.per_sample or data:
+            return retry_smaller(self, lambda m: m._run(model, x0, y, threat, target, **data),
+                                 seed=seed)
+        return retry_rows(self, lambda lo, hi: self._run(
+            model, x0[lo:hi], y[lo:hi], threat, None if target is None else target[lo:hi]),
+            len(x0), seed=seed)
+
     def _prepare(self, model: Any, x: torch.Tensor, threat: Any, seed: int | None,
                  data: dict[str, Any], query: str | None = None):
         """The shared call preamble (:func:`scrutiny.models.calls.prepare`) for this attack."""

@@ -324,16 +324,35 @@ def black_box_from_stages(stages: list[dict[str, Any]], attacked: int, n: int,
                  "combined": final_robust})
 
 
-def check_certified(certified_accuracy: float, robust_accuracy: float, eps: float) -> Flag:
-    """Certified accuracy above empirical robust accuracy is impossible: a bug somewhere."""
-    flagged = certified_accuracy > robust_accuracy + 1e-9
+def check_certified(certified_accuracy: float, robust_accuracy: float, eps: float,
+                    broken: list[int] | None = None) -> Flag:
+    """A certificate on a sample an attack broke is impossible: a bug somewhere.
+
+    ``broken``: the samples (indices) certified that an attack broke, when the
+    per-sample results are known (the audit's certification section); a single
+    one is flagged, even where the certified accuracy stays below the robust
+    accuracy. Without it, a certified accuracy above the robust accuracy on the
+    same samples is flagged (it implies such a sample).
+
+    Examples
+    --------
+    >>> check_certified(0.5, 0.75, 0.1).flagged, check_certified(0.5, 0.75, 0.1, [3]).flagged
+    (False, True)
+    """
+    bad = list(broken or [])
+    flagged = bool(bad) or certified_accuracy > robust_accuracy + 1e-9
     msg = (f"certified accuracy {certified_accuracy:.1%} vs empirical robust accuracy "
            f"{robust_accuracy:.1%} at eps={eps:g}")
+    if broken is not None:
+        msg += f"; {len(bad)} sample(s) certified that an attack broke"
     if flagged:
-        msg += (": a certificate above what an attack leaves is a contradiction — the bound or "
-                "the attack evaluation is wrong.")
+        msg += (": a certificate on a sample an attack broke is a contradiction — the bound or "
+                "the attack evaluation is wrong"
+                + (f" (samples {bad[:10]}{', ...' if len(bad) > 10 else ''})" if bad else "")
+                + ".")
     return Flag("certified above empirical", flagged, msg,
-                {"certified": certified_accuracy, "robust": robust_accuracy, "eps": eps})
+                {"certified": certified_accuracy, "robust": robust_accuracy, "eps": eps,
+                 "certified_broken": bad})
 
 
 def gradient_masking_checks(model: TorchModel, x: torch.Tensor, y: torch.Tensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,72 @@ DEFAULT_EPS: dict[str, tuple[float, ...]] = {
     "l2": (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
     "l1": (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0),
 }
+
+
+@dataclass(frozen=True)
+class InputDefaults:
+    """The audit's defaults for one kind of input (:func:`input_defaults`).
+
+    Attributes
+    ----------
+    kind : str
+        ``"small"`` (tables, grey images up to 64x64: digits, MNIST), ``"colour"``
+        (colour images up to 64x64: CIFAR-10) or ``"large"`` (a side above 64:
+        ImageNet's 224x224x3).
+    eps : dict of str to tuple of float
+        The robustness curve's radii per norm, in input units (pixels in ``[0, 1]``).
+    reference_eps : dict of str to float
+        The headline eps per norm; absent: the middle nonzero eps.
+    batch_size : int or None
+        The cap on the batch of the methods that take a ``batch_size``
+        (:attr:`AuditConfig.batch_size`); None keeps each method's own default.
+    """
+
+    kind: str
+    eps: dict[str, tuple[float, ...]]
+    reference_eps: dict[str, float]
+    batch_size: int | None
+
+
+#: The defaults per kind of input. The colour grid holds the usual CIFAR-10 radii
+#: (linf 8/255, l2 0.5, l1 12: RobustBench; Croce & Hein 2021 for l1), the large one
+#: ImageNet's (linf 4/255; l2 3.0 as in Engstrom et al.'s robustness library).
+INPUT_DEFAULTS: dict[str, InputDefaults] = {
+    "small": InputDefaults("small", DEFAULT_EPS, {}, None),
+    "colour": InputDefaults("colour", {
+        "linf": tuple(k / 255 for k in (0, 1, 2, 4, 8, 12, 16)),
+        "l2": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5),
+        "l1": (0.0, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0),
+    }, {"linf": 8 / 255, "l2": 0.5, "l1": 12.0}, 128),
+    "large": InputDefaults("large", {
+        "linf": tuple(k / 255 for k in (0, 0.5, 1, 2, 4, 8)),
+        "l2": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0),
+        "l1": (0.0, 5.0, 15.0, 30.0, 60.0, 120.0),
+    }, {"linf": 4 / 255, "l2": 3.0, "l1": 60.0}, 16),
+}
+
+
+def input_defaults(input_shape: tuple[int, ...]) -> InputDefaults:
+    """The audit's defaults for inputs of ``input_shape`` (one input: ``(C, H, W)`` or ``(F,)``).
+
+    A side above 64 is ``"large"`` (224x224x3), else more than one channel is
+    ``"colour"`` (32x32x3), else ``"small"`` (8x8 or 28x28 grey, tables).
+
+    Examples
+    --------
+    >>> [input_defaults(s).kind for s in [(1, 8, 8), (30,), (3, 32, 32), (3, 224, 224)]]
+    ['small', 'small', 'colour', 'large']
+    >>> round(input_defaults((3, 32, 32)).reference_eps["linf"] * 255, 6)
+    8.0
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if not shape or any(s < 1 for s in shape):
+        raise InputError(f"input_shape must be positive sizes, got {input_shape!r}")
+    if len(shape) == 3 and max(shape[1:]) > 64:
+        return INPUT_DEFAULTS["large"]
+    if len(shape) == 3 and shape[0] > 1:
+        return INPUT_DEFAULTS["colour"]
+    return INPUT_DEFAULTS["small"]
 
 
 @dataclass
@@ -35,9 +101,12 @@ class AuditConfig:
         ``worst_case`` ensemble. Its result enters the headline number.
     norm : {"linf", "l2", "l1"}
     eps : tuple of float, optional
-        Radii of the robustness curve; default :data:`DEFAULT_EPS` of the norm.
+        Radii of the robustness curve, in input units; default chosen from the
+        input shape when the audit starts (:func:`input_defaults`, :meth:`for_input`;
+        before that :data:`DEFAULT_EPS` of the norm).
     reference_eps : float, optional
         The eps of the headline number and the example figures; default the
+        input kind's reference (8/255 for 32x32 colour images in linf), else the
         middle of ``eps``.
     n_samples : int
         Test samples attacked.
@@ -70,6 +139,13 @@ class AuditConfig:
         robust accuracy on the same samples (a certificate above it is a bug).
     cert_samples : int
         Samples certified.
+    certify_seconds : float
+        The certification section's time budget on top of ``certifier``'s run: for
+        stronger certifiers (``crown`` < ``alpha_crown`` < ``beta_crown``, those
+        registered) on the samples ``certifier`` left uncertified that no attack
+        broke; the strongest whose cost, timed on a probe, fits runs
+        (:class:`scrutiny.audit.sections.certification.Certification`). Which ones
+        run depends on the machine's speed; 0: ``certifier`` alone.
     checks : bool
         Run the gradient-masking checks (:mod:`scrutiny.audit.checks`) at
         ``reference_eps``.
@@ -89,6 +165,13 @@ class AuditConfig:
         default all. The sections a chosen one needs are run too.
     skip : tuple of str
         Sections not to run (an error if a chosen section needs one of them).
+    batch_size : int, optional
+        The most samples (or perturbed copies) per forward pass of every method the
+        audit creates that takes a ``batch_size`` (explainers, trust metrics,
+        certifiers, ...): a method whose own default is larger runs at this one,
+        unless ``params`` set it. Default chosen from the input shape
+        (:func:`input_defaults`: none for small inputs, 128 for 32x32 colour, 16 for
+        224x224).
     """
 
     attacks: tuple[str, ...] = ("fgsm", "pgd")
@@ -107,16 +190,25 @@ class AuditConfig:
     query_attacks: tuple[str, ...] = ("square",)
     certifier: str | None = "crown"
     cert_samples: int = 32
+    certify_seconds: float = 15.0
     checks: bool = True
     black_box: str | None = "square"
     compare_samples: int = 100
     explore_samples: int = 24
     sections: tuple[str, ...] | None = None
     skip: tuple[str, ...] = ()
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise InputError(f"unknown norm {self.norm!r}; accepted: {', '.join(NORMS)}")
+        # which settings were left to the defaults (:meth:`for_input` chooses them)
+        self._defaulted = {k for k in ("eps", "reference_eps", "batch_size")
+                           if getattr(self, k) is None}
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not
+                                            isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise InputError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
         self.eps = tuple(sorted(float(e) for e in (self.eps or DEFAULT_EPS[self.norm])))
         if any(not math.isfinite(e) or e < 0 for e in self.eps):
             raise InputError(f"eps must be finite and >= 0, got {self.eps}")
@@ -139,6 +231,11 @@ class AuditConfig:
             self.certifier = registry.get(self.certifier, "certifier").name
         if self.cert_samples < 1:
             raise InputError("cert_samples must be >= 1")
+        if isinstance(self.certify_seconds, bool) or not (
+                isinstance(self.certify_seconds, int | float)
+                and math.isfinite(self.certify_seconds) and self.certify_seconds >= 0):
+            raise InputError(f"certify_seconds must be a finite number >= 0, got "
+                             f"{self.certify_seconds!r}")
         if self.trust_samples < 1:
             raise InputError("trust_samples must be >= 1")
         if self.compare_samples < 1:
@@ -148,10 +245,12 @@ class AuditConfig:
         known = (set(self.attacks) | set(self.explainers) | set(self.metrics) | set(self.defenses)
                  | set(self.query_attacks)
                  | {self.headline_attack, self.black_box, self.certifier}
+                 # the stronger certifiers the certification section may run
+                 | {"ibp", "crown", "alpha_crown", "beta_crown"}
                  # the "learned" section runs every method of that kind
                  | {spec.split(":", 1)[1] for spec in registry.list_methods("learned")}
                  # the "backdoor" and "privacy" sections
-                 | {"neural_cleanse", "membership_inference", "idlg"})
+                 | {"k_arm", "neural_cleanse", "membership_inference", "idlg"})
         for k in self.params:
             if k not in known:
                 raise InputError(f"params for {k!r}, which the audit does not run; it runs: "
@@ -159,6 +258,37 @@ class AuditConfig:
         if self.sections is not None:  # names are checked by scrutiny.audit.sections.resolve
             self.sections = tuple(self.sections)
         self.skip = tuple(self.skip)
+
+    def for_input(self, input_shape: tuple[int, ...]) -> AuditConfig:
+        """This configuration with the settings left to their defaults (``eps``,
+        ``reference_eps``, ``batch_size``) chosen for inputs of ``input_shape``
+        (:func:`input_defaults`); the audit calls it on its data. Settings given
+        stay; a configuration with none left to the defaults is returned as is.
+
+        Examples
+        --------
+        >>> cfg = AuditConfig().for_input((3, 32, 32))
+        >>> round(cfg.reference_eps * 255, 6), round(max(cfg.eps) * 255, 6), cfg.batch_size
+        (8.0, 16.0, 128)
+        >>> AuditConfig(eps=(0.0, 0.1)).for_input((3, 32, 32)).eps  # given: kept
+        (0.0, 0.1)
+        """
+        if not self._defaulted:
+            return self
+        d = input_defaults(input_shape)
+        chosen: dict[str, Any] = {"eps": self.eps, "reference_eps": self.reference_eps,
+                                  "batch_size": self.batch_size}
+        if "eps" in self._defaulted:
+            chosen["eps"] = d.eps[self.norm]
+            if "reference_eps" in self._defaulted:
+                chosen["reference_eps"] = d.reference_eps.get(self.norm)
+        elif "reference_eps" in self._defaulted:
+            chosen["reference_eps"] = None  # the middle of the eps given
+        if "batch_size" in self._defaulted:
+            chosen["batch_size"] = d.batch_size
+        out = replace(self, **chosen)
+        out._defaulted = set()
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "the configuration",
@@ -274,8 +404,8 @@ def config_values(values: dict[str, Any], source: str = "the configuration",
             v = {m: dict(p) for m, p in v.items()}
         else:
             default = types[k].default
-            want = type(default) if default is not None else (str if k != "reference_eps"
-                                                              else float)
+            want = type(default) if default is not None else {
+                "reference_eps": float, "batch_size": int}.get(k, str)
             ok = (isinstance(v, (int, float) if want is float else want)
                   and (want is bool or not isinstance(v, bool)))
             if v is not None and not ok:

@@ -124,6 +124,9 @@ class AuditContext:
         accordingly, so every white-box attack adapts to it.
     notes : list of str
         Notes about the audit as a whole (methods skipped for the data).
+    draw : bool
+        Whether sections draw their figures; False in a shard of a sharded audit
+        (:mod:`scrutiny.audit.shards`), whose merged result draws the audit's.
     """
 
     model: TorchModel | QueryModel
@@ -139,6 +142,7 @@ class AuditContext:
     robust_model: TorchModel | None = None
     probe: ModelProbe = field(default_factory=ModelProbe)
     notes: list[str] = field(default_factory=list)
+    draw: bool = True
     _methods: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -175,6 +179,10 @@ class AuditContext:
             cls = registry.get(name, kind).cls
             if self.probe.randomized and "early_stop" in cls.hyperparameters:
                 params.setdefault("early_stop", False)
+            cap, own = self.config.batch_size, cls.hyperparameters.get("batch_size")
+            if cap is not None and own is not None and (
+                    own.default is None or (isinstance(own.default, int) and own.default > cap)):
+                params.setdefault("batch_size", cap)  # the input size's cap on a method's batch
             self._methods[key] = registry.create(f"{kind}:{name}", **params)
         return self._methods[key]
 
@@ -227,6 +235,7 @@ def build_context(model, data: ArrayDataset, config: AuditConfig, robust_model=N
         model = as_model(model)
     if not isinstance(data, ArrayDataset):
         raise InputError(f"data must be an ArrayDataset, got {type(data).__name__}")
+    config = config.for_input(tuple(data.input_shape))  # defaults (eps, batch) of the inputs
     g = torch.Generator().manual_seed(config.seed)
     perm = torch.randperm(len(data), generator=g)
     idx = perm[:config.n_samples]

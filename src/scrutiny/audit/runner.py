@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ from scrutiny.audit.context import AuditContext, Figure, SectionResult, _digest,
 from scrutiny.audit.sections import SECTIONS, resolve
 from scrutiny.audit.sections.base import endpoint_skip
 from scrutiny.audit.sections.robustness import rows_at
-from scrutiny.audit.store import SectionStore, section_key
+from scrutiny.audit.shards import MERGERS, get_backend, merge, shard_bounds
+from scrutiny.audit.store import SectionStore, ShardStore, section_key
 from scrutiny.data import ArrayDataset
 from scrutiny.errors import ModelUnavailableError
 from scrutiny.progress import progress_bar
@@ -81,7 +83,8 @@ def _plain(v: Any) -> Any:
 
 def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
               robust_model=None, progress: bool | None = None,
-              state_dir: str | Path | None = None) -> AuditResult:
+              state_dir: str | Path | None = None, shard_size: int | None = None,
+              backend: Any = None) -> AuditResult:
     """Run the audit of ``model`` on ``data`` (its test split), section by section.
 
     The sections (:data:`scrutiny.audit.sections.SECTIONS`): robust accuracy of
@@ -103,6 +106,16 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
         computing them again, so an audit killed mid-way resumes after its last
         finished section with the same numbers; a long section (certification)
         also saves its finished chunks of samples and resumes inside itself.
+    shard_size : int, optional
+        Run the per-sample sections (robustness, headline, certification) on shards of
+        this many samples, each with its own seed, and merge them
+        (:mod:`scrutiny.audit.shards`); with ``state_dir``, each finished shard is saved
+        and a rerun computes only the missing ones. The numbers depend on the shard size,
+        not on the backend. Default: not sharded, or
+        :data:`~scrutiny.audit.shards.DEFAULT_SHARD_SIZE` with a ``backend``.
+    backend : LocalBackend or RayBackend or str, optional
+        What runs the shards (:func:`~scrutiny.audit.shards.get_backend`): ``"local"``
+        (this process, the default) or ``"ray"``.
 
     Examples
     --------
@@ -129,17 +142,35 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
             ctx.notes.append(f"section {name} was skipped: {why}")
     running = [n for n in order if reasons[n] is None]
     store = SectionStore(state_dir) if state_dir is not None else None
+    if backend is not None and shard_size is None:
+        from scrutiny.audit.shards import DEFAULT_SHARD_SIZE
+
+        shard_size = DEFAULT_SHARD_SIZE
+    sharded = [n for n in running if n in MERGERS] if shard_size is not None else []
     context_key = ctx.fingerprint() if store is not None else ""
+    if sharded:
+        bounds = shard_bounds(len(ctx.x), shard_size)
+        context_key = hashlib.sha256(f"{context_key}|shards={int(shard_size)}".encode()
+                                     ).hexdigest()
+        ctx.notes.append(f"The per-sample sections ({', '.join(sharded)}) ran on {len(bounds)} "
+                         f"shard(s) of {int(shard_size)} samples, each with its own seed: any "
+                         f"backend gives these numbers with this shard size.")
     keys: dict[str, str] = {}
+    for name in running:
+        upstream = [keys[n] for n in (*sections[name].needs, *sections[name].uses) if n in keys]
+        keys[name] = section_key(type(sections[name]), context_key, upstream)
     done: dict[str, SectionResult] = {}
     total = sum(sections[n].steps(ctx) for n in running)
     with progress_bar(total, "audit", enabled=progress) as bar:
+        merged = _run_shards(ctx, sharded, {n: sections[n].steps(ctx) for n in sharded}, keys,
+                             store, backend, shard_size, bar) if sharded else {}
         for name in running:
+            if name in merged:  # computed (and saved) shard by shard
+                done[name] = merged[name]
+                continue
             section = sections[name]
             bar.step(name)  # the section's own steps name its parts
             share = bar.completed + section.steps(ctx)
-            upstream = [keys[n] for n in (*section.needs, *section.uses) if n in keys]
-            keys[name] = section_key(type(section), context_key, upstream)
             result = store.load(name, keys[name]) if store is not None else None
             if result is None:
                 if store is not None:  # units of work the section finished before a kill
@@ -155,7 +186,46 @@ def run_audit(model, data: ArrayDataset, config: AuditConfig | None = None, *,
                     section.partial.clear()
             bar.advance(n=max(share - bar.completed, 0))  # units it counted but did not run
             done[name] = result
-    return _assemble(ctx, done, sections, time.perf_counter() - t0)
+    res = _assemble(ctx, done, sections, time.perf_counter() - t0)
+    if sharded:
+        res.provenance["shard_size"] = int(shard_size)
+    return res
+
+
+def _run_shards(ctx: AuditContext, names: list[str], steps: dict[str, int], keys: dict[str, str],
+                store: SectionStore | None, backend: Any, size: int, bar: Any
+                ) -> dict[str, SectionResult]:
+    """The per-sample sections ``names`` of a sharded audit, merged: loaded when a finished
+    run saved them; else each shard loaded from the :class:`ShardStore` or run by the
+    ``backend`` and saved as it arrives, then merged, saved, and the shards removed."""
+    if store is not None:
+        loaded = {n: store.load(n, keys[n]) for n in names}
+        if all(r is not None for r in loaded.values()):
+            bar.advance(n=sum(steps.values()))
+            return loaded  # type: ignore[return-value]
+    if backend is None or isinstance(backend, str):
+        backend = get_backend(backend or "local")
+    bounds = shard_bounds(len(ctx.x), size)
+    shards = ShardStore(store.directory, hashlib.sha256("|".join(keys[n] for n in names)
+                                                        .encode()).hexdigest()[:16]) \
+        if store is not None else None
+    results = {b: r for b in bounds if shards is not None
+               and (r := shards.load(*b)) is not None}
+    todo = [b for b in bounds if b not in results]
+    total, start = sum(steps.values()), bar.completed
+    bar.step(f"{', '.join(names)}: {len(todo)} of {len(bounds)} shard(s) to run")
+    for b, got in backend.run(ctx, names, todo):
+        if shards is not None:
+            shards.save(*b, got)  # as soon as it arrives: a kill loses only unfinished shards
+        results[b] = got
+        bar.advance(n=max(start + round(total * len(results) / len(bounds)) - bar.completed, 0))
+    bar.advance(n=max(start + total - bar.completed, 0))
+    merged = merge(ctx, names, bounds, [results[b] for b in bounds])
+    if store is not None:
+        for name, result in merged.items():
+            store.save(result, keys[name])
+        shards.clear()
+    return merged
 
 
 def _stopped(name: str, error: ModelUnavailableError, done: dict[str, SectionResult],
@@ -262,8 +332,7 @@ def _provenance(ctx: AuditContext, done: dict[str, SectionResult]
     if "trust" in done:
         used += [("metric", f"metric:{m}", ctx.create("metric", m)) for m in cfg.metrics]
     if "backdoor" in done:
-        used.append(("backdoor scan", "backdoor_scan:neural_cleanse",
-                     ctx.create("backdoor_scan", "neural_cleanse")))
+        used.append(("backdoor scan", "backdoor_scan:k_arm", ctx.create("backdoor_scan", "k_arm")))
     if "privacy" in done:  # the parts that ran (an endpoint leaves iDLG out)
         from scrutiny.audit.sections.privacy import IDLG
 

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -163,6 +163,69 @@ class PartialStore:
         """Remove the saved units (once the section's whole result is saved)."""
         if self.directory is not None and self.directory.is_dir():
             for path in self.directory.glob(f"{self.stem}.part-*.safetensors"):
+                path.unlink(missing_ok=True)
+
+
+class ShardStore:
+    """The finished shards of a sharded audit (:mod:`scrutiny.audit.shards`), so that a
+    killed driver or worker loses only the shards in progress.
+
+    Each shard's section results are saved as the sections' are
+    (``<name>@<start>_<stop>-<key>.json`` and ``.safetensors``), then a marker
+    ``shard<start>_<stop>-<key>.json`` naming them: a shard is finished when its marker
+    is there. ``key`` hashes the keys of the sharded sections (weights, samples,
+    configuration, shard size, code), so a shard saved under other inputs is never read.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> store = ShardStore(tempfile.mkdtemp(), "0123")
+    >>> store.save(0, 8, {"robustness": SectionResult("robustness", data={"n": 8})})
+    >>> store.load(0, 8)["robustness"].data, store.load(8, 16)
+    ({'n': 8}, None)
+    >>> store.clear(); store.load(0, 8) is None
+    True
+    """
+
+    def __init__(self, directory: str | Path, key: str) -> None:
+        self.sections = SectionStore(directory)
+        self.key = key
+
+    def _marker(self, start: int, stop: int) -> Path:
+        return self.sections.directory / f"shard{int(start)}_{int(stop)}-{self.key}.json"
+
+    def load(self, start: int, stop: int) -> dict[str, SectionResult] | None:
+        """The finished shard ``[start, stop)``'s results by section, or None (then it runs)."""
+        marker = self._marker(start, stop)
+        if not marker.is_file():
+            return None
+        try:
+            names = json.loads(marker.read_text())["sections"]
+        except Exception as e:  # a damaged file is not a reason to stop: recompute
+            warnings.warn(f"ignoring the unreadable saved audit shard {marker}: {e}", stacklevel=2)
+            return None
+        out = {}
+        for name in names:
+            got = self.sections.load(f"{name}@{int(start)}_{int(stop)}", self.key)
+            if got is None:
+                return None
+            got.name = name
+            out[name] = got
+        return out
+
+    def save(self, start: int, stop: int, results: dict[str, SectionResult]) -> None:
+        """Write the shard's results, then its marker."""
+        for name, result in results.items():
+            self.sections.save(replace(result, name=f"{name}@{int(start)}_{int(stop)}"), self.key)
+        self.sections.directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"sections": list(results)})
+        _atomic_write(self._marker(start, stop), lambda p: p.write_text(text))
+
+    def clear(self) -> None:
+        """Remove the saved shards (once the merged sections are saved)."""
+        d = self.sections.directory
+        if d.is_dir():
+            for path in [*d.glob(f"shard*-{self.key}.json"), *d.glob(f"*@*-{self.key}.*")]:
                 path.unlink(missing_ok=True)
 
 

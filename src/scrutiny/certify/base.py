@@ -15,6 +15,7 @@ from scrutiny.base import Method
 from scrutiny.certify.propagation import Interval, Network, compile_network, margin_spec
 from scrutiny.errors import InputError
 from scrutiny.models.calls import prepare
+from scrutiny.models.memory import retry_smaller
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.params import param
 from scrutiny.progress import progress_bar
@@ -227,7 +228,8 @@ class Certifier(Method):
         """
         with self._call(model, x, threat, seed) as call:
             y = call.labels(y)
-            res = self._certify(call.model, call.x0, y, call.threat) if len(call.x0) else _empty()
+            res = retry_smaller(self, lambda m: m._certify(call.model, call.x0, y, call.threat),
+                                seed=seed) if len(call.x0) else _empty()
         return self._finish(res, y, call.threat, call.threat.eps,
                             None if self.gives_radius else call.threat.eps)
 
@@ -280,7 +282,8 @@ class Certifier(Method):
                                   bounds)
         with self._call(model, x, threat, seed) as call:
             y = call.labels(y)
-            res = self._radius(call.model, call.x0, y, call.threat) if len(call.x0) else _empty()
+            res = retry_smaller(self, lambda m: m._radius(call.model, call.x0, y, call.threat),
+                                seed=seed) if len(call.x0) else _empty()
         return self._finish(res, y, call.threat, None, res.max_radius)
 
     def classify(self, model, x: torch.Tensor, *, seed: int | None = 0) -> torch.Tensor:
@@ -289,7 +292,8 @@ class Certifier(Method):
         classifier (PREDICT). A sample certified at eps is classified as ``y`` (or abstained
         on, for a Monte Carlo classifier) at every point of the threat set."""
         with prepare(self, model, x, seed=seed, accepted=(), no_grad=True) as call:
-            return self._classify(call.model, call.x0).cpu()
+            return retry_smaller(self, lambda m: m._classify(call.model, call.x0),
+                                 seed=seed).cpu()
 
     # ------------------------------------------------------------------ what a subclass writes
     def _classify(self, model: TorchModel, x: torch.Tensor) -> torch.Tensor:
@@ -403,6 +407,10 @@ class BoundCertifier(Certifier):
     bounded) and ``_radius`` (a bisection over eps).
     """
 
+    #: Bounds propagate through a chain of layers (propagation.SUPPORTED): residual
+    #: connections and attention, layer norm, GELU are refused with an UnsupportedModelError.
+    architectures: ClassVar[tuple[str, ...]] = ()
+
     tags = Tags(norms=("linf", "l2"))
     batch_size: int = param(64, integer=True, positive=True)
     radius_steps: int = param(12, integer=True, positive=True)
@@ -480,8 +488,8 @@ class BoundCertifier(Certifier):
         self._check_norm(norm)
         threat = ThreatModel(norm, 0.0, None if bounds is None else tuple(bounds))
         with self._call(model, x, threat, None) as call:
-            b = self._run(call.model, x, y, _eps_tensor(eps, len(x), x), norm,
-                          call.threat.bounds)
+            b = retry_smaller(self, lambda m: m._run(call.model, x, y, _eps_tensor(eps, len(x), x),
+                                                     norm, call.threat.bounds))
         return Bounds(*(t.to(x.device) for t in (b.logits_lower, b.logits_upper, b.margin_lower,
                                                   b.margin_upper, b.y)))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from scrutiny.certify.base import BoundCertifier
-from scrutiny.certify.propagation import Interval, Network, ibp_bounds, ibp_spec
+from scrutiny.certify.propagation import Interval, Network, ibp_node, ibp_stop
 from scrutiny.registry import register
 
 
@@ -59,4 +59,6 @@ class IBP(BoundCertifier):
 
     def _lower(self, net: Network, spec: torch.Tensor, box: Interval, norm: str, x0: torch.Tensor,
                eps: torch.Tensor, margins: bool = False) -> torch.Tensor:
-        return ibp_spec(net, spec, ibp_bounds(net, box), norm, x0, eps)
+        stop = ibp_stop(net)  # only the bounds where the specification is concretised
+        return net.spec_lower(spec, len(net.ops), stop, {}, ibp_node(net, box, stop), norm, x0,
+                              eps)

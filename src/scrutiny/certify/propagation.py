@@ -33,7 +33,7 @@ import torch.fx
 from torch import nn
 from torch.nn import functional as F
 
-from scrutiny.errors import InputError
+from scrutiny.errors import InputError, UnsupportedModelError
 from scrutiny.models.wrapper import TorchModel
 
 SUPPORTED = ("Linear, Conv2d, ReLU, Flatten, AvgPool2d, AdaptiveAvgPool2d (integer ratio), "
@@ -53,8 +53,16 @@ def _nhwc(t: torch.Tensor) -> torch.Tensor:
     """Images ``(B, C, H, W)`` stored channels-last (a no-op when they are): the same
     values, but on the CPU oneDNN's convolutions and max pooling run several times faster
     on them (measured 2.7x and 30x on the digits CNN's layers), and their outputs keep the
-    layout. Used on the forward (interval) path, for batches of more than one image."""
-    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and len(t) > 1 else t
+    layout. Used on the forward (interval) path, for batches of more than one image. One
+    channel: the strides are set to channels-last's (a view; ``contiguous`` would keep
+    ambiguous ones, and the convolution's output, read as channels-first, would cost the next
+    layer a layout copy)."""
+    if t.dim() != 4 or len(t) < 2:
+        return t
+    t = t.contiguous(memory_format=torch.channels_last)
+    if t.shape[1] == 1 and t.stride(1) != 1:
+        t = t.as_strided(t.shape, (t.shape[2] * t.shape[3], 1, t.shape[3], 1))
+    return t
 
 
 class Op:
@@ -144,8 +152,32 @@ class _Weighted(Affine):
             raise InputError(f"layer {self.name!r}: its module no longer exists")
         self.w, self.b = m.weight.detach(), _detach(m.bias)
         self.w_abs = self.w.abs()
+        self._halves()
         if self.out_shape:
             self._bias()
+
+    def _halves(self) -> None:
+        """``W / 2`` and ``|W| / 2`` for :meth:`interval` (halving is exact in floating point,
+        so the bounds are those of the plain centre-radius form)."""
+        self.w_half, self.w_abs_half = self.w * 0.5, self.w_abs * 0.5
+
+    def _map(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """The op's linear map with weight ``w`` and bias ``b``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._map(x, self.w, self.b)
+
+    def abs_linear(self, r: torch.Tensor) -> torch.Tensor:
+        return self._map(r, self.w_abs, None)
+
+    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> Interval:
+        """Centre-radius form ``c = W (hi + lo) / 2 + b``, ``r = |W| (hi - lo) / 2`` with the
+        halves folded into the weights (two elementwise passes and two allocations fewer)."""
+        c = self._map(hi + lo, self.w_half, self.b)
+        r = self._map(hi - lo, self.w_abs_half, None)
+        low = c - r
+        return low, c.add_(r)
 
     def _bias(self) -> None:
         """The image of 0: the bias on every output position (zero padding), no forward."""
@@ -169,11 +201,8 @@ class LinearOp(_Weighted):
                              "add a Flatten before it")
         return super().setup(in_shape, ref)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.w, self.b)
-
-    def abs_linear(self, r: torch.Tensor) -> torch.Tensor:
-        return F.linear(r, self.w_abs)
+    def _map(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, w, b)
 
     def transpose(self, a: torch.Tensor) -> torch.Tensor:
         return a @ self.w
@@ -199,13 +228,8 @@ class ConvOp(_Weighted):
                                + self.dilation[i] * (k[i] - 1) + 1) for i in range(2))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(_nhwc(x), self.w, self.b, self.stride, self.padding, self.dilation,
-                        self.groups)
-
-    def abs_linear(self, r: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(_nhwc(r), self.w_abs, None, self.stride, self.padding, self.dilation,
-                        self.groups)
+    def _map(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(_nhwc(x), w, b, self.stride, self.padding, self.dilation, self.groups)
 
     def transpose(self, a: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose2d(a, self.w, None, self.stride, self.padding,
@@ -413,6 +437,8 @@ class _Pool(ConvOp):
 
     def refresh(self) -> None:
         self.w_abs = getattr(self, "w", None)  # the weight is >= 0 and never changes
+        if self.w_abs is not None:
+            self._halves()
 
     def setup(self, in_shape: tuple[int, ...], ref: torch.Tensor) -> tuple[int, ...]:
         out = super().setup(in_shape, ref)
@@ -474,9 +500,26 @@ class _AvgPool(_Pool):
         return super().setup(in_shape, ref)
 
 
-def _unsupported(name: str, what: str, why: str = "") -> InputError:
-    return InputError(f"certification does not support layer {name!r} ({what}){why}; "
-                      f"supported: {SUPPORTED}")
+def _unsupported(name: str, what: str, why: str = "") -> UnsupportedModelError:
+    return UnsupportedModelError(f"certification does not support layer {name!r} ({what}){why}; "
+                                 f"supported: {SUPPORTED}")
+
+
+def _no_rule(name: str, m: nn.Module) -> UnsupportedModelError | None:
+    """The error naming the first layer of ``m`` (a torch.nn leaf, in registration order)
+    that certification has no rule for (LayerNorm, Softmax, GELU, ...), or None."""
+    for sub, child in m.named_modules():
+        if not sub or any(True for _ in child.children()) \
+                or not type(child).__module__.startswith("torch.nn"):
+            continue
+        path = f"{name}.{sub}" if name else sub
+        try:
+            if _leaf_ops(path, child) is not None:
+                continue
+        except UnsupportedModelError as e:
+            return e
+        return _unsupported(path, type(child).__name__)
+    return None
 
 
 def _leaf_ops(name: str, m: nn.Module) -> list[Op] | None:
@@ -547,7 +590,8 @@ def _module_ops(name: str, m: nn.Module) -> Iterator[Op]:
     try:
         graph = torch.fx.symbolic_trace(m).graph
     except Exception as e:  # noqa: BLE001 - any tracing failure becomes one clear message
-        raise InputError(f"cannot read the layers of {type(m).__name__} {name!r} (torch.fx "
+        raise _no_rule(name, m) or UnsupportedModelError(
+                         f"cannot read the layers of {type(m).__name__} {name!r} (torch.fx "
                          f"tracing failed: {e}); certification needs a chain of {SUPPORTED}") from e
     prev = None
     for node in graph.nodes:
@@ -564,9 +608,12 @@ def _module_ops(name: str, m: nn.Module) -> Iterator[Op]:
         tensors = [a for a in node.all_input_nodes]
         qual = f"{name}.{node.target}" if name and node.op == "call_module" else str(node.target)
         if tensors != [prev]:
-            raise InputError(f"certification needs a chain of layers; {qual!r} in "
-                             f"{type(m).__name__} branches or merges (residual connections "
-                             "are not supported)")
+            what = type(m.get_submodule(node.target)).__name__ if node.op == "call_module" \
+                else f"the operation {getattr(node.target, '__name__', node.target)}"
+            raise UnsupportedModelError(
+                f"certification has no rule for residual connections: layer {qual!r} ({what}) "
+                f"of {type(m).__name__} {name or '<model>'!r} branches from or merges into "
+                f"the chain; it needs a chain of {SUPPORTED}")
         if node.op == "call_module":
             yield from _module_ops(qual, m.get_submodule(node.target))
         elif node.op == "call_function" and node.target in _RELU_FUNCS or \
@@ -581,7 +628,7 @@ def _module_ops(name: str, m: nn.Module) -> Iterator[Op]:
             yield FlattenOp(node.name, start, end)
         else:
             what = getattr(node.target, "__name__", str(node.target))
-            raise _unsupported(node.name, f"the operation {what}")
+            raise _no_rule(name, m) or _unsupported(node.name, f"the operation {what}")
         prev = node
 
 
@@ -762,6 +809,21 @@ def ibp_bounds(net: Network, box: Interval) -> list[Interval]:
     for op in net.ops:
         out.append(op.interval(*out[-1]))
     return out
+
+
+def ibp_node(net: Network, box: Interval, stop: int) -> Interval:
+    """The interval bounds of node ``stop`` only (those of :func:`ibp_bounds`): the nodes
+    before it are dropped as soon as they are used, and a ReLU after a weighted layer
+    works in place on that layer's fresh output (less memory traffic and allocation)."""
+    lo, hi = box
+    fresh = False
+    for op in net.ops[:stop]:
+        if fresh and isinstance(op, ReLUOp):
+            lo, hi = lo.clamp_(min=0), hi.clamp_(min=0)
+        else:
+            lo, hi = op.interval(lo, hi)
+        fresh = isinstance(op, _Weighted)
+    return lo, hi
 
 
 def last_nonlinear(net: Network) -> int:

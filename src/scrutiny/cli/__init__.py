@@ -45,15 +45,19 @@ out = Console()
 err = Console(stderr=True)
 
 ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="Zoo model (digits-cnn, digits-mlp, synthetic-cnn, breast-cancer-mlp), "
-    "'module:factory' returning an nn.Module, a .safetensors file written by scrutiny "
+    "--model", help="Zoo model (digits-cnn, digits-mlp, synthetic-cnn, breast-cancer-mlp, "
+    "colour-digits-resnet), 'module:factory' returning an nn.Module (numeric keyword "
+    "arguments allowed: 'torchvision.models:resnet18(num_classes=10)'), a .safetensors file "
+    "written by scrutiny "
     "(scrutiny poison), or an Open Inference Protocol endpoint "
     "http(s)://host:port/v2/models/NAME (KServe, MLServer, Triton; queried as a black box). "
     "Default: the zoo model of --data.")]
 WeightsOpt = Annotated[Path | None, typer.Option(
-    "--weights", help="safetensors weights for a 'module:factory' model.")]
+    "--weights", help="Weights for a 'module:factory' model: .safetensors, or a torch state "
+    "dict (.pt, .pth, .bin) read with torch.load(weights_only=True).")]
 DataOpt = Annotated[str | None, typer.Option(
-    "--data", help="digits, digits28, synthetic, breast_cancer, or a path (.npz, image folder, "
+    "--data", help="digits, digits28, synthetic, breast_cancer, colour_digits (32x32x3), or a "
+    "path (.npz, image folder, "
     "MNIST or CIFAR-10 binary files). Default: the zoo model's data, else digits.")]
 MeanOpt = Annotated[str | None, typer.Option(
     "--mean", help="Per-channel mean applied inside the model, e.g. '0.5,0.5,0.5'.")]
@@ -426,8 +430,11 @@ def resolve(model: str | None, weights: Path | None, data: str | None, mean: str
         raise InputError(f"the model fails on inputs of shape {tuple(ds.x.shape[1:])} from "
                          f"{ds.name}: {e}") from e
     if probe.shape[1] != ds.num_classes:
+        hint = (f" (give the factory the class count, e.g. --model "
+                f"'{model.split('(')[0]}(num_classes={ds.num_classes})')"
+                if ":" in model and not model.endswith(".safetensors") else "")
         raise InputError(f"the model has {probe.shape[1]} outputs, {ds.name} has "
-                         f"{ds.num_classes} classes")
+                         f"{ds.num_classes} classes{hint}")
     return m, ds
 
 
@@ -509,14 +516,21 @@ def _md(cells: tuple[str, ...]) -> tuple[str, ...]:
                  for i, c in enumerate(cells))
 
 
+def _architectures(info: registry.MethodInfo) -> str:
+    """The test architectures the method declares it works on (``Method.architectures``,
+    checked both ways by the common check ``check_architectures``), or "none"."""
+    return ", ".join(info.cls.architectures) or "none"
+
+
 def methods_markdown(kind: str | None = None) -> str:
     """The registry as markdown: one table of the methods, then each method's parameters
     (docs/methods.md is this output)."""
     specs = registry.list_methods(kind)
-    lines = ["| method | class | reference |", "|---|---|---|"]
+    lines = ["| method | class | reference | architectures |", "|---|---|---|---|"]
     for spec in specs:
         info = registry.get(spec)
-        lines.append(f"| `{spec}` | `{info.cls.__module__}.{info.cls.__name__}` | {info.paper} |")
+        lines.append(f"| `{spec}` | `{info.cls.__module__}.{info.cls.__name__}` | {info.paper} | "
+                     f"{_architectures(info)} |")
     sections = [method_markdown(registry.get(spec)) for spec in specs]
     return "\n".join(lines) + "\n\n## Parameters\n\n" + "\n".join(sections)
 
@@ -558,12 +572,12 @@ def list_cmd(name: Annotated[str | None, typer.Argument(
     if markdown:
         print(methods_markdown(name), end="")
         return
-    table = Table("method", "access", "reference", title="scrutiny methods")
+    table = Table("method", "access", "architectures", "reference", title="scrutiny methods")
     for spec in registry.list_methods(name):  # access: what an endpoint (--model http...) runs
         info = registry.get(spec)
         access = ("" if info.kind not in ("attack", "explainer") else
                   "white-box" if info.cls.tags.white_box else "black-box")
-        table.add_row(spec, access, info.paper)
+        table.add_row(spec, access, _architectures(info), info.paper)
     out.print(table)
 
 
@@ -619,7 +633,8 @@ def _opt(help: str, field: str, *names: str) -> Any:
 #: Settings of ``scrutiny audit`` outside :class:`AuditConfig` that a config file may hold.
 AUDIT_RUN_KEYS = ("model", "weights", "data", "mean", "std", "device", "robust_model",
                   "robust_weights", "out", "output", "token_env", "token_file", "budget",
-                  "ca_bundle", "rate_limit", "max_concurrency")
+                  "ca_bundle", "rate_limit", "max_concurrency", "backend", "address", "workers",
+                  "shard_size")
 #: The explainers of an audit of an endpoint when none are configured (the default ones
 #: need gradients).
 ENDPOINT_EXPLAINERS = ("occlusion", "lime", "kernel_shap")
@@ -686,8 +701,10 @@ def audit(config: Annotated[Path | None, typer.Option(
                                                  "explainers")] = None,
           norm: Annotated[str | None, _opt("linf, l2 or l1.", "norm")] = None,
           eps: Annotated[str | None, typer.Option(
-              help="Comma-separated radii. Default: the norm's (linf: 0,0.02,0.05,0.1,0.15,"
-              "0.2,0.3).")] = None,
+              help="Comma-separated radii, in input units. Default: chosen from the input "
+              "shape (grey up to 64x64 and tables, linf: 0,0.02,0.05,0.1,0.15,0.2,0.3; 32x32 "
+              "colour: 0 to 16/255, headline 8/255; 224x224: 0 to 8/255, headline 4/255; "
+              "docs/audit.md).")] = None,
           reference_eps: Annotated[float | None, typer.Option(
               help="The eps of the headline number and the examples (added to --eps). "
               "Default: the middle nonzero eps.")] = None,
@@ -744,6 +761,18 @@ def audit(config: Annotated[Path | None, typer.Option(
               help="Endpoint: total queries the audit may send it.")] = None,
           ca_bundle: CaBundleOpt = None, rate_limit: RateLimitOpt = None,
           max_concurrency: ConcurrencyOpt = None,
+          backend: Annotated[str | None, typer.Option(
+              help="What runs the per-sample sections' shards: local (this process) or ray "
+              "(the 'ray' extra of scrutiny). Default: local.")] = None,
+          address: Annotated[str | None, typer.Option(
+              help="--backend ray: the Ray cluster to join (ray://host:10001, auto); without "
+              "it a local Ray instance starts with --workers CPUs.")] = None,
+          workers: Annotated[int | None, typer.Option(
+              help="--backend ray: actors running shards, one thread each. Default: 2.")] = None,
+          shard_size: Annotated[int | None, typer.Option(
+              help="Samples per shard of the per-sample sections (robustness, headline, "
+              "certification), each with its own seed; finished shards are saved. The numbers "
+              "depend on it, not on the backend. Default: no shards (local), 64 (ray).")] = None,
           quiet: QuietOpt = False) -> None:
     """Attack and explain a model; write one HTML report (default: embedded digits CNN).
 
@@ -758,6 +787,9 @@ def audit(config: Annotated[Path | None, typer.Option(
     --model http(s)://host:port/v2/models/NAME audits an endpoint: only what needs queries
     runs (query attacks, black-box explainers: occlusion, lime, kernel_shap by default);
     the sections that need gradients are skipped with a note.
+
+    --backend ray --workers N runs the shards of --shard-size samples on Ray actors; a
+    rerun after a kill computes only the shards that did not finish.
     """
     import shutil
 
@@ -787,7 +819,8 @@ def audit(config: Annotated[Path | None, typer.Option(
         "std": std, "device": device,
         "robust_model": robust_model, "robust_weights": robust_weights, "out": out_dir,
         "output": output, "token_env": token_env, "token_file": token_file, "budget": budget,
-        "ca_bundle": ca_bundle, "rate_limit": rate_limit, "max_concurrency": max_concurrency})
+        "ca_bundle": ca_bundle, "rate_limit": rate_limit, "max_concurrency": max_concurrency,
+        "backend": backend, "address": address, "workers": workers, "shard_size": shard_size})
     model, weights, data, mean, std, device, robust_model, robust_weights = (
         run.get(k) for k in ("model", "weights", "data", "mean", "std", "device", "robust_model",
                              "robust_weights"))
@@ -805,6 +838,16 @@ def audit(config: Annotated[Path | None, typer.Option(
         raise InputError("--robust-weights is for a 'module:factory' --robust-model; give one")
     out_dir = run.get("out") or Path("audit-report")
     from scrutiny.audit.sections import resolve as resolve_sections
+    from scrutiny.audit.shards import get_backend
+
+    if run.get("shard_size") is not None and int(run["shard_size"]) < 1:
+        raise InputError(f"--shard-size must be >= 1, got {run['shard_size']}")
+    if run.get("workers") is not None and int(run["workers"]) < 1:
+        raise InputError(f"--workers must be >= 1, got {run['workers']}")
+    shard_backend = get_backend(run.get("backend") or "local", address=run.get("address"),
+                                workers=run.get("workers"))
+    if run.get("backend") == "ray":
+        shard_backend.check()  # Ray installed, before any work
 
     resolve_sections(cfg.sections, cfg.skip)  # unknown or needed sections: refused now
     _check_out_dir(out_dir)  # before any work, not after it
@@ -820,11 +863,15 @@ def audit(config: Annotated[Path | None, typer.Option(
                                 device, progress=not quiet)
         except InputError as e:
             raise InputError(f"--robust-model {robust_model}: {e}") from e
-    res = run_audit(m, ds, cfg, robust_model=robust, progress=not quiet, state_dir=state)
+    res = run_audit(m, ds, cfg, robust_model=robust, progress=not quiet, state_dir=state,
+                    shard_size=run.get("shard_size"),
+                    backend=shard_backend if run.get("backend") == "ray"
+                    or run.get("shard_size") is not None else None)
     path = write_report(res, out_dir, run=_run_record(run))
     for line in (res.verdict or {}).get("lines", []):  # the verdict first
         out.print(("[bold red]FLAGGED[/]" + escape(line[7:])) if line.startswith("FLAGGED")
                   else escape(line))
+    cfg = res.config  # the defaults resolved for the data's input shape
     table = Table(f"attack \\ eps ({cfg.norm})", *[f"{e:g}" for e in cfg.eps],
                   title=f"{res.model} on {res.dataset}: robust accuracy ({res.n_samples} samples)")
     for name, rows in res.robustness.items():
@@ -1189,19 +1236,32 @@ def poison(method: Annotated[str, typer.Argument(
     test split (clean accuracy, attack success). The victim's weights go to
     OUT/victim.safetensors (load it with --model OUT/victim.safetensors in every command,
     e.g. scrutiny audit), the poisoned set to OUT/poisoned.npz (--data OUT/poisoned.npz).
+    A BadNets patch is sized to the image (a seventh of its side: 2x2 on the 8x8 digits)
+    unless -p size= is given.
     """
     from scrutiny.base import seeded
-    from scrutiny.cli.tampering import CALLS, PRETRAINED_VICTIM, Job, call_training, check_out_folder
+    from scrutiny.cli.tampering import (
+        CALLS,
+        PRETRAINED_VICTIM,
+        Job,
+        call_training,
+        check_out_folder,
+        poison_defaults,
+    )
     from scrutiny.data import load
     from scrutiny.models import RECIPES, TorchModel, build, save_built, save_weights
 
     info = _kind_method(method, "poisoning")
-    meth = registry.create(info.spec, **parse_params(param))
+    given = parse_params(param)
+    meth = registry.create(info.spec, **given)
     check_out_folder(save)
     if target is not None and info.name != "feature_collision":
         raise InputError(f"--target is for feature_collision; {info.name} does not read it")
     train_ds = load(data or (RECIPES[model].dataset if model in RECIPES else "digits"),
                     split="train")
+    scaled = poison_defaults(info.name, tuple(train_ds.input_shape))
+    if scaled.keys() - given.keys():  # e.g. BadNets' trigger sized to the image
+        meth = registry.create(info.spec, **{**scaled, **given})
     arch = None
     if not info.cls.needs_model:
         if model is not None or weights is not None:
@@ -1264,11 +1324,11 @@ def poison(method: Annotated[str, typer.Argument(
 @_quiet_option
 def scan(method: Annotated[str, typer.Argument(
              help="Registered backdoor scan ('scrutiny list backdoor_scan'): neural_cleanse "
-             "(the model, on clean test data), activation_clustering or spectral_signatures "
+             "or k_arm (the model, on clean test data), activation_clustering or spectral_signatures "
              "(the model's training set).")] = "neural_cleanse",
          model: ModelOpt = None, weights: WeightsOpt = None,
          data: Annotated[str | None, typer.Option(
-             "--data", help="As for the other commands. neural_cleanse reads its test split; the "
+             "--data", help="As for the other commands. neural_cleanse and k_arm read its test split; the "
              "training-set scans read its training split, or the whole of a poisoned.npz "
              "written by scrutiny poison (whose poison points then score the scan).")] = None,
          mean: MeanOpt = None, std: StdOpt = None,
@@ -1276,14 +1336,14 @@ def scan(method: Annotated[str, typer.Argument(
          save: Annotated[Path, typer.Option(
              "--out", help="Folder for result.json and figure.png.")] = Path("scan"),
          quiet: QuietOpt = False) -> None:
-    """Scan a model for a backdoor (Neural Cleanse) or its training set for poison points
+    """Scan a model for a backdoor (Neural Cleanse, K-Arm) or its training set for poison points
     (activation clustering, spectral signatures); print the flagged labels."""
     from scrutiny.cli.tampering import CALLS, Job, check_out_folder
 
     info = _kind_method(method, "backdoor_scan")
     meth = registry.create(info.spec, **parse_params(param))
     check_out_folder(save)
-    training_scan = info.name != "neural_cleanse"
+    training_scan = info.name not in ("neural_cleanse", "k_arm")
     m, ds = resolve(model, weights, data, mean, std, device, split="train" if training_scan
                     else "test", progress=not quiet)
     poisoned = None

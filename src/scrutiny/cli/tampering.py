@@ -24,13 +24,38 @@ from rich.table import Table
 
 from scrutiny.errors import InputError
 
-__all__ = ["CALLS", "FIGURES", "PRETRAINED_VICTIM", "Job", "call_training", "figure_of",
-           "numbers_table", "write_record"]
+__all__ = ["CALLS", "FIGURES", "PATCH_TRIGGER", "PRETRAINED_VICTIM", "Job", "call_training",
+           "figure_of", "numbers_table", "poison_defaults", "write_record"]
 
 #: Poisoning attacks whose victim starts from the trained zoo model (feature collision
 #: fine-tunes its last layer; DBA attacks a federated model that has converged, as in the
 #: paper); the others train the zoo architecture from scratch on the poisoned data.
 PRETRAINED_VICTIM = ("feature_collision", "dba")
+
+#: Poisoning attacks with a BadNets patch trigger, sized to the image by ``scrutiny poison``.
+PATCH_TRIGGER = ("badnets", "backdoor_embedding")
+
+
+def poison_defaults(name: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The parameters ``scrutiny poison`` gives the attack ``name`` on inputs of
+    ``input_shape`` unless ``-p`` sets them.
+
+    A patch trigger's side is a seventh of the image's, at least 2 pixels: Neural Cleanse's
+    4x4 patch on 28x28 MNIST (Wang et al. 2019), 2x2 on the 8x8 digits. The library's
+    default 3x3 covers 14% of an 8x8 digit, as much as the smallest trigger a clean model
+    already has for some label (docs/poisoning.md): a model scan cannot tell such a
+    backdoor from the data's own shortcuts, and a backdoor is meant to be a small trigger.
+
+    Examples
+    --------
+    >>> poison_defaults("badnets", (1, 8, 8)), poison_defaults("badnets", (1, 28, 28))
+    ({'size': 2}, {'size': 4})
+    >>> poison_defaults("dba", (1, 8, 8))
+    {}
+    """
+    if name in PATCH_TRIGGER and len(input_shape) == 3:
+        return {"size": max(2, round(min(input_shape[1:]) / 7))}
+    return {}
 
 
 @dataclass
@@ -163,8 +188,8 @@ def _figure_svm(job: Job, r: Any) -> bytes | None:
 
 
 def _figure_scan(job: Job, r: Any) -> bytes | None:
-    """Neural Cleanse: every label's reversed trigger (mask x pattern) and mask; a training-set
-    scan: the most suspicious training points."""
+    """Neural Cleanse (and K-Arm, its first stage): every label's reversed trigger (mask x
+    pattern) and mask; a training-set scan: the most suspicious training points."""
     names = job.names()
     if hasattr(r, "triggers"):
         if not r.triggers:
@@ -205,6 +230,7 @@ FIGURES: dict[str, Callable[[Job, Any], bytes | None]] = {
     "feature_collision": _figure_collision,
     "svm_poisoning": _figure_svm,
     "neural_cleanse": _figure_scan,
+    "k_arm": _figure_scan,
     "activation_clustering": _figure_scan,
     "spectral_signatures": _figure_scan,
     "dlg": _figure_leakage,

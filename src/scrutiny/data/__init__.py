@@ -13,7 +13,15 @@ from .dataset import (
     split,
     split_indices,
 )
-from .embedded import SYNTHETIC_SHAPES, load_breast_cancer, load_digits, make_synthetic
+from .embedded import (
+    COLOUR_DIGITS_MEAN,
+    COLOUR_DIGITS_STD,
+    SYNTHETIC_SHAPES,
+    load_breast_cancer,
+    load_colour_digits,
+    load_digits,
+    make_synthetic,
+)
 from .factors import FACTOR_SHAPES, FactorDataset, make_factors
 from .files import (
     CIFAR10_CLASSES,
@@ -29,6 +37,8 @@ from .files import (
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "COLOUR_DIGITS_MEAN",
+    "COLOUR_DIGITS_STD",
     "EMBEDDED",
     "FACTOR_SHAPES",
     "IMAGE_EXTENSIONS",
@@ -41,6 +51,7 @@ __all__ = [
     "load",
     "load_breast_cancer",
     "load_cifar10",
+    "load_colour_digits",
     "load_digits",
     "load_image_folder",
     "load_mnist",

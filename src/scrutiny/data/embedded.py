@@ -10,7 +10,15 @@ from scrutiny.errors import InputError
 
 from .dataset import ArrayDataset, check_split, select_split, split_indices
 
-__all__ = ["SYNTHETIC_SHAPES", "load_breast_cancer", "load_digits", "make_synthetic"]
+__all__ = [
+    "COLOUR_DIGITS_MEAN",
+    "COLOUR_DIGITS_STD",
+    "SYNTHETIC_SHAPES",
+    "load_breast_cancer",
+    "load_colour_digits",
+    "load_digits",
+    "make_synthetic",
+]
 
 #: Class names of :func:`make_synthetic`, in label order.
 SYNTHETIC_SHAPES: tuple[str, ...] = ("square", "plus", "ring", "bars")
@@ -275,5 +283,90 @@ def make_synthetic(
         classes=SYNTHETIC_SHAPES[:num_classes],
         name="synthetic",
         masks=torch.from_numpy(mask[:, None]),
+    )
+    return select_split(full, split, test_fraction=test_fraction, seed=seed)
+
+
+#: Per-channel (R, G, B) mean and standard deviation of the train split of
+#: :func:`load_colour_digits` (default arguments): the normalisation a model of
+#: that data declares (``TorchModel(..., mean=..., std=...)``), so its inputs and
+#: every eps stay in pixel units in ``[0, 1]``.
+COLOUR_DIGITS_MEAN: tuple[float, float, float] = (0.3568, 0.3523, 0.3525)
+COLOUR_DIGITS_STD: tuple[float, float, float] = (0.2038, 0.2034, 0.2030)
+
+
+def load_colour_digits(
+    *, size: int = 32, split: str = "train", test_fraction: float = 0.25, seed: int = 0,
+    noise: float = 0.04,
+) -> ArrayDataset:
+    """CIFAR-sized colour images of the bundled digits: a coloured digit on a coloured ground.
+
+    Each of the 1797 digits of :func:`load_digits` is upsampled (bilinear) to
+    ``7 * size / 8`` pixels and placed at a uniformly random offset in a
+    ``size x size`` canvas. The canvas is a vertical gradient between two random
+    colours (each channel ``U(0, 0.45)``), the digit's strokes are painted with a
+    third random colour (each channel ``U(0.55, 1)``) with the stroke intensity
+    as opacity, and Gaussian noise of standard deviation ``noise`` is added
+    before clamping to ``[0, 1]``. Colours and positions are drawn independently
+    of the label, so only the digit's shape tells the class, and the three
+    channels differ in every image.
+
+    Parameters
+    ----------
+    size : int, optional
+        Side of the images, at least 16 (32 gives CIFAR-10's shape).
+    split : {"train", "test", "all"}, optional
+        Which part of the stratified split to return (the split of
+        :func:`load_digits` with the same ``seed``).
+    test_fraction : float, optional
+        Fraction of the images in the test part.
+    seed : int, optional
+        Seed of the colours, positions, noise and split.
+    noise : float, optional
+        Standard deviation of the pixel noise, in ``[0, 0.2]``.
+
+    Returns
+    -------
+    ArrayDataset
+        ``x`` of shape ``(N, 3, size, size)`` in ``[0, 1]``, ``y`` in ``0..9``,
+        classes ``"0"`` .. ``"9"``, named ``"colour_digits"``. Its per-channel
+        statistics are :data:`COLOUR_DIGITS_MEAN` and :data:`COLOUR_DIGITS_STD`.
+
+    Examples
+    --------
+    >>> ds = load_colour_digits(split="test")
+    >>> tuple(ds.x.shape), ds.num_classes, ds.name
+    ((450, 3, 32, 32), 10, 'colour_digits')
+    >>> bool((ds.x[:, 0] != ds.x[:, 1]).any())  # colour, not grey
+    True
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
+        raise InputError(f"size must be an int >= 16, got {size!r}")
+    if not 0.0 <= float(noise) <= 0.2:
+        raise InputError(f"noise must be in [0, 0.2], got {noise!r}")
+    check_split(split)
+    size = int(size)
+    inner = max(8, round(size * 7 / 8))
+    digits = load_digits(size=inner, split="all")
+    n = len(digits)
+    rng = np.random.default_rng(seed)
+    top = rng.integers(0, size - inner + 1, n)
+    left = rng.integers(0, size - inner + 1, n)
+    ground = rng.uniform(0.0, 0.45, (n, 2, 3))  # colours at the top and bottom rows
+    ink = rng.uniform(0.55, 1.0, (n, 3))
+    pixel_noise = rng.normal(0.0, float(noise), (n, 3, size, size))
+    ramp = np.linspace(0.0, 1.0, size)[None, None, :, None]
+    canvas = (ground[:, 0, :, None, None] * (1 - ramp) + ground[:, 1, :, None, None] * ramp)
+    canvas = np.broadcast_to(canvas, (n, 3, size, size)).copy()
+    alpha = np.zeros((n, 1, size, size))
+    strokes = digits.x[:, 0].numpy().astype(np.float64)
+    for i in range(n):
+        alpha[i, 0, top[i]:top[i] + inner, left[i]:left[i] + inner] = strokes[i]
+    image = canvas * (1 - alpha) + ink[:, :, None, None] * alpha + pixel_noise
+    full = ArrayDataset(
+        x=torch.from_numpy(np.clip(image, 0.0, 1.0).astype(np.float32)),
+        y=digits.y,
+        classes=digits.classes,
+        name="colour_digits",
     )
     return select_split(full, split, test_fraction=test_fraction, seed=seed)

@@ -19,7 +19,7 @@ import torch
 from scrutiny.errors import InputError
 
 from .dataset import ArrayDataset, DatasetNotFoundError, check_split
-from .embedded import load_breast_cancer, load_digits, make_synthetic
+from .embedded import load_breast_cancer, load_colour_digits, load_digits, make_synthetic
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -35,7 +35,7 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 
 #: Names :func:`load` resolves to built-in datasets (no file needed).
-EMBEDDED: tuple[str, ...] = ("digits", "digits28", "synthetic", "breast_cancer")
+EMBEDDED: tuple[str, ...] = ("digits", "digits28", "synthetic", "breast_cancer", "colour_digits")
 
 #: File extensions :func:`load_image_folder` reads (case-insensitive).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
@@ -681,7 +681,7 @@ def load(spec: str, *, split: str = "train", seed: int = 0) -> ArrayDataset:
     ----------
     spec : str
         One of :data:`EMBEDDED` (``"digits"`` 8x8, ``"digits28"``,
-        ``"synthetic"``, ``"breast_cancer"``), or a path:
+        ``"synthetic"``, ``"breast_cancer"``, ``"colour_digits"`` 32x32x3), or a path:
 
         * ``*.npz``: :func:`load_npz` with keys ``x``/``y``; an archive with
           ``x_train``/``y_train``/``x_test``/``y_test`` instead (e.g. Keras'
@@ -732,6 +732,8 @@ def load(spec: str, *, split: str = "train", seed: int = 0) -> ArrayDataset:
         return make_synthetic(split=split, seed=seed)
     if spec == "breast_cancer":
         return load_breast_cancer(split=split, seed=seed)
+    if spec == "colour_digits":
+        return load_colour_digits(split=split, seed=seed)
 
     p = Path(spec).expanduser()
     if not p.exists():

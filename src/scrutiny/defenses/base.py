@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from scrutiny.base import Method
-from scrutiny.errors import InputError
+from scrutiny.errors import InputError, UnsupportedModelError
 from scrutiny.models.adaptive import StraightThrough, Transform  # noqa: F401  (re-exported)
 from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import AttackResult
@@ -155,7 +155,18 @@ class Preprocessed(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.transform(x))
+        t = self.transform(x)
+        if t.shape[1:] == x.shape[1:]:
+            return self.model(t)
+        try:
+            return self.model(t)
+        except RuntimeError as e:
+            raise UnsupportedModelError(
+                f"{type(self.transform).__name__} feeds inputs of shape {tuple(t.shape[1:])} "
+                f"(not {tuple(x.shape[1:])}) to {self.model.name}, which does not accept them "
+                f"({e}); a model of fixed input size (position embeddings, a flattening "
+                "classifier) needs a transform that keeps the size (random_resize_pad: "
+                "resize_back=True)") from e
 
 
 def preprocessed(transform: Transform, model: Any, name: str) -> TorchModel:

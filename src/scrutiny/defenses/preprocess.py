@@ -276,6 +276,9 @@ class RandomResizePad(Defense):
     torch.Size([2, 1, 12, 12])
     """
 
+    #: A vision transformer (fixed input size) needs ``resize_back=True``; without it the
+    #: defended model raises an UnsupportedModelError.
+    architectures = ("resnet",)
     scale: tuple[float, float] = param((310 / 299, 331 / 299), kind=tuple, check=_check_scale)
     mode: str = param("nearest", choices=_MODES)
     resize_back: bool = param(False, kind=bool)

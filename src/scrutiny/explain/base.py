@@ -13,6 +13,7 @@ from scrutiny.base import Method, grad_wrt
 from scrutiny.errors import InputError
 from scrutiny.models.calls import as_batch, check_call_data, prepare
 from scrutiny.models.hooks import capture  # noqa: F401  (re-exported: explainers import it from here)
+from scrutiny.models.memory import retry_smaller
 from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import Explanation, Tags
@@ -78,7 +79,11 @@ class Explainer(Method):
                      image=self.tags.image_only, query="probs" if queried else None) as call:
             logits, target = call.logits, call.target(target)
             subject = QueryScores(call.model) if queried else call.model
-            attr, extra = self._explain(subject, call.x0, target, **data)
+            if queried:  # every try would spend queries; the QueryModel splits its forwards
+                attr, extra = self._explain(subject, call.x0, target, **data)
+            else:  # out of memory: again at a smaller batch_size
+                attr, extra = retry_smaller(self, lambda m: m._explain(subject, call.x0, target,
+                                                                       **data), seed=seed)
             if queried:
                 extra["queries"] = call.model.queries - call.queries_at_start
                 extra["evaluator_queries"] = call.model.evaluations - call.evaluations_at_start

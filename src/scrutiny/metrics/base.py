@@ -21,6 +21,7 @@ from scrutiny.base import Method
 from scrutiny.errors import InputError
 from scrutiny.explain.base import Explainer
 from scrutiny.models.calls import as_batch, prepare
+from scrutiny.models.memory import retry_smaller
 from scrutiny.models.wrapper import TorchModel
 from scrutiny.types import Explanation, Tags, summary_repr
 
@@ -268,7 +269,8 @@ class Metric(Method):
             attr = (None if attributions is None
                     else check_attributions(attributions, x0).detach().to(call.device))
             own = {k: v for k, v in data.items() if k in self.call_data}
-            res = self._evaluate(call.model, x0, target, exp, attr, seed, **own)
+            res = retry_smaller(self, lambda m: m._evaluate(call.model, x0, target, exp, attr,
+                                                            seed, **own), seed=seed)
         res.meta = {"metric": self.name, **({"explainer": exp.name} if exp else {}), **res.meta}
         if res.undefined is None:
             res.undefined = unexplained_nan(res.scores)

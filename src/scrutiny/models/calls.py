@@ -27,6 +27,7 @@ from torch import nn
 
 from scrutiny.base import seeded
 from scrutiny.errors import InputError
+from scrutiny.models.memory import chunked
 from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel, as_model
 from scrutiny.types import ThreatModel
@@ -192,12 +193,12 @@ def as_query_model(model: Any, bounds: tuple[float, float] | None, output: str,
                      f"got {type(model).__name__}; wrap a callable in QueryModel(fn, output=...)")
 
 
-def _clean_outputs(model: TorchModel | QueryModel, x0: torch.Tensor) -> torch.Tensor:
+def _clean_outputs(model: TorchModel | QueryModel, x0: torch.Tensor, name: str) -> torch.Tensor:
     if isinstance(model, QueryModel):
         logits, _ = model._evaluate(x0)  # the evaluator's look: outside the budget
     else:
-        with torch.no_grad():
-            logits = model(x0)
+        with torch.no_grad():  # split where the whole batch runs out of memory
+            logits = chunked(model, x0, len(x0), what=f"{name}'s clean forward pass")
     return check_outputs(logits, len(x0))
 
 
@@ -295,7 +296,7 @@ def prepare(method: object, model: Any, x: torch.Tensor, *, seed: int | None = 0
         stack.enter_context(seeded(seed, wrapped.device))
         if no_grad:
             stack.enter_context(torch.no_grad())
-        logits = _clean_outputs(wrapped, x0)
+        logits = _clean_outputs(wrapped, x0, name)
         yield Call(model=wrapped, x=x, x0=x0, logits=logits,
                    threat=threat if isinstance(threat, ThreatModel) else None,
                    queries_at_start=q0, evaluations_at_start=e0)

@@ -152,8 +152,11 @@ class QueryModel:
         n = int(x.shape[0])
         with torch.no_grad():
             if isinstance(self._torch, TorchModel):
-                with self._torch.evaluating():
-                    logits = self._torch(x.to(self._torch.device)).to(x.device)
+                if n:  # logits() is in eval mode; a forward that runs out of memory is split
+                    logits = self._torch.logits(x, batch_size=n).to(x.device)
+                else:
+                    with self._torch.evaluating():
+                        logits = self._torch(x.to(self._torch.device)).to(x.device)
                 if output == "probs":
                     return logits.softmax(dim=1)
                 return logits.argmax(dim=1) if output == "label" else logits

@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 from scrutiny.errors import InputError, NotDifferentiableError
+from scrutiny.models.memory import chunked
 from scrutiny.validation import DEFAULT_BOUNDS, check_bounds
+
+#: ids of the TorchModels inside an ``evaluating()`` block (for its re-entrancy); an id
+#: leaves the set when its block ends, so a copy of the model is never taken for nested.
+_EVALUATING: set[int] = set()
 
 
 class TorchModel(nn.Module):
@@ -96,7 +101,18 @@ class TorchModel(nn.Module):
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[TorchModel]:
-        """Eval mode, parameters frozen (input gradients only); all restored on exit."""
+        """Eval mode, parameters frozen (input gradients only); all restored on exit.
+
+        Re-entrant: inside an ``evaluating()`` of the same model a nested call
+        changes and restores nothing (the outermost call set the state and
+        restores it on exit), so a query path that nests it stays cheap. Code
+        that switches modules to training mode inside it (MC dropout) keeps
+        them so through nested calls.
+        """
+        key = id(self)
+        if key in _EVALUATING:  # nested: the outermost call owns the state
+            yield self
+            return
         modes = [(m, m.training) for m in self.modules()]
         grads = [p for p in self.parameters() if p.requires_grad]
         try:
@@ -104,8 +120,10 @@ class TorchModel(nn.Module):
                 self.eval()
             for p in grads:
                 p.requires_grad_(False)
+            _EVALUATING.add(key)
             yield self
         finally:
+            _EVALUATING.discard(key)
             for m, t in modes:
                 if m.training != t:
                     m.training = t
@@ -114,11 +132,14 @@ class TorchModel(nn.Module):
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Logits of ``x`` in eval mode, computed in chunks of ``batch_size``."""
+        """Logits of ``x`` in eval mode on the model's device, computed in chunks of
+        ``batch_size`` (halved where a chunk runs out of memory:
+        :func:`scrutiny.models.memory.chunked`)."""
+        dev = self.device
+        if not len(x):
+            return torch.empty(0, self.num_classes or 0, device=dev)
         with self.evaluating():
-            dev = self.device
-            outs = [self(x[i:i + batch_size].to(dev)) for i in range(0, len(x), batch_size)]
-        return torch.cat(outs) if outs else torch.empty(0, self.num_classes or 0)
+            return chunked(lambda rows: self(rows.to(dev)), x, batch_size, what="TorchModel.logits")
 
     def predict(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """Predicted labels (N,)."""

@@ -28,7 +28,15 @@ from scrutiny.defenses.base import Detector
 from scrutiny.errors import InputError, ModelOutputError
 from scrutiny.models.query import QueryModel
 from scrutiny.models.wrapper import TorchModel
-from scrutiny.testing.models import Failing, NonFinite, tiny_cnn, tiny_images, tiny_linear
+from scrutiny.testing.models import (
+    Failing,
+    NonFinite,
+    tiny_cnn,
+    tiny_images,
+    tiny_linear,
+    tiny_resnet,
+    tiny_vit,
+)
 from scrutiny.types import ThreatModel
 
 Check = Callable[[str], None]
@@ -72,20 +80,20 @@ def _query_model(model: TorchModel, output: str, budget: int | None = None) -> Q
                       num_classes=k)
 
 
-def _tiny_dataset(n: int = 20) -> ArrayDataset:
+def _tiny_dataset(n: int = 20, shape: tuple[int, ...] = (1, 6, 6)) -> ArrayDataset:
     """Labelled tiny images (training data for the methods that take some)."""
-    return ArrayDataset(x=tiny_images(n, seed=7), y=torch.arange(n) % 3, classes=("a", "b", "c"),
-                        name="tiny")
+    return ArrayDataset(x=tiny_images(n, seed=7, shape=shape), y=torch.arange(n) % 3,
+                        classes=("a", "b", "c"), name="tiny")
 
 
-def _call_data(method: Any, x: torch.Tensor) -> dict[str, Any]:
+def _call_data(method: Any, x: torch.Tensor, train: ArrayDataset | None = None) -> dict[str, Any]:
     """Stand-ins for the call-time data a metric requires (``masks``, ``train_data``)."""
     data: dict[str, Any] = {}
     for k in getattr(method, "call_data", ()):
         if k == "masks":
             data[k] = torch.zeros((len(x), *x.shape[2:]), dtype=torch.bool)
         elif k == "train_data":
-            data[k] = _tiny_dataset()
+            data[k] = train if train is not None else _tiny_dataset()
     return data
 
 
@@ -583,12 +591,97 @@ KIND_CHECKS: dict[str, tuple[Check, ...]] = {
     **{kind: DATA_METHOD for kind in ("learned", "poisoning", "privacy", "backdoor_scan")}}
 
 
+# ------------------------------------------------ real architectures (every kind)
+#: The test models with the parts of real networks, by the names methods declare in
+#: ``Method.architectures``: batch norm, residual additions, max and average pooling,
+#: dropout (``tiny_resnet``); layer norm, GELU, self-attention (``tiny_vit``).
+ARCHITECTURES: dict[str, Callable[..., TorchModel]] = {"resnet": tiny_resnet, "vit": tiny_vit}
+_ARCH_SHAPE = (3, 8, 8)
+
+
+def _arch_works(spec: str, model: TorchModel) -> None:
+    """The basic property of the method's kind on ``model`` (2 or a few 3x8x8 images)."""
+    info = registry.get(spec)
+    m = _make(spec)
+    x = tiny_images(2, seed=0, shape=_ARCH_SHAPE)
+    y = model.predict(x)
+    if info.kind == "attack":
+        norm = m.tags.norms[0]
+        threat = ThreatModel(norm, 0.1 if norm == "linf" else 1.0)
+        res = m(_attack_subject(m, model), x, y, threat=threat, seed=0)
+        assert bool(threat.contains(x, res.x_adv).all())
+        pred = model.predict(res.x_adv)
+        assert torch.equal(res.success, pred != y) and torch.equal(res.clean_correct, y == y)
+        assert torch.equal(res.robust, pred == y)
+    elif info.kind == "explainer":
+        e = m(model, x, y)
+        assert e.attributions.shape in (x.shape, (len(x), *x.shape[2:]))
+        assert torch.isfinite(e.attributions).all()
+    elif info.kind == "metric":
+        res = m(model, x, y, explainer="saliency",
+                **_call_data(m, x, _tiny_dataset(8, shape=_ARCH_SHAPE)))
+        assert res.scores.shape == (len(x),)
+        assert not torch.isinf(res.scores).any()
+    elif info.kind == "certifier":
+        # sound: no certified sample is broken by PGD within its certified radius
+        norm = m.tags.norms[0]
+        radius = m.certified_radius(model, x, y, norm=norm).radius
+        cert = radius > 0
+        if cert.any():
+            eps = float(radius[cert].min())
+            pgd = registry.create("attack:pgd", steps=10)
+            adv = pgd(model, x[cert], y[cert], threat=ThreatModel(norm, eps))
+            at_adv = m.classify(model, adv.x_adv, seed=1)
+            assert ((at_adv == y[cert]) | (at_adv == -1)).all()
+    elif info.kind == "defense":
+        defended = m.fit(model, _tiny_dataset(8, shape=_ARCH_SHAPE)).wrap(model)
+        with defended.evaluating(), torch.no_grad():
+            out = defended(x)
+        assert out.shape == (len(x), 3) and torch.isfinite(out).all()
+        if isinstance(m, Detector):
+            assert m.score(x).shape == (len(x),)
+    else:  # a method on a model and a dataset: runs, leaves the data and the model as they were
+        data = _tiny_dataset(8, shape=_ARCH_SHAPE)
+        x0 = data.x.clone()
+        grads = [p.requires_grad for p in model.parameters()]
+        _data_call(spec, model, data)
+        assert torch.equal(data.x, x0)
+        assert not any(mod.training for mod in model.modules())  # built in eval mode
+        assert [p.requires_grad for p in model.parameters()] == grads
+        assert all(p.grad is None for p in model.parameters())
+
+
+def check_architectures(spec: str) -> None:
+    """On each test architecture (a ResNet, a vision transformer) the method does what it
+    declares in ``architectures``: a declared one works with its kind's basic property
+    (an attack's adversarial inside the threat model with its flags recomputed, an
+    explainer's finite map of the input's shape, a certifier sound against PGD, a
+    defense's finite outputs, a metric's scores, a data method leaving data and model
+    as they were); on an undeclared one the method raises an UnsupportedModelError that
+    names a layer of the model by its type and path (or the model, where no one layer is
+    at fault: a defense feeding a larger input to a fixed-size transformer)."""
+    from scrutiny.errors import UnsupportedModelError
+
+    declared = registry.get(spec).cls.architectures
+    assert set(declared) <= set(ARCHITECTURES), declared
+    for arch, build in ARCHITECTURES.items():
+        model = build(0)
+        if arch in declared:
+            _arch_works(spec, model)
+            continue
+        with pytest.raises(UnsupportedModelError) as err:
+            _arch_works(spec, model)
+        msg = str(err.value)  # names a layer (path and type), or else the model
+        assert model.name in msg or any(f"'{n}'" in msg and type(mod).__name__ in msg
+                                        for n, mod in model.module.named_modules() if n), msg
+
+
 def checks_for(spec: str) -> tuple[Check, ...]:
     info = registry.get(spec)
     checks = KIND_CHECKS.get(info.kind, PARAMS)
     if info.kind == "attack" and not info.cls.tags.white_box:
         checks = checks + BLACK_BOX
-    return checks
+    return checks + (check_architectures,)
 
 
 def parametrize_with_checks(specs: list[str]):

@@ -148,3 +148,77 @@ def noisy_cnn(sigma: float = 0.1) -> TorchModel:
 
     cnn = pretrained("digits-cnn", progress=False)
     return TorchModel(Noisy(cnn.module, sigma), bounds=cnn.bounds, name=f"digits-cnn-noisy{sigma:g}")
+
+
+def _seed_weights(net: nn.Module, g: torch.Generator) -> None:
+    """Seeded weights (``N(0, 1/fan_in)``, biases ``N(0, 0.1)``) and, for batch norm,
+    non-trivial affine parameters and running statistics (so that in eval mode it is not
+    the identity); layer norms get a non-trivial affine map too."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                c = m.num_features
+                m.weight.copy_(1 + 0.3 * torch.randn(c, generator=g))
+                m.bias.copy_(0.2 * torch.randn(c, generator=g))
+                m.running_mean.copy_(0.3 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+            elif isinstance(m, nn.LayerNorm):
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+            else:
+                for name, p in m.named_parameters(recurse=False):
+                    if name == "weight":
+                        fan_in = p[0].numel() if p.dim() > 1 else p.numel()
+                        p.copy_(torch.randn(p.shape, generator=g) * fan_in ** -0.5)
+                    else:  # biases, class token and position embeddings
+                        p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def tiny_resnet(seed: int = 0, in_channels: int = 3, num_classes: int = 3) -> TorchModel:
+    """A seeded two-stage :class:`~scrutiny.models.zoo.ResNet` (widths 4 and 8, one
+    block each) with a 2x2 stride-1 max pooling after the stem, in eval mode.
+
+    It has the parts of a real ResNet: batch norm (non-trivial running statistics),
+    residual additions (an identity and a strided 1x1 projection shortcut), max and
+    global average pooling and dropout; a forward and backward on a few 3x8x8 images
+    takes about a millisecond.
+
+    Examples
+    --------
+    >>> model = tiny_resnet()
+    >>> model(tiny_images(2, shape=(3, 8, 8))).shape
+    torch.Size([2, 3])
+    """
+    from scrutiny.models.zoo import ResNet
+
+    g = torch.Generator().manual_seed(seed)
+    net = ResNet(in_channels=in_channels, num_classes=num_classes, widths=(4, 8), blocks=1,
+                 dropout=0.5)
+    net.stem.append(nn.MaxPool2d(2, stride=1))
+    _seed_weights(net, g)
+    return TorchModel(net, name="tiny_resnet").eval()
+
+
+def tiny_vit(seed: int = 0, in_channels: int = 3, num_classes: int = 3, image_size: int = 8
+             ) -> TorchModel:
+    """A seeded :class:`~scrutiny.models.zoo.ViT` (2x2 patches, width 8, one block of two
+    heads), in eval mode.
+
+    It has the parts of a real vision transformer: a patch-embedding convolution, a
+    class token and position embeddings, layer norm, multi-head self-attention with an
+    explicit softmax, a GELU MLP and dropout; a forward and backward on a few 3x8x8
+    images takes about a millisecond.
+
+    Examples
+    --------
+    >>> model = tiny_vit()
+    >>> model(tiny_images(2, shape=(3, 8, 8))).shape
+    torch.Size([2, 3])
+    """
+    from scrutiny.models.zoo import ViT
+
+    g = torch.Generator().manual_seed(seed)
+    net = ViT(in_channels=in_channels, image_size=image_size, num_classes=num_classes, patch=2,
+              dim=8, depth=1, heads=2, dropout=0.5)
+    _seed_weights(net, g)
+    return TorchModel(net, name="tiny_vit").eval()

@@ -311,9 +311,9 @@ class Square(Attack):
                 t = None if target is None else target[live]
                 new_loss, new_margin = self._losses(logp, y[live], t)
                 better = new_loss < loss[live]
-                j = live[better]
-                best[j], loss[j], margin[j] = cand[better], new_loss[better], new_margin[better]
-                box.best[j] = cand[better]
+                j, won = live[better], cand[better]
+                best[j], loss[j], margin[j] = won, new_loss[better], new_margin[better]
+                box.best[j] = won
                 iters = it + 1
                 if self.stop_stalled and target is None and iters % every == 0:
                     stalled |= self._stalled(margin, checked, box.counts, every)

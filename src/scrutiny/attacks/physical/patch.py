@@ -119,6 +119,7 @@ class AdversarialPatch(Attack):
     True
     """
 
+    per_sample = False  # one perturbation for the whole batch
     tags = Tags(norms=("linf",), targeted=True, stochastic=True, image_only=True)
 
     size: float = param(0.1, between=(0, 1), interval="(]")

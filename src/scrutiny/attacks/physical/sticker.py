@@ -106,6 +106,7 @@ class Sticker(Attack):
     True
     """
 
+    per_sample = False  # one perturbation for the whole batch
     tags = Tags(norms=("linf", "l2", "l1"), targeted=True, stochastic=True, image_only=True)
 
     steps: int = param(200, integer=True, positive=True)

@@ -95,6 +95,7 @@ class UAP(Attack):
     True
     """
 
+    per_sample = False  # one perturbation for the whole batch
     tags = Tags(norms=("l2", "linf"), targeted=True, stochastic=True)
 
     delta: float = param(0.2, between=(0, 1))

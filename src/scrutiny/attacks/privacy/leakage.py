@@ -365,7 +365,7 @@ class DLG(PrivacyAttack):
             loss = sum(((a - b) ** 2).sum() for a, b in zip(g, target, strict=True)) / scale
             grads = torch.autograd.grad(loss, variables)
             for v, gv in zip(variables, grads, strict=True):
-                v.grad = gv
+                v.grad = gv.contiguous()  # LBFGS views it flat (attention's may be strided)
             value = float(loss.detach())
             if value < best[0]:  # the iterate this loss belongs to (before the step)
                 best[:] = [value, dx.detach().clone(), dl.detach().clone()]

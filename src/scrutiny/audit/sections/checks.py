@@ -51,6 +51,6 @@ class MaskingChecks(Section):
         if cert and cert.data.get("rows"):
             ref = cert.data["rows"][-1]
             out.flags.append(check_certified(ref["certified_accuracy"], ref["robust_accuracy"],
-                                             ref["eps"]))
+                                             ref["eps"], ref.get("certified_broken")))
         bar.advance()
         return out

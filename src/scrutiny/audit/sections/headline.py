@@ -21,6 +21,20 @@ from scrutiny.audit.sections.robustness import curve_figure, robust_key
 CHUNK = 128
 
 
+def perturbation_flags(ctx: AuditContext, x_adv: torch.Tensor) -> list[Flag]:
+    """A "perturbation above eps" flag when an adversarial input of ``x_adv`` (the audit's
+    samples' worst case at the reference eps) is farther than eps from its sample."""
+    cfg = ctx.config
+    largest = max_perturbation(x_adv, ctx.x, cfg.norm, cfg.reference_eps)
+    if largest["within_eps"]:
+        return []
+    return [Flag("perturbation above eps", True,
+                 f"the largest {cfg.norm} perturbation of the adversarial inputs is "
+                 f"{largest['value']:.4g} > eps = {cfg.reference_eps:g}: an attack left the "
+                 "threat model, so the robust accuracy is too low; report it as a bug",
+                 dict(largest))]
+
+
 @register
 class Headline(Section):
     """Worst case over the curve's attacks and the headline attack (default ``worst_case``).
@@ -111,13 +125,7 @@ class Headline(Section):
             used.append(cfg.headline_attack)
         out.tensors = {"robust": robust, "x_adv": x_adv}
         largest = max_perturbation(x_adv, ctx.x, cfg.norm, cfg.reference_eps)
-        if not largest["within_eps"]:
-            out.flags.append(Flag(
-                "perturbation above eps", True,
-                f"the largest {cfg.norm} perturbation of the adversarial inputs is "
-                f"{largest['value']:.4g} > eps = {cfg.reference_eps:g}: an attack left the threat "
-                "model, so the robust accuracy is too low; report it as a bug",
-                dict(largest)))
+        out.flags += perturbation_flags(ctx, x_adv)
         # the worst case at the reference eps now includes the headline attack: the curve too
         rows = {k: [dict(r) for r in v] for k, v in base.data["rows"].items()}
         for row in rows["worst case"]:

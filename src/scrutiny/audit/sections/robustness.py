@@ -131,6 +131,8 @@ def curves(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[float,
 
 def curve_figure(ctx: AuditContext, rows: dict[str, list[dict[str, Any]]]) -> Figure:
     cfg = ctx.config
+    if not ctx.draw:  # a shard's: the merged result draws the audit's
+        return Figure("robustness_curve", "", "", b"", {})
     return Figure("robustness_curve", "Robust accuracy against eps",
                   f"Robust accuracy of each attack and of the per-sample worst case "
                   f"({cfg.norm}), on {len(ctx.x)} test samples.",

@@ -15,9 +15,10 @@ from scrutiny.defenses.backdoor.clustering import (
     activation_clustering,
     representations,
 )
+from scrutiny.defenses.backdoor.k_arm import KArm, KArmResult, k_arm
 from scrutiny.defenses.backdoor.spectral import SpectralResult, SpectralSignatures, spectral_signatures
 
 __all__ = ["ActivationClustering", "BackdoorScan", "CleanseResult", "ClusteringResult",
-           "NeuralCleanse", "ScanResult", "SpectralResult", "SpectralSignatures",
-           "activation_clustering", "anomaly_threshold", "mad_anomaly_index", "neural_cleanse",
+           "KArm", "KArmResult", "NeuralCleanse", "ScanResult", "SpectralResult", "SpectralSignatures",
+           "activation_clustering", "anomaly_threshold", "k_arm", "mad_anomaly_index", "neural_cleanse",
            "precision_recall", "representations", "spectral_signatures"]

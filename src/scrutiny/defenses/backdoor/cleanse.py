@@ -19,7 +19,7 @@ from scrutiny.params import param
 from scrutiny.progress import detail, progress_bar
 from scrutiny.registry import register
 
-__all__ = ["CleanseResult", "NeuralCleanse", "neural_cleanse"]
+__all__ = ["CleanseResult", "NeuralCleanse", "neural_cleanse", "reverse_triggers"]
 
 _PAPER = ("Wang, Yao, Shan, Li, Viswanath, Zheng, Zhao. Neural Cleanse: Identifying and "
           "Mitigating Backdoor Attacks in Neural Networks. IEEE S&P 2019")
@@ -135,9 +135,11 @@ class NeuralCleanse(BackdoorScan):
     On the 8x8 digits the scan is at its limits: some clean labels have natural triggers
     almost as small as a 3x3 patch (on the clean digits CNN, label 5's passes the paper's
     threshold of 2, not the default 3.88; a planted 3x3 trigger's label is flagged only
-    sometimes, though its trigger is the smallest), and a network that pools globally (the zoo's CNN) learns a
+    sometimes, though its trigger is the smallest; a 2x2 one, ``scrutiny poison``'s, for
+    2 of 5 victims), and a network that pools globally (the zoo's CNN) learns a
     trigger detector that fires anywhere, so the reversed trigger of an infected label
-    need not sit where the attacker stamped it.
+    need not sit where the attacker stamped it. :class:`~scrutiny.defenses.backdoor.k_arm.KArm`
+    adds K-Arm's symmetric check, which tells the planted trigger from the natural ones there.
 
     Parameters
     ----------
@@ -242,69 +244,102 @@ class NeuralCleanse(BackdoorScan):
                              triggers=triggers, success=success, anomaly_threshold=limit,
                              meta={"method": self.name, **self.get_params()})
 
+    def schedule(self) -> dict[str, Any]:
+        """The optimisation settings :func:`reverse_triggers` takes from this scan."""
+        return {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "init_cost",
+                                              "cost_multiplier", "patience", "threshold")}
+
     def _reverse(self, model: TorchModel, x: torch.Tensor, group: list[int]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """The reversed masks ``(g, 1, H, W)`` and patterns ``(g, C, H, W)`` of ``group``."""
-        g, (c, h, w) = len(group), tuple(x.shape[1:])
-        lo, hi = model.bounds
-        dev = x.device
-        mask_raw = _unsquash(torch.rand(g, 1, h, w, device=dev)).requires_grad_(True)
-        pat_raw = _unsquash(torch.rand(g, c, h, w, device=dev)).requires_grad_(True)
-        opt = torch.optim.Adam([mask_raw, pat_raw], lr=self.lr, betas=(0.5, 0.9))
-        target = torch.tensor(group, device=dev)
-        cost = torch.zeros(g, device=dev)
-        # per label: epochs in a row with lambda 0 above the threshold, above, below
-        n_set, n_up, n_down = (np.zeros(g, dtype=int) for _ in range(3))
-        best_reg = np.full(g, np.inf)
-        best_mask = torch.zeros(g, 1, h, w, device=dev)
-        best_pat = torch.zeros(g, c, h, w, device=dev)
-        for epoch in range(self.epochs):
-            detail(f"epoch {epoch + 1}/{self.epochs}")
-            order = torch.randperm(len(x), device=dev)
-            hits = torch.zeros(g, device=dev)
-            reg_sum = torch.zeros(g, device=dev)
-            for i in range(0, len(x), self.batch_size):
-                xb = x[order[i:i + self.batch_size]]
-                b = len(xb)
-                mask = _squash(mask_raw)
-                pattern = lo + (hi - lo) * _squash(pat_raw)
-                stamped = (1 - mask[:, None]) * xb[None] + mask[:, None] * pattern[:, None]
-                logits = model(stamped.reshape(g * b, c, h, w))
-                ce = F.cross_entropy(logits, target.repeat_interleave(b), reduction="none")
-                reg = mask.abs().sum(dim=(1, 2, 3))
-                loss = (ce.view(g, b).mean(1) + cost * reg).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    hits += (logits.argmax(1) == target.repeat_interleave(b)).view(g, b).float().sum(1)
-                    reg_sum += reg.detach() * b
-            acc = (hits / len(x)).cpu().numpy()
-            reg_mean = (reg_sum / len(x)).cpu().numpy()
+        return reverse_triggers(model, x, group, **self.schedule())
+
+
+def reverse_triggers(model: TorchModel, x: torch.Tensor, targets: list[int], *, epochs: int,
+                     batch_size: int, lr: float, init_cost: float, cost_multiplier: float,
+                     patience: int, threshold: float, away: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neural Cleanse's trigger optimisation, for ``g = len(targets)`` triggers at once.
+
+    Minimises ``CE(f((1 - m) * x + m * p), t) + lambda * |m|_1`` per trigger with Adam
+    (betas 0.5, 0.9) on tanh-parametrised ``m`` and ``p``, with the paper's schedule of
+    ``lambda`` (see :class:`NeuralCleanse`), keeping the smallest mask of an epoch whose
+    success reached ``threshold``. ``x`` is ``(N, C, H, W)``, shared by all triggers, or
+    ``(g, N, C, H, W)``, one input set per trigger (K-Arm's label-specific triggers, which
+    stamp only one source label's inputs). With ``away=True`` the trigger of ``t`` sends
+    the inputs *away* from ``t`` (to any other label: the loss is ``-log(1 - p_t)``).
+    Returns the masks ``(g, 1, H, W)`` and patterns ``(g, C, H, W)``.
+    """
+    g = len(targets)
+    shared = x.dim() == 4
+    n, (c, h, w) = (x.shape[0] if shared else x.shape[1]), tuple(x.shape[-3:])
+    lo, hi = model.bounds
+    dev = x.device
+    mask_raw = _unsquash(torch.rand(g, 1, h, w, device=dev)).requires_grad_(True)
+    pat_raw = _unsquash(torch.rand(g, c, h, w, device=dev)).requires_grad_(True)
+    opt = torch.optim.Adam([mask_raw, pat_raw], lr=lr, betas=(0.5, 0.9))
+    target = torch.tensor(targets, device=dev)
+    cost = torch.zeros(g, device=dev)
+    # per trigger: epochs in a row with lambda 0 above the threshold, above, below
+    n_set, n_up, n_down = (np.zeros(g, dtype=int) for _ in range(3))
+    best_reg = np.full(g, np.inf)
+    best_mask = torch.zeros(g, 1, h, w, device=dev)
+    best_pat = torch.zeros(g, c, h, w, device=dev)
+    for epoch in range(epochs):
+        detail(f"epoch {epoch + 1}/{epochs}")
+        order = torch.randperm(n, device=dev)
+        hits = torch.zeros(g, device=dev)
+        reg_sum = torch.zeros(g, device=dev)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            xb = x[idx][None] if shared else x[:, idx]
+            b = len(idx)
+            mask = _squash(mask_raw)
+            pattern = lo + (hi - lo) * _squash(pat_raw)
+            stamped = (1 - mask[:, None]) * xb + mask[:, None] * pattern[:, None]
+            logits = model(stamped.reshape(g * b, c, h, w))
+            tb = target.repeat_interleave(b)
+            if away:  # -log(1 - p_t) = logsumexp(all) - logsumexp(all but t)
+                others = logits.scatter(1, tb[:, None], float("-inf"))
+                loss_in = torch.logsumexp(logits, 1) - torch.logsumexp(others, 1)
+                hit = logits.argmax(1) != tb
+            else:
+                loss_in = F.cross_entropy(logits, tb, reduction="none")
+                hit = logits.argmax(1) == tb
+            reg = mask.abs().sum(dim=(1, 2, 3))
+            loss = (loss_in.view(g, b).mean(1) + cost * reg).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
             with torch.no_grad():
-                mask, pattern = _squash(mask_raw), lo + (hi - lo) * _squash(pat_raw)
-                better = (acc >= self.threshold) & (reg_mean < best_reg)
-                if better.any():
-                    sel = torch.from_numpy(better).to(dev)
-                    best_mask[sel], best_pat[sel] = mask[sel], pattern[sel]
-                    best_reg[better] = reg_mean[better]
-            above = acc >= self.threshold
-            zero = (cost == 0).cpu().numpy()
-            n_set = np.where(zero & above, n_set + 1, 0)
-            start = n_set >= self.patience
-            n_up, n_down = np.where(above, n_up + 1, 0), np.where(above, 0, n_down + 1)
-            factor = np.where(n_up >= self.patience, self.cost_multiplier,
-                              np.where(n_down >= self.patience, 1 / self.cost_multiplier ** 1.5, 1.0))
-            n_up[n_up >= self.patience] = 0
-            n_down[n_down >= self.patience] = 0
-            new_cost = np.where(start, self.init_cost, cost.cpu().numpy() * factor)
-            n_up[start], n_down[start], n_set[start] = 0, 0, 0
-            cost = torch.as_tensor(new_cost, dtype=torch.float32, device=dev)
+                hits += hit.view(g, b).float().sum(1)
+                reg_sum += reg.detach() * b
+        acc = (hits / n).cpu().numpy()
+        reg_mean = (reg_sum / n).cpu().numpy()
         with torch.no_grad():
-            never = torch.from_numpy(~np.isfinite(best_reg)).to(dev)
-            best_mask[never] = _squash(mask_raw)[never]
-            best_pat[never] = (lo + (hi - lo) * _squash(pat_raw))[never]
-        return best_mask.clamp(0, 1), best_pat
+            mask, pattern = _squash(mask_raw), lo + (hi - lo) * _squash(pat_raw)
+            better = (acc >= threshold) & (reg_mean < best_reg)
+            if better.any():
+                sel = torch.from_numpy(better).to(dev)
+                best_mask[sel], best_pat[sel] = mask[sel], pattern[sel]
+                best_reg[better] = reg_mean[better]
+        above = acc >= threshold
+        zero = (cost == 0).cpu().numpy()
+        n_set = np.where(zero & above, n_set + 1, 0)
+        start = n_set >= patience
+        n_up, n_down = np.where(above, n_up + 1, 0), np.where(above, 0, n_down + 1)
+        factor = np.where(n_up >= patience, cost_multiplier,
+                          np.where(n_down >= patience, 1 / cost_multiplier ** 1.5, 1.0))
+        n_up[n_up >= patience] = 0
+        n_down[n_down >= patience] = 0
+        new_cost = np.where(start, init_cost, cost.cpu().numpy() * factor)
+        n_up[start], n_down[start], n_set[start] = 0, 0, 0
+        cost = torch.as_tensor(new_cost, dtype=torch.float32, device=dev)
+    with torch.no_grad():
+        never = torch.from_numpy(~np.isfinite(best_reg)).to(dev)
+        best_mask[never] = _squash(mask_raw)[never]
+        best_pat[never] = (lo + (hi - lo) * _squash(pat_raw))[never]
+    return best_mask.clamp(0, 1), best_pat
 
 
 def neural_cleanse(model: Any, data: ArrayDataset, *, seed: int | None = 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scrutiny.errors import InputError
+from scrutiny.errors import InputError, UnsupportedModelError
 from scrutiny.explain.base import Explainer, function_twin
 from scrutiny.explain.cam.gradcam import upsample
 from scrutiny.models.wrapper import TorchModel
@@ -35,7 +35,11 @@ def find_gap_head(model: TorchModel) -> tuple[str, str]:
             "layer= (the feature maps that are pooled) and classifier= (the linear layer) "
             "explicitly; layers: " + ", ".join(model.layer_names()))
     if not gaps:
-        raise InputError(f"{model.name} has no nn.AdaptiveAvgPool2d(1). {hint}")
+        heads = [(n, m) for n, m in leaves if isinstance(m, nn.Linear)]
+        head = f"; its classifier {heads[-1][0]!r} (Linear) reads no pooled feature maps" \
+            if heads else ""
+        raise UnsupportedModelError(f"{model.name} has no nn.AdaptiveAvgPool2d(1){head} (a "
+                                    f"vision transformer reads its class token). {hint}")
     for name, m in leaves[gaps[-1] + 1:]:
         if isinstance(m, nn.Linear):
             return leaves[gaps[-1]][0], name
@@ -84,6 +88,8 @@ class CAM(Explainer):
     """
 
     tags = Tags(image_only=True)
+    #: A vision transformer has no global average pooling before its head: refused.
+    architectures = ("resnet",)
 
     layer: str | None = param(None, kind=str)
     classifier: str | None = param(None, kind=str)

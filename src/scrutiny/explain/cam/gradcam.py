@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -22,6 +24,62 @@ def last_conv(model: TorchModel) -> str:
         raise InputError(f"{model.name} has no Conv2d layer; pass layer= one of: "
                          + ", ".join(model.layer_names()))
     return names[-1]
+
+
+def _custom(m: nn.Module) -> bool:
+    return not type(m).__module__.startswith("torch.nn")
+
+
+def default_layer(model: TorchModel) -> str:
+    """Grad-CAM's default layer: the last block of the network, else its last ``Conv2d``.
+
+    A block is an outermost submodule of a class outside ``torch.nn`` (no such ancestor
+    but the model itself) holding a ``Conv2d`` or a ``LayerNorm``: a ResNet's last
+    residual block (its output, after the addition; ``layer4[-1]`` of a torchvision
+    ResNet) or a vision transformer's last encoder block (its tokens, see
+    :class:`GradCAM`). A block holding the classifier (the last ``Linear``) wraps the
+    whole network, behind a front end: its own blocks are looked for. A plain CNN has
+    none: its last ``Conv2d``.
+    """
+    conv = last_conv(model)
+    mods = dict(model.module.named_modules())
+    linears = [n for n, m in mods.items() if isinstance(m, nn.Linear)]
+    head = linears[-1] if linears else None
+    root = ""
+    while True:
+        def outermost(name: str, root: str = root) -> bool:
+            parts = name.split(".")
+            start = len(root.split(".")) + 1 if root else 1
+            return not any(_custom(mods[".".join(parts[:i])]) for i in range(start, len(parts)))
+
+        blocks = [n for n, m in mods.items()
+                  if n != root and (not root or n.startswith(root + ".")) and _custom(m)
+                  and outermost(n) and any(isinstance(s, nn.Conv2d | nn.LayerNorm)
+                                           for s in m.modules())]
+        if not blocks:
+            return conv
+        # a block holding the classifier wraps the whole network (a front end around it):
+        # look inside it
+        if head is not None and head.startswith(blocks[-1] + "."):
+            root = blocks[-1]
+            continue
+        return blocks[-1]
+
+
+def as_maps(act: torch.Tensor, name: str) -> torch.Tensor:
+    """Feature maps ``(N, C, h, w)`` of a layer's output: itself, or tokens ``(N, T, D)``
+    of a vision transformer reshaped to the ``h x w`` patch grid (``T = h * w``, or
+    ``1 + h * w`` with a leading class token, which is left out)."""
+    if act.dim() == 4:
+        return act
+    if act.dim() == 3:
+        t = act.shape[1]
+        for skip in (1, 0):
+            side = math.isqrt(t - skip) if t > skip else 0
+            if side * side == t - skip and side > 0:
+                return act[:, skip:].transpose(1, 2).reshape(len(act), act.shape[2], side, side)
+    raise InputError(f"layer {name!r} must output feature maps (N, C, h, w) or tokens of a "
+                     f"square patch grid (N, [1 +] h * w, D), got shape {tuple(act.shape)}")
 
 
 def upsample(raw: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -62,7 +120,12 @@ class GradCAM(Explainer):
     :func:`gradcam_weights`), which weighs every positive location of a map
     rather than averaging, so several instances of a class all show up.
 
-    ``A`` is the output of ``layer`` (default: the last ``Conv2d``). The map is
+    ``A`` is the output of ``layer`` (default: :func:`default_layer`, the last
+    residual or transformer block if the network has any, else the last
+    ``Conv2d``); tokens ``(N, [1 +] h * w, D)`` of a vision transformer are
+    reshaped to the patch grid, the class token left out (Chefer et al.'s and
+    pytorch-grad-cam's ``reshape_transform``), so on a ViT the map is that of
+    the last block's patch tokens. The map is
     upsampled bilinearly to the input size: attributions have shape
     ``(N, H, W)``; the map at the layer's resolution is in ``meta["layer_map"]``.
 
@@ -84,6 +147,8 @@ class GradCAM(Explainer):
     .. [2] Chattopadhay, Sarkar, Howlader, Balasubramanian. "Grad-CAM++:
        generalized gradient-based visual explanations for deep convolutional
        networks". WACV 2018.
+    .. [3] Chefer, Gur, Wolf. "Transformer interpretability beyond attention
+       visualization". CVPR 2021 (Grad-CAM on a ViT's last block).
 
     Examples
     --------
@@ -104,7 +169,7 @@ class GradCAM(Explainer):
     batch_size: int = param(256, integer=True, positive=True)
 
     def _explain(self, model, x, target):
-        name = self.layer or last_conv(model)
+        name = self.layer or default_layer(model)
         layer = model.layer(name)
         maps = []
         with capture(layer) as store:
@@ -115,10 +180,10 @@ class GradCAM(Explainer):
                     # parameters are frozen: the input must carry the graph to the layer
                     out = model(xb.detach().requires_grad_(True)).gather(1, tb[:, None])[:, 0]
                     act = store.get("out")
-                    if not isinstance(act, torch.Tensor) or act.dim() != 4:
+                    if not isinstance(act, torch.Tensor):
                         raise InputError(f"layer {name!r} must output feature maps (N, C, h, w)")
-                    g = grad_wrt(out, act)
-                act = act.detach()
+                    g = as_maps(grad_wrt(out, act), name)
+                act = as_maps(act.detach(), name)
                 cam = (gradcam_weights(self.variant, g, act) * act).sum(dim=1)
                 maps.append(F.relu(cam) if self.relu else cam)
         raw = torch.cat(maps)

@@ -10,16 +10,25 @@ References
 .. [2] Montavon, Binder, Lapuschkin, Samek, Mueller. "Layer-wise relevance
    propagation: an overview". LNCS 11700, 2019 (batch normalization is merged
    into the adjacent linear layer).
+.. [3] Binder, Bockmayr, Haegele, Wienert, Heim, Hellweg, Ishii, Stenzinger,
+   Hocke, Denkert, Mueller, Klauschen. "Morphological and molecular breast cancer
+   profiling through explainable machine learning". Nature Machine
+   Intelligence 3, 2021 (relevance of a residual sum split in proportion to the
+   summands).
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
+import torch.fx
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from scrutiny.errors import InputError
+from scrutiny.models.layers import Add
 
 _LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -86,6 +95,50 @@ def _adjacent_pairs(module: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]
     return pairs
 
 
+_ADDS = (operator.add, operator.iadd, torch.add)
+
+
+def residual_adds(module: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``module`` with every sum of two tensors of the same shape written in its ``forward``
+    (``out + self.shortcut(x)``: a residual connection) done by an
+    :class:`~scrutiny.models.layers.Add` module, so that LRP splits the relevance in
+    proportion to the summands (zennit's ResNet canonizer does the same); ``module``
+    itself when it has no such sum or cannot be traced by ``torch.fx`` (then LRP follows
+    any functional sum with autograd's rule, and ``conservation_residual`` shows it).
+    The layer names are kept (``layer1.0.conv1``); the new ones are ``add``, ``add_1``...
+    """
+    try:
+        gm = torch.fx.symbolic_trace(module)
+        ShapeProp(gm).propagate(x)
+    except Exception:  # noqa: BLE001 - control flow, non-tensor inputs: leave it as it is
+        return module
+    n = 0
+    for node in list(gm.graph.nodes):
+        is_add = (node.op == "call_function" and node.target in _ADDS
+                  or node.op == "call_method" and node.target in ("add", "add_"))
+        args = node.args[:2]
+        if not is_add or len(node.args) != 2 or node.kwargs or not all(
+                isinstance(a, torch.fx.Node) and "tensor_meta" in a.meta for a in args):
+            continue
+        if any(a.meta["tensor_meta"].shape != node.meta["tensor_meta"].shape for a in args):
+            continue  # a broadcast (a bias, position embeddings): not a residual connection
+        name = "add"
+        while hasattr(gm, name):
+            n += 1
+            name = f"add_{n}"
+        n += 1
+        gm.add_submodule(name, Add())
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, tuple(args))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+    if n == 0:
+        return module
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
 def canonize(module: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> tuple[nn.Module, list[str]]:
     """A deep copy of ``module`` in ``dtype`` with batch normalisation merged.
 
@@ -115,6 +168,7 @@ def canonize(module: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> tuple[nn
     for mod in net.modules():
         if getattr(mod, "inplace", False) is True:
             mod.inplace = False
+    net = residual_adds(net, x.to(dtype))
     if not any(isinstance(m, _BATCHNORM) for m in net.modules()):
         return net, []
     pairs = _adjacent_pairs(net, x.to(dtype))

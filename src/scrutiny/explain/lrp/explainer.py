@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scrutiny.errors import InputError, NotDifferentiableError
+from scrutiny.errors import InputError, NotDifferentiableError, UnsupportedModelError
 from scrutiny.explain.base import Explainer, function_twin
 from scrutiny.explain.lrp.canonizers import canonize
 from scrutiny.explain.lrp.rules import (
@@ -204,7 +204,9 @@ class LRP(Explainer):
     BatchNorm names ``merged_batchnorm``; and ``conservation_residual`` =
     ``sum(attributions) + bias total + stabilizer total - f_target(x)``,
     which is ~0 unless the model's forward uses functional operations LRP
-    cannot see (a functional ``x + y`` residual or pooling).
+    cannot see (a functional pooling, or a functional ``x + y`` residual in a
+    forward ``torch.fx`` cannot trace: a traceable one is rewritten to
+    :class:`Add` by :func:`~scrutiny.explain.lrp.canonizers.residual_adds`).
 
     Shortfalls: layers are found through module hooks, so operations written
     functionally in ``forward`` are followed by plain autograd (reshapes,
@@ -240,6 +242,8 @@ class LRP(Explainer):
     True
     """
 
+    #: No rule for attention, layer norm or GELU: a vision transformer is refused.
+    architectures = ("resnet",)
     rule: str | dict[str, Any] = param("epsilon")
     rules: dict[str, str | dict[str, Any]] | None = param(None, check=_check_rules)
     epsilon: float = param(1e-6, nonneg=True)
@@ -291,7 +295,8 @@ class LRP(Explainer):
         leaves = [(n, m) for n, m in net.named_modules() if not list(m.children())]
         for n, m in leaves:
             if not isinstance(m, _SUPPORTED):
-                raise InputError(f"LRP does not support layer {n!r} ({type(m).__name__}); "
+                raise UnsupportedModelError(
+                                 f"LRP does not support layer {n!r} ({type(m).__name__}); "
                                  f"supported: {', '.join(sorted(c.__name__ for c in _SUPPORTED))}, "
                                  "and BatchNorm after a Linear/Conv layer")
             if isinstance(m, MAXPOOL_LAYERS) and m.return_indices:
