@@ -58,6 +58,16 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _reraise_unless_smaller(error: Exception, size: int, note: str) -> None:
+    """In an ``except`` clause: re-raise ``error`` unless it is running out of memory at a
+    ``size`` (rows, batch) above 1 that can still be halved; ``note`` is added where it cannot."""
+    if not is_out_of_memory(error):
+        raise error
+    if size <= 1:
+        error.add_note(note)
+        raise error
+
+
 def _warn(what: str, first: int, size: int) -> None:
     warnings.warn(f"{what} ran out of memory at batch_size={first}; it finished at "
                   f"batch_size={size}", BatchSizeWarning, stacklevel=4)
@@ -103,11 +113,8 @@ def retry_smaller(method: Any, run: Callable[[Any], T], *, seed: int | None = No
             out = run(current)
             break
         except Exception as e:
-            if not is_out_of_memory(e):
-                raise
-            if size <= 1:
-                e.add_note(f"{type(method).__name__} ran out of memory at batch_size=1")
-                raise
+            _reraise_unless_smaller(e, size, f"{type(method).__name__} ran out of memory at "
+                                             "batch_size=1")
             del e  # the traceback holds the failed attempt's tensors
             free_memory()
             size = max(1, size // 2)
@@ -159,11 +166,7 @@ def chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_s
             outs.append(fn(x[start:start + size]))
             start += size
         except Exception as e:
-            if not is_out_of_memory(e):
-                raise
-            if size <= 1:
-                e.add_note(f"{what} ran out of memory on one row")
-                raise
+            _reraise_unless_smaller(e, size, f"{what} ran out of memory on one row")
             del e
             free_memory()
             size = max(1, min(size, n - start) // 2)
@@ -203,11 +206,8 @@ def retry_rows(method: Any, run: Callable[[int, int], Any], n: int, *,
             parts.append(run(lo, hi))
             lo = hi
         except Exception as e:
-            if not is_out_of_memory(e):
-                raise
-            if hi - lo <= 1:
-                e.add_note(f"{type(method).__name__} ran out of memory on one sample")
-                raise
+            _reraise_unless_smaller(e, hi - lo, f"{type(method).__name__} ran out of memory on "
+                                                "one sample")
             del e
             free_memory()
             size, retried = max(1, (hi - lo) // 2), True
