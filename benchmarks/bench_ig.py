@@ -6,13 +6,21 @@ Run from the repository root (peers from ``bash benchmarks/setup_peers.sh``)::
 
 The model is :mod:`bigcnn` (Carlini-Wagner's MNIST CNN trained on 28x28 digits); the
 inputs the first ``--n`` test images (128), the target the predicted class, the baseline
-zero. Cases, timed in interleaved rounds (every case once per round, the order rotated),
-ratios per round to Captum's best batching of that round, median over rounds:
+zero. Cases:
 
-- scrutiny ``IntegratedGradients()`` (defaults) and, for comparison, with the old
-  ``batch_size=512``;
+- scrutiny ``IntegratedGradients()`` (defaults);
 - Captum ``IntegratedGradients.attribute(..., n_steps=50, method="gausslegendre",
   internal_batch_size=B)`` for B in 128 (= N, the smallest Captum accepts), 256 and 512.
+
+How it is timed, fairly to the allocator: every case runs in a fresh Python process
+(``--case``), which loads the model and the images, runs the case once on all the
+images as a warm-up (one-time setup of each pass shape; the heap grows by that case's
+own pattern only) and then times a second, identical run: wall time
+(``time.perf_counter``) and the process's CPU time (``time.process_time``, user +
+system; on a machine shared with other jobs it leaves out the waits for a core, so its
+ratios are steadier), and the system time alone (page faults). A round runs every case
+once, in an order rotated per round; ratios are taken per round to the fastest Captum
+batching of that round, then the median over the rounds (``--rounds``, at least 3).
 
 Errors, in float64 from each case's attributions (``run.completeness``): relative
 completeness error and the attribution error ``||attr - ref||_1 / ||ref||_1`` against
@@ -26,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +49,7 @@ from peers import optional  # noqa: E402
 from run import CpuShare, PassCounter, completeness, machine_info, version  # noqa: E402
 
 from scrutiny.data import load_digits  # noqa: E402
-from scrutiny.explain.gradient.integrated import IntegratedGradients, path_batch  # noqa: E402
+from scrutiny.explain.gradient.integrated import IntegratedGradients  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REF_STEPS = 2049
@@ -64,13 +74,52 @@ def reference(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ref
 
 
+CASES = {"scrutiny IntegratedGradients() [defaults]": None,
+         **{f"Captum n_steps=50 gausslegendre internal_batch_size={b}": b
+            for b in (128, 256, 512)}}
+
+
+def run_case(name: str, n: int, ref_n: int, threads: int) -> dict:
+    """Warm up, then time one run of case ``name`` in this process (see the module doc)."""
+    torch.set_num_threads(threads)
+    model = load_bigcnn()
+    x = load_digits(size=28, split="test").x[:n].contiguous()
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    if CASES[name] is None:
+        def case():
+            return IntegratedGradients()(model, x, target).attributions
+    else:
+        cig = captum_attr.IntegratedGradients(model)
+
+        def case():
+            return cig.attribute(x, baselines=0.0, target=target, n_steps=50,
+                                 method="gausslegendre", internal_batch_size=CASES[name])
+    case()  # warm-up
+    cnt = PassCounter()
+    h = model.register_forward_hook(cnt)
+    sys0, t0, c0 = os.times().system, time.perf_counter(), time.process_time()
+    attr = case()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    system = os.times().system - sys0
+    h.remove()
+    k = min(ref_n, n)
+    ref = reference(model, x[:k], target[:k])
+    return {"wall": wall, "cpu": cpu, "sys": system, "points": cnt.grad_samples / n,
+            "errors": completeness(model, x[:k], attr[:k].detach(), target[:k], ref)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--ref-n", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--case", help="internal: time this case in this process, print JSON")
     args = p.parse_args(argv)
+    if args.case is not None:
+        print(json.dumps(run_case(args.case, args.n, args.ref_n, args.threads)))
+        return 0
     torch.set_num_threads(args.threads)
     info = machine_info(args.threads)
     model = load_bigcnn()
@@ -78,65 +127,61 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         target = model(x).argmax(1)
     k = min(args.ref_n, len(x))
-    ref = reference(model, x[:k], target[:k])
-
-    cases = {"scrutiny IntegratedGradients() [defaults: batch_size=None → "
-             f"{path_batch(None, x[0].numel())}]": lambda: IntegratedGradients()(model, x, target)
-             .attributions,
-             "scrutiny IntegratedGradients(batch_size=512) [the old default]":
-             lambda: IntegratedGradients(batch_size=512)(model, x, target).attributions}
-    if captum_attr is not None:
-        cig = captum_attr.IntegratedGradients(model)
-        for b in (128, 256, 512):
-            cases[f"Captum n_steps=50 gausslegendre internal_batch_size={b}"] = (
-                lambda b=b: cig.attribute(x, baselines=0.0, target=target, n_steps=50,
-                                          method="gausslegendre", internal_batch_size=b))
-    names = list(cases)
-    times = {c: [] for c in names}
-    points, errors = {}, {}
+    reference(model, x[:k], target[:k])  # computed once here, cached for the cases
+    names = [c for c in CASES if CASES[c] is None or captum_attr is not None]
+    res = {c: [] for c in names}
     busy = []
     for r in range(args.rounds):
         share = CpuShare()
         for c in names[r % len(names):] + names[:r % len(names)]:
-            cnt = PassCounter()
-            h = model.register_forward_hook(cnt)
-            t0 = time.perf_counter()
-            attr = cases[c]()
-            times[c].append(time.perf_counter() - t0)
-            h.remove()
-            points[c] = cnt.grad_samples / len(x)
-            errors[c] = completeness(model, x[:k], attr[:k].detach(), target[:k], ref)
-            print(f"[round {r + 1}] {c}: {times[c][-1]:.1f} s", file=sys.stderr, flush=True)
+            out = subprocess.run([sys.executable, __file__, "--case", c, "--n", str(args.n),
+                                  "--ref-n", str(args.ref_n), "--threads", str(args.threads)],
+                                 capture_output=True, text=True, check=True)
+            res[c].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"[round {r + 1}] {c}: {res[c][-1]['wall']:.1f} s (CPU "
+                  f"{res[c][-1]['cpu']:.1f} s, system {res[c][-1]['sys']:.2f} s)",
+                  file=sys.stderr, flush=True)
         busy.append(share.others())
     caps = [c for c in names if c.startswith("Captum")]
     ratios = {}
-    if caps:
-        best = [min(times[c][r] for c in caps) for r in range(args.rounds)]
-        ratios = {c: statistics.median(times[c][r] / best[r] for r in range(args.rounds))
-                  for c in names}
+    for key in ("wall", "cpu"):
+        if caps:
+            best = [min(res[c][r][key] for c in caps) for r in range(args.rounds)]
+            ratios[key] = {c: [res[c][r][key] / best[r] for r in range(args.rounds)]
+                           for c in names}
+
+    def ratio(key, c):
+        if key not in ratios:
+            return "n/a"
+        v = ratios[key][c]
+        return f"{statistics.median(v):.2f}× ({', '.join(f'{e:.2f}' for e in v)})"
+
     lines = [f"BigCNN on 28x28 digits (benchmarks/bigcnn.py), N = {len(x)}, zero baseline, "
              f"target = predicted class; errors on the first {k} images against the trapezoid "
              f"rule on {REF_STEPS} nodes. Machine: {info['cpu']}, {info['cores']} cores, torch "
              f"threads = {args.threads}; torch {info['torch']}, Captum "
              f"{version('captum') if captum_attr is not None else 'not installed'}; {info['date']}"
-             f"; {args.rounds} interleaved rounds; other processes' CPU share per round: "
+             f"; {args.rounds} interleaved rounds, each case in a fresh process after a warm-up "
+             "run; other processes' CPU share per round: "
              + ", ".join("n/a" if b is None else f"{b:.0%}" for b in busy), "",
-             "| method | median s | grad samples / N | time ÷ Captum's best of the round "
-             "(median) | completeness err: mean | max | attribution err: mean | max |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| method | median s | median CPU s (system) | grad samples / N | wall ÷ Captum's "
+             "best of the round: median (per round) | CPU ÷ Captum's best | completeness err: "
+             "mean | max | attribution err: mean | max |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in names:
-        e = errors[c]
-        lines.append(f"| {c} | {statistics.median(times[c]):.1f} | {points[c]:.1f} | "
-                     f"{ratios.get(c, float('nan')):.2f}× | {e['completeness_rel_mean']:.2e} | "
-                     f"{e['completeness_rel_max']:.2e} | {e['attribution_rel_l1_mean']:.2e} | "
-                     f"{e['attribution_rel_l1_max']:.2e} |")
+        e = res[c][-1]["errors"]
+        med = {key: statistics.median(v[key] for v in res[c]) for key in ("wall", "cpu", "sys")}
+        lines.append(f"| {c} | {med['wall']:.1f} | {med['cpu']:.1f} ({med['sys']:.2f}) | "
+                     f"{res[c][-1]['points']:.1f} | {ratio('wall', c)} | {ratio('cpu', c)} | "
+                     f"{e['completeness_rel_mean']:.2e} | {e['completeness_rel_max']:.2e} | "
+                     f"{e['attribution_rel_l1_mean']:.2e} | {e['attribution_rel_l1_max']:.2e} |")
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ig.md").write_text(table + "\n")
     (RESULTS / "ig.json").write_text(json.dumps(
-        {"machine": info, "times_s": times, "grad_samples_per_n": points, "errors": errors,
-         "ratio_to_captum_best": ratios, "other_processes_cpu": busy}, indent=1) + "\n")
+        {"machine": info, "runs": res, "ratios_to_captum_best": ratios,
+         "other_processes_cpu": busy}, indent=1) + "\n")
     return 0
 
 

@@ -60,12 +60,11 @@ def test_audit_scans_the_cli_victim_and_the_embedded_model(tmp_path):
     the CLI-built victim's target (3) and nothing on the embedded clean model; the verdict's
     flag follows the flagged labels. The victim is the file ``scrutiny poison badnets -p
     target=3 -p epochs=20`` wrote, shipped in tests/fixture_weights (weights trained on
-    another CPU differ, and the ratio varies from victim to victim: 1.63-2.75 over training
-    seeds, against the bound 1.65). Measured (docs/poisoning.md): the symmetric ratio of
-    the smallest trigger's label is 2.33 on this victim (target 3, 20 epochs) and 1.88-2.75
-    on the command's default victims (target 0, 30 epochs, training seeds 0..4), 1.30 on
-    the embedded CNN (label 5, a natural shortcut: Neural Cleanse's index 2.49) and
-    0.72-1.44 on clean models of the same recipe retrained at seeds 1..4; bound 1.65."""
+    another CPU differ). Measured (docs/poisoning.md, scan seeds 0-2, 1 torch thread): the
+    score (symmetric ratio x shortcut factor) of the smallest trigger's label is 13.7 / 8.8 /
+    8.3 on this victim (label 3), 7.0-15.7 on 12 other CLI victims (training seeds 0-9,
+    targets 0 and 7), 3.2 / 4.5 / 3.6 on the embedded CNN (label 5, a natural shortcut) and
+    1.3-4.8 on 9 clean models of the same recipe retrained at seeds 1-9; bound 5.7."""
     shipped = Path(__file__).parent / "fixture_weights" / "cli-badnets-victim.safetensors"
     for model in (str(shipped), "digits-cnn"):
         out = tmp_path / model.replace("/", "_")
@@ -74,7 +73,7 @@ def test_audit_scans_the_cli_victim_and_the_embedded_model(tmp_path):
         result = json.loads((out / "result.json").read_text())
         d = result["backdoor"]
         if model == "digits-cnn":
-            assert d["flagged"] == [] and d["ratio"][0] < d["ratio_bound"]
+            assert d["flagged"] == [] and d["score"][0] < d["score_bound"]
         else:
             assert int(np.argmin(d["norms"])) == 3 and d["flagged"] == [3]
         verdict = [it["check"] for it in result["verdict"]["items"] if it["kind"] == "flag"]

@@ -59,6 +59,32 @@ def test_exact_on_a_linear_model():
     assert (b.margin_lower >= naive - 1e-6).all()
 
 
+def test_bounds_skip_the_clean_pass_and_certify_labels_come_from_its_one_pass(digits_test):
+    """``bounds`` never runs the model on the batch (only the compiled network's one-row
+    check); ``certify`` and ``certified_radius`` run it once (the preamble) and report that
+    pass's predictions as labels, also where the label asked about is not the prediction."""
+    model = random_cnn(seed=2)
+    x = digits_test.x[:6]
+    pred = model.predict(x)
+    IBP().bounds(model, x, 0.05, y=pred)  # compiles the network (a forward on the batch)
+    rows = []
+    hook = model.module.register_forward_hook(lambda m, a, o: rows.append(len(a[0])))
+    try:
+        IBP().bounds(model, x, 0.05, y=pred)
+        assert sum(rows) <= 1
+        wrong = (pred + 1) % 3
+        for call in (lambda: IBP().certify(model, x, wrong, ThreatModel("linf", 0.0)),
+                     lambda: IBP().certify(model, x, pred, ThreatModel("linf", 0.001)),
+                     lambda: IBP(radius_steps=2).certified_radius(model, x, wrong, max_eps=0.1)):
+            rows.clear()
+            res = call()
+            assert sum(rows) <= len(x) + 1
+            assert torch.equal(res.label, pred)
+        assert not res.certified.any()  # wrong labels: none certified, labels still the model's
+    finally:
+        hook.remove()
+
+
 def test_input_box_and_normalisation():
     """eps is in input units (normalisation is the first layer) and the box is clipped to bounds."""
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 1))

@@ -49,7 +49,7 @@ def case():
                                               name="prototypes")
 
 
-SCAN = KArm(epochs=60, n_inputs=48, batch_size=12, sym_inputs=12, patience=2)
+SCAN = KArm(epochs=60, n_inputs=48, batch_size=12, sym_inputs=12, patience=2, sym_epochs=60)
 
 
 def test_clean_inputs_are_classified(case):
@@ -64,7 +64,8 @@ def test_symmetric_check_flags_the_one_way_shortcut(case):
     # every label reaches 0 by about the trigger pixel; a 0 needs its whole square changed
     fw, bw = r.forward[0, 1:], r.backward[0, 1:]
     assert (fw < 1.5).all() and (bw > 2 * fw).all()
-    assert r.ratio[0] > r.ratio_bound and r.flagged == [0]
+    assert r.ratio[0] > 2 and r.shortcut[0] > 1 and r.score[0] > r.score_bound
+    assert r.flagged == [0]
 
 
 def test_natural_shortcut_is_symmetric(case):
@@ -72,12 +73,26 @@ def test_natural_shortcut_is_symmetric(case):
     so the ratio stays near 1 and nothing is flagged."""
     model, data = case
     r = KArm(labels=(1, 2, 3), epochs=60, n_inputs=48, batch_size=12, sym_inputs=12,
-             patience=2)(model, data, seed=0)
+             patience=2, sym_epochs=60)(model, data, seed=0)
     assert r.candidates[0] in (2, 3) and r.flagged == []
     # measured 1.04 (60 epochs), 1.05 (80); the backdoor of the full model: 5.6, 5.8
-    assert 0.7 < r.ratio[0] < r.ratio_bound
+    assert 0.7 < r.ratio[0] < 1.65 and r.score[0] < r.score_bound
     twin = 5 - r.candidates[0]
     assert r.forward[0, r.labels.index(twin)] < r.forward[0, r.labels.index(1)]
+
+
+def test_decision_is_deterministic_for_a_seed(case):
+    """The same seed gives the same triggers, ratio and verdict (the check's default length,
+    three times ``epochs``); another seed draws other inputs and starting masks."""
+    model, data = case
+    scan = KArm(epochs=8, n_inputs=24, batch_size=12, sym_inputs=6, patience=1)
+    a, b, c = scan(model, data, seed=3), scan(model, data, seed=3), scan(model, data, seed=4)
+    assert a.candidates == b.candidates and a.flagged == b.flagged
+    np.testing.assert_array_equal(a.forward, b.forward)
+    np.testing.assert_array_equal(a.backward, b.backward)
+    np.testing.assert_array_equal(a.ratio, b.ratio)
+    assert not np.array_equal(a.forward, c.forward)
+    assert a.meta["sym_epochs"] is None
 
 
 def test_result_json_and_bad_input(case):
@@ -86,7 +101,8 @@ def test_result_json_and_bad_input(case):
     d = json.loads(json.dumps(r.to_dict()))
     assert d["method"] == "k_arm" and d["candidates"] == r.candidates
     assert len(d["forward"][0]) == 4 and d["forward"][0][r.candidates[0]] is None
-    assert d["ratio_bound"] == 1.65 and len(d["norms"]) == 4
+    assert d["score_bound"] == KArm().score_bound and len(d["norms"]) == 4
+    assert d["score"][0] == pytest.approx(d["ratio"][0] * d["shortcut"][0])
     no_label_3 = ArrayDataset(data.x[data.y < 3], data.y[data.y < 3], classes=data.classes,
                               name="no3")
     with pytest.raises(InputError, match=r"\[3\]"):

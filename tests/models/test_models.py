@@ -61,6 +61,33 @@ def test_evaluating_nested_changes_nothing_and_the_outermost_restores():
     assert all(p.requires_grad for p in net.parameters())
 
 
+def test_evaluating_an_eval_mode_module_walks_none_and_a_query_block_switches_once(monkeypatch):
+    """An eval-mode module inside a (training-flagged) wrapper: only the wrapper's flag is
+    written, no ``train()`` walk over the modules; ``QueryModel.evaluating()`` holds the mode
+    for a block of queries (each query's own switch is then the nested no-op)."""
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval()
+    m = TorchModel(net)
+    walks = []
+    real_train = nn.Module.train
+    monkeypatch.setattr(nn.Module, "train", lambda self, mode=True: walks.append(mode)
+                        or real_train(self, mode))
+    with m.evaluating():
+        assert not any(mod.training for mod in m.modules())
+    assert walks == [] and m.training and not net.training  # the wrapper's own flag restored
+    box = QueryModel(m)
+    with box.evaluating():
+        assert not m.training
+        for _ in range(3):
+            box.predict(torch.zeros(2, 4))
+        assert not m.training
+    assert walks == [] and m.training and box.queries == 6
+    net.train()
+    walks.clear()
+    with m.evaluating():  # a training submodule: the usual eval() walk, restored on exit
+        assert not net[0].training
+    assert walks and not any(walks) and net[0].training
+
+
 def test_bad_models_are_refused():
     with pytest.raises(NotDifferentiableError, match="QueryModel"):
         TorchModel(lambda x: x)

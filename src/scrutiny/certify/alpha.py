@@ -63,8 +63,9 @@ def alpha_crown_bounds(net: Network, spec: torch.Tensor, box: Interval, norm: st
 class _Slopes:
     """The optimised slopes: ``(start node, ReLU op) -> (N, rows, unstable columns)``, with
     Adam's moments; ``start`` is ``len(net.ops)`` for the output specification, else a
-    pre-activation node whose unstable neurons ``sel[start]`` are re-bounded (rows: their
-    lower bounds, then their upper bounds)."""
+    pre-activation node whose unstable neurons are re-bounded, per sample its own:
+    ``sel[start]`` ``(N, m)`` holds each sample's unstable neurons first, then the padding
+    index ``D`` (the node's size); rows: their lower bounds, then their upper bounds."""
 
     def __init__(self, net: Network, relax: dict[int, tuple], relus: list[int], s: int,
                  bounds: list[Interval], intermediate: bool) -> None:
@@ -75,30 +76,56 @@ class _Slopes:
         if intermediate:
             for j in relus[1:]:  # the first ReLU's bounds depend on no slope
                 lo, hi = (t.reshape(n, -1) for t in bounds[j])
-                sel = ((lo < 0) & (hi > 0)).any(dim=0).nonzero()[:, 0]
-                if len(sel):
-                    self.sel[j] = sel
-                    starts.append((j, 2 * len(sel)))
+                unstable = (lo < 0) & (hi > 0)
+                count, m = unstable.sum(dim=1), int(unstable.sum(dim=1).max())
+                if m:
+                    first = torch.argsort((~unstable).to(torch.uint8), dim=1, stable=True)
+                    pad = torch.arange(m, device=lo.device) >= count[:, None]
+                    self.sel[j] = first[:, :m].masked_fill(pad, unstable.shape[1])
+                    starts.append((j, 2 * m))
         self.alphas = {(st, j): relax[j][0][:, self.cols[j]].unsqueeze(1).expand(
             n, rows, -1).clone() for st, rows in starts for j in relus if j < st}
         self.moments = {k: (torch.zeros_like(a), torch.zeros_like(a))
                         for k, a in self.alphas.items()}
 
-    def keep(self, keep: torch.Tensor) -> None:
+    def keep(self, keep: torch.Tensor, sizes: dict[int, int]) -> None:
+        """Keep the samples ``keep`` (a mask), and of each start node's rows only as many
+        as the samples left have unstable neurons (``sizes``: the nodes' sizes, the
+        padding index)."""
         self.alphas = {k: a[keep] for k, a in self.alphas.items()}
         self.moments = {k: (m[keep], v[keep]) for k, (m, v) in self.moments.items()}
+        for j, sel in list(self.sel.items()):
+            sel = sel[keep]
+            m, used = sel.shape[1], int((sel < sizes[j]).sum(dim=1).amax()) if len(sel) else 0
+            self.sel[j] = sel[:, :used]
+            if used == m:
+                continue
+            rows = torch.cat([torch.arange(used), m + torch.arange(used)]).to(sel.device)
+            for k in [k for k in self.alphas if k[0] == j]:
+                self.alphas[k] = self.alphas[k][:, rows]
+                self.moments[k] = tuple(t[:, rows] for t in self.moments[k])
+                if not used:  # nothing left to re-bound at this node
+                    del self.alphas[k], self.moments[k]
+            if not used:
+                del self.sel[j]
 
     def step(self, grads: list[torch.Tensor], it: int, lr: float) -> None:
-        """One projected Adam ascent step (``grads`` on the full slope tensors)."""
-        step = lr * _LR_DECAY ** it
+        """One projected Adam ascent step (``grads`` on the slope tensors)."""
         for (k, a), g in zip(self.alphas.items(), grads, strict=True):
-            g = g[:, :, self.cols[k[1]]]
-            m, v = self.moments[k]
-            m.mul_(_BETAS[0]).add_(g, alpha=1 - _BETAS[0])
-            v.mul_(_BETAS[1]).addcmul_(g, g, value=1 - _BETAS[1])
-            mhat = m / (1 - _BETAS[0] ** (it + 1))
-            vhat = v / (1 - _BETAS[1] ** (it + 1))
-            a.add_(step * mhat / (vhat.sqrt() + _ADAM_EPS)).clamp_(0, 1)  # ascent, projected
+            adam_ascent(a, g, *self.moments[k], it, lr * _LR_DECAY ** it)
+            a.clamp_(0, 1)
+
+
+def adam_ascent(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, it: int,
+                lr: float) -> None:
+    """One Adam step of ascent on ``p`` in place (``torch.optim.Adam``'s update with its
+    default decays, maximising), moments ``m`` and ``v`` updated in place; ``it`` counts
+    from 0."""
+    with torch.no_grad():
+        m.lerp_(g, 1 - _BETAS[0])
+        v.mul_(_BETAS[1]).addcmul_(g, g, value=1 - _BETAS[1])
+        denom = (v / (1 - _BETAS[1] ** (it + 1))).sqrt_().add_(_ADAM_EPS)
+        p.addcdiv_(m, denom, value=lr / (1 - _BETAS[0] ** (it + 1)))
 
 
 def _relaxations(net: Network, relax: dict[int, tuple], bounds: list[Interval],
@@ -109,7 +136,8 @@ def _relaxations(net: Network, relax: dict[int, tuple], bounds: list[Interval],
     neurons ``sel[j]`` re-bounded by back-propagation with the slopes ``full`` (and
     intersected with CROWN's ``bounds``); a max pooling right after a re-bounded ReLU is
     relaxed again on the new bounds. The ReLU relaxations keep CROWN's unstable columns
-    (the slopes' layout; a neuron that became stable is exact)."""
+    (the slopes' layout; a neuron that became stable is exact). ``sel[j]`` ``(N, m)``: per
+    sample the neurons to re-bound, padded with the node's size (see :class:`_Slopes`)."""
     out: dict[int, tuple] = {}
     cur: dict[int, Interval] = {}
     n = len(x0)
@@ -117,16 +145,18 @@ def _relaxations(net: Network, relax: dict[int, tuple], bounds: list[Interval],
         op = net.ops[j]
         if j in sel:
             lo, hi = bounds[j]
-            idx, m = sel[j], len(sel[j])
-            eye = torch.zeros(m, lo[0].numel(), device=x0.device, dtype=x0.dtype)
-            eye[torch.arange(m, device=x0.device), idx] = 1
-            spec = torch.cat([eye, -eye]).reshape(1, 2 * m, *lo.shape[1:])
+            idx, (m, d) = sel[j], (sel[j].shape[1], lo[0].numel())
+            eye = torch.zeros(n, m, d + 1, device=x0.device, dtype=x0.dtype)
+            eye.scatter_(2, idx.unsqueeze(-1), 1.0)  # a padding row hits column d, dropped
+            eye = eye[:, :, :d]
+            spec = torch.cat([eye, -eye], dim=1).reshape(n, 2 * m, *lo.shape[1:])
             b = net.spec_lower(spec, j, 0, out, box, norm, x0, eps,
                                {i: a for (st, i), a in full.items() if st == j})
-            lo_f, hi_f = lo.reshape(n, -1).clone(), hi.reshape(n, -1).clone()
-            lo_f[:, idx] = torch.maximum(lo_f[:, idx], b[:, :m])
-            hi_f[:, idx] = torch.minimum(hi_f[:, idx], -b[:, m:])
-            cur[j] = lo, hi = lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
+            new = []
+            for t, bt, best in ((lo, b[:, :m], torch.maximum), (hi, -b[:, m:], torch.minimum)):
+                t = torch.cat([t.reshape(n, -1), t.new_zeros(n, 1)], dim=1)  # padding column
+                new.append(t.scatter(1, idx, best(t.gather(1, idx), bt))[:, :d].reshape(lo.shape))
+            cur[j] = lo, hi = new[0], new[1]
             out[j] = (*op.relax(lo, hi, "adaptive")[:4], relax[j][4])
         elif j - 1 in cur and not isinstance(op, ReLUOp):  # max pooling after a ReLU
             out[j] = op.relax(*(torch.relu(t) for t in cur[j - 1]), "adaptive")
@@ -148,21 +178,20 @@ def _optimise(net: Network, spec: torch.Tensor, best: torch.Tensor, relax: dict[
     slopes = _Slopes(net, relax, relus, s, bounds, intermediate)
     active = torch.arange(n, device=x0.device)
     end = len(net.ops)
+    sizes = {j: bounds[j][0][0].numel() for j in slopes.sel}
     for it in range(iterations + 1):
         if margins:
             done = ((best[active] > 0) | trivial[active]).all(dim=1)
             if done.any():
                 active = active[~done]
-                slopes.keep(~done)
+                slopes.keep(~done, sizes)
         if not len(active):
             break
         rx = {j: net.ops[j].select(t, active) for j, t in relax.items()}
         bnd = {j: (bounds[j][0][active], bounds[j][1][active]) for j in slopes.sel}
         bx, xa, ea = (box[0][active], box[1][active]), x0[active], eps[active]
         with torch.enable_grad():
-            full = {}
-            for k, a in slopes.alphas.items():
-                full[k] = _full(a, rx[k[1]]).requires_grad_(True)
+            full = {k: a.detach().requires_grad_(True) for k, a in slopes.alphas.items()}
             if slopes.sel:
                 rx = _relaxations(net, rx, bnd, full, slopes.sel, bx, norm, xa, ea)
             low = net.spec_lower(spec[active] if spec.shape[0] > 1 else spec, end, 0, rx, bx,
@@ -175,15 +204,6 @@ def _optimise(net: Network, spec: torch.Tensor, best: torch.Tensor, relax: dict[
         slopes.step([torch.zeros_like(f) if g is None else g
                      for f, g in zip(full.values(), grads, strict=True)], it, lr)
     return best
-
-
-def _full(alpha: torch.Tensor, relax: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """``(N, S, D)`` lower slopes: ``alpha`` on the unstable columns, the relaxation's
-    elsewhere (only unstable neurons read them)."""
-    low, cols = relax[0], relax[4]
-    out = low.unsqueeze(1).expand(-1, alpha.shape[1], -1).clone()
-    out[:, :, cols] = alpha
-    return out
 
 
 @register("certifier", "alpha_crown", paper="Xu, Zhang, Wang, Wang, Jana, Lin, Hsieh. Fast and "
@@ -232,9 +252,10 @@ class AlphaCROWN(BoundCertifier):
     Notes
     -----
     Cost: one step is one CROWN pass (every intermediate neuron that CROWN
-    finds unstable re-bounded, and the output rows, with per-row slopes) and
-    its gradient, so ``iterations`` steps cost a few times ``iterations``
-    CROWN passes, linear in the samples; memory grows with the unstable
+    finds unstable in a sample re-bounded for that sample, and the output
+    rows, with per-row slopes) and its gradient, so ``iterations`` steps cost
+    a few times ``iterations`` CROWN passes, linear in the samples (those not
+    yet certified); memory grows with the unstable
     neurons of a layer times those of the layers before it (one slope per
     pair and sample). With ``intermediate=False`` a step is one output pass.
     Max pooling keeps DeepPoly's fixed relaxation (auto_LiRPA also optimises

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scrutiny.certify.alpha import _ADAM_EPS, _BETAS, _LR_DECAY, alpha_crown_bounds
+from scrutiny.certify.alpha import _LR_DECAY, adam_ascent, alpha_crown_bounds
 from scrutiny.certify.base import BoundCertifier, CertResult, _full_precision
 from scrutiny.certify.propagation import (
     Interval,
@@ -171,9 +171,7 @@ class _Domains:
                         a, c = op.back(a)
                     else:
                         post[j] = a
-                        full = relax[j][0].unsqueeze(1).expand(-1, 1, -1).clone()
-                        full[:, :, cols[j]] = alphas[j]
-                        a, c = op.back(a, relax[j], full)
+                        a, c = op.back(a, relax[j], alphas[j])
                         a = a - (betas[j] * sgn[j]).reshape(a.shape)
                     const = const + c
                 low = Network.concretize(a, const, box, self.norm, x0, eps)[:, 0]
@@ -183,12 +181,8 @@ class _Domains:
                 grads = torch.autograd.grad(low.sum(), params)
             for i, (p, g) in enumerate(zip(params, grads, strict=True)):
                 lr = (self.lr_alpha if i < len(alphas) else self.lr_beta) * _LR_DECAY ** it
-                m, v = moments[i]
-                m.mul_(_BETAS[0]).add_(g, alpha=1 - _BETAS[0])
-                v.mul_(_BETAS[1]).addcmul_(g, g, value=1 - _BETAS[1])
-                mhat, vhat = m / (1 - _BETAS[0] ** (it + 1)), v / (1 - _BETAS[1] ** (it + 1))
+                adam_ascent(p, g, *moments[i], it, lr)
                 with torch.no_grad():
-                    p.add_(lr * mhat / (vhat.sqrt() + _ADAM_EPS))
                     p.clamp_(0, 1) if i < len(alphas) else p.clamp_(min=0)
         best = best.masked_fill(empty, math.inf)
         # the minimiser of the last linear bound: a corner of the box (linf) or the ball's

@@ -32,7 +32,8 @@ class CertResult:
     label : Tensor
         (N,) the certified classifier's prediction at ``x`` (the model's for
         bound methods, the smoothed classifier's for smoothing); -1 where it
-        abstains.
+        abstains. A subclass's ``_certify`` / ``_radius`` may leave it None: the
+        public call fills in the model's prediction from its clean forward pass.
     radius : Tensor
         (N,) certified radius in the ``norm``: the prediction is provably
         constant on the ball of this radius (intersected with the input
@@ -230,6 +231,7 @@ class Certifier(Method):
             y = call.labels(y)
             res = retry_smaller(self, lambda m: m._certify(call.model, call.x0, y, call.threat),
                                 seed=seed) if len(call.x0) else _empty()
+            res = _clean_label(res, call.logits)
         return self._finish(res, y, call.threat, call.threat.eps,
                             None if self.gives_radius else call.threat.eps)
 
@@ -284,6 +286,7 @@ class Certifier(Method):
             y = call.labels(y)
             res = retry_smaller(self, lambda m: m._radius(call.model, call.x0, y, call.threat),
                                 seed=seed) if len(call.x0) else _empty()
+            res = _clean_label(res, call.logits)
         return self._finish(res, y, call.threat, None, res.max_radius)
 
     def classify(self, model, x: torch.Tensor, *, seed: int | None = 0) -> torch.Tensor:
@@ -318,13 +321,15 @@ class Certifier(Method):
             raise InputError(f"{type(self).__name__} supports norms "
                              f"{', '.join(self.tags.norms)}; got {norm!r}")
 
-    def _call(self, model, x: torch.Tensor, threat: ThreatModel, seed: int | None):
+    def _call(self, model, x: torch.Tensor, threat: ThreatModel, seed: int | None,
+              clean: bool = True):
         """The shared preamble (:func:`~scrutiny.models.calls.prepare`) for a threat model
-        of a declared norm without a mask; the body runs without gradients."""
+        of a declared norm without a mask; the body runs without gradients. ``clean``: the
+        clean forward pass (``call.logits``: the labels' check, the model's predictions)."""
         if isinstance(threat, ThreatModel) and threat.mask is not None:
             raise InputError("masked threat models are not supported by certifiers")
         return prepare(self, model, x, seed=seed, accepted=(), threat=threat,
-                       norms=self.tags.norms, no_grad=True)
+                       norms=self.tags.norms, no_grad=True, clean=clean)
 
     def _threats(self, model, eps: Any, norm: str | None, bounds: tuple[float, float] | None
                  ) -> list[ThreatModel]:
@@ -352,6 +357,13 @@ class Certifier(Method):
                        norm=threat.norm, eps=eps,
                        margin_lower=None if res.margin_lower is None else res.margin_lower.cpu(),
                        meta={"certifier": self.name, **res.meta}, max_radius=max_radius)
+
+
+def _clean_label(res: CertResult, logits: torch.Tensor) -> CertResult:
+    """``res`` with the model's prediction at ``x`` (from the preamble's clean forward pass)
+    as its label where ``_certify`` / ``_radius`` left it None (bound methods: no second
+    forward pass)."""
+    return res if res.label is not None else replace(res, label=logits.argmax(dim=1))
 
 
 def _empty() -> CertResult:
@@ -487,7 +499,7 @@ class BoundCertifier(Certifier):
         """
         self._check_norm(norm)
         threat = ThreatModel(norm, 0.0, None if bounds is None else tuple(bounds))
-        with self._call(model, x, threat, None) as call:
+        with self._call(model, x, threat, None, clean=False) as call:  # no clean outputs read
             b = retry_smaller(self, lambda m: m._run(call.model, x, y, _eps_tensor(eps, len(x), x),
                                                      norm, call.threat.bounds))
         return Bounds(*(t.to(x.device) for t in (b.logits_lower, b.logits_upper, b.margin_lower,
@@ -497,12 +509,13 @@ class BoundCertifier(Certifier):
                  threat: ThreatModel) -> CertResult:
         b = self._run(model, x, y, _eps_tensor(threat.eps, len(x), x), threat.norm, threat.bounds,
                       margins_only=True)
-        label = model.predict(x).cpu()
         cert = b.certified().cpu()
         radius = torch.where(cert, torch.full_like(cert, threat.eps, dtype=torch.float32),
                              torch.zeros(len(cert)))
-        return CertResult(label=label, radius=radius, abstain=torch.zeros_like(cert),
-                          certified=cert, margin_lower=b.margin_lower)
+        # label None: the public call fills in the prediction of its clean forward pass
+        return CertResult(label=None, radius=radius,  # type: ignore[arg-type]
+                          abstain=torch.zeros_like(cert), certified=cert,
+                          margin_lower=b.margin_lower)
 
     def _radius(self, model: TorchModel, x: torch.Tensor, y: torch.Tensor,
                 threat: ThreatModel) -> CertResult:
@@ -541,7 +554,7 @@ class BoundCertifier(Certifier):
             ok = cert(idx, mid)
             lo[idx] = torch.where(ok, mid, lo[idx])
             hi[idx] = torch.where(ok, hi[idx], mid)
-        return CertResult(label=model.predict(x).cpu(), radius=lo,
+        return CertResult(label=None, radius=lo,  # type: ignore[arg-type]  # (see _certify)
                           abstain=torch.zeros(n, dtype=torch.bool), certified=correct,
                           max_radius=cap, meta={"max_eps": cap,
                                                 "resolution": cap / 2 ** self.radius_steps})

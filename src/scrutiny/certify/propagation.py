@@ -343,23 +343,22 @@ class ReLUOp(Op):
     def back(a: torch.Tensor, relax: tuple[torch.Tensor, ...], alpha: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """``A`` through the relaxation: the lower line where a coefficient is >= 0, the
-        upper one where it is < 0. ``alpha`` ``(N, S, D)``: lower slopes of the unstable
-        neurons per specification row (default: the relaxation's)."""
+        upper one where it is < 0. ``alpha`` ``(N, S, len(cols))``: lower slopes of the
+        neurons ``cols`` (those unstable in some sample) per specification row
+        (alpha-CROWN's; a neuron stable in a sample keeps its exact line there); default:
+        the relaxation's. Only the columns ``cols`` need the sign test: elsewhere the
+        neuron is stable in every sample and both lines are the same."""
         low, up, icpt, unstable, cols = relax
         af = _flat(a, 2)
-        if alpha is None:  # only the columns of unstable neurons need the sign test
-            out = af * up.unsqueeze(1)
-            if not len(cols):
-                return out.reshape(*out.shape[:2], *a.shape[2:]), out.new_zeros(out.shape[:2])
-            au = af[:, :, cols]
-            lu, uu, iu = (t[:, cols].unsqueeze(1) for t in (low, up, icpt))
-            out[:, :, cols] = torch.where(au >= 0, au * lu, au * uu)
-            const = (au.clamp(max=0) * iu).sum(-1)
-            return out.reshape(*out.shape[:2], *a.shape[2:]), const
-        low = torch.where(unstable.unsqueeze(1), alpha, low.unsqueeze(1))
-        neg = af.clamp(max=0)
-        out = torch.addcmul(af * low, neg, up.unsqueeze(1) - low)  # low a+ + up a-
-        const = (neg @ icpt.unsqueeze(-1))[..., 0]
+        out = af * up.unsqueeze(1)
+        if not len(cols):
+            return out.reshape(*out.shape[:2], *a.shape[2:]), out.new_zeros(out.shape[:2])
+        au = af[:, :, cols]
+        lu, uu, iu = (t[:, cols].unsqueeze(1) for t in (low, up, icpt))
+        if alpha is not None:
+            lu = torch.where(unstable[:, cols].unsqueeze(1), alpha, lu)
+        out[:, :, cols] = torch.where(au >= 0, au * lu, au * uu)
+        const = (au.clamp(max=0) * iu).sum(-1)
         return out.reshape(*out.shape[:2], *a.shape[2:]), const
 
 
@@ -700,7 +699,8 @@ class Network:
     def back(self, a: torch.Tensor, start: int, stop: int, relax: dict[int, tuple],
              alphas: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Propagate ``A`` on the input of op ``start`` back to the input of op ``stop``;
-        ``alphas[j]`` ``(N, S, D)``: lower slopes of ReLU op ``j`` per row (alpha-CROWN)."""
+        ``alphas[j]`` ``(N, S, len(cols))``: lower slopes of ReLU op ``j``'s columns
+        ``cols`` per row (alpha-CROWN, see :meth:`ReLUOp.back`)."""
         const = a.new_zeros(a.shape[:2])
         for j in range(start - 1, stop - 1, -1):
             op = self.ops[j]

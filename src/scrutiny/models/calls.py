@@ -46,9 +46,10 @@ class Call:
         The caller's inputs, untouched: results go back to ``x.device``.
     x0 : Tensor
         A detached copy of ``x`` on the model's device, for the method to use.
-    logits : Tensor
+    logits : Tensor or None
         The clean outputs ``(N, K)``, checked finite (on the black-box path the
-        evaluator's look, outside the query budget).
+        evaluator's look, outside the query budget); None when the call asked
+        for no clean pass (``prepare(clean=False)``).
     threat : ThreatModel or None
         The threat model with the model's bounds (None when the method takes none).
     queries_at_start, evaluations_at_start : int
@@ -59,7 +60,7 @@ class Call:
     model: TorchModel | QueryModel
     x: torch.Tensor
     x0: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     threat: ThreatModel | None = None
     queries_at_start: int = 0
     evaluations_at_start: int = 0
@@ -206,8 +207,8 @@ def _clean_outputs(model: TorchModel | QueryModel, x0: torch.Tensor, name: str) 
 def prepare(method: object, model: Any, x: torch.Tensor, *, seed: int | None = 0,
             data: Mapping[str, Any] | None = None, accepted: Sequence[str] | None = None,
             entry: str | None = None, threat: object = None, norms: Sequence[str] | None = None,
-            image: bool = False, query: str | None = None, no_grad: bool = False
-            ) -> Iterator[Call]:
+            image: bool = False, query: str | None = None, no_grad: bool = False,
+            clean: bool = True) -> Iterator[Call]:
     """Start a call of ``method`` on ``model`` and ``x``; the body runs inside.
 
     Steps, in order: the call-time ``data`` keywords against ``accepted``
@@ -220,7 +221,8 @@ def prepare(method: object, model: Any, x: torch.Tensor, *, seed: int | None = 0
     model's bounds; ``(N, C, H, W)`` with ``image``) and copied; eval mode
     with frozen parameters (a TorchModel), ``seeded(seed)`` and, with
     ``no_grad``, ``torch.no_grad()`` are entered; the clean forward pass runs
-    and is checked (:func:`~scrutiny.validation.check_outputs`).
+    and is checked (:func:`~scrutiny.validation.check_outputs`), unless ``clean``
+    is False.
 
     Parameters
     ----------
@@ -251,6 +253,10 @@ def prepare(method: object, model: Any, x: torch.Tensor, *, seed: int | None = 0
         reveals at least this; the clean outputs are its evaluator's look.
     no_grad : bool
         Run the body without autograd (certifiers).
+    clean : bool
+        Run the clean forward pass (``Call.logits``); False for a body that never
+        reads the clean outputs (bound propagation's ``bounds``): ``Call.logits``
+        is then None.
 
     Yields
     ------
@@ -296,7 +302,7 @@ def prepare(method: object, model: Any, x: torch.Tensor, *, seed: int | None = 0
         stack.enter_context(seeded(seed, wrapped.device))
         if no_grad:
             stack.enter_context(torch.no_grad())
-        logits = _clean_outputs(wrapped, x0, name)
+        logits = _clean_outputs(wrapped, x0, name) if clean else None
         yield Call(model=wrapped, x=x, x0=x0, logits=logits,
                    threat=threat if isinstance(threat, ThreatModel) else None,
                    queries_at_start=q0, evaluations_at_start=e0)

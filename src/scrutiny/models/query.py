@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -131,6 +132,20 @@ class QueryModel:
         """Set the counters (:attr:`queries`, :attr:`evaluations`) back to zero."""
         self.queries = 0
         self.evaluations = 0
+
+    def evaluating(self) -> contextlib.AbstractContextManager:
+        """A block of many queries: a wrapped torch model is put in eval mode once
+        (:meth:`TorchModel.evaluating`), not at every query; a callable changes nothing.
+
+        Examples
+        --------
+        >>> from torch import nn
+        >>> box = QueryModel(nn.Linear(4, 3))
+        >>> with box.evaluating():
+        ...     box.predict(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+        """
+        return self._torch.evaluating() if self._torch is not None else contextlib.nullcontext()
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Query a batch; returns scores ``(N, K)`` or labels ``(N,)`` on ``x``'s device.

@@ -116,8 +116,10 @@ class TorchModel(nn.Module):
         modes = [(m, m.training) for m in self.modules()]
         grads = [p for p in self.parameters() if p.requires_grad]
         try:
-            if any(t for _, t in modes):  # already in eval mode (an attack's query): no writes
+            if any(t for m, t in modes if m is not self):
                 self.eval()
+            elif self.training:  # only the wrapper's own flag (an eval-mode module): no walk
+                self.training = False
             for p in grads:
                 p.requires_grad_(False)
             _EVALUATING.add(key)

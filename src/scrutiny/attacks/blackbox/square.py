@@ -218,33 +218,32 @@ class Square(Attack):
         return delta / norms * eps
 
     # ------------------------------------------------------------------ steps
-    def _step_linf(self, x: torch.Tensor, best: torch.Tensor, ends: tuple[torch.Tensor, torch.Tensor],
+    def _step_linf(self, x: torch.Tensor, best: torch.Tensor, ends: torch.Tensor,
                    p: float) -> torch.Tensor:
         """One proposal per sample: a random ``s x s`` window set to ``x +- eps`` (one sign per
         channel), the rest kept; proposals that would leave the image unchanged are resampled.
 
-        ``ends`` are ``x + eps`` and ``x - eps`` projected into the threat set once per run (the
-        linf set is a box per pixel, so any mix of them and ``best`` stays inside it).
+        ``ends`` ``(n, 2, C, H, W)`` stacks ``x + eps`` and ``x - eps`` projected into the threat
+        set once per run (the linf set is a box per pixel, so any mix of them and ``best`` stays
+        inside it).
         """
         n, c, h, w = x.shape
         s = min(max(int(round(math.sqrt(p * h * w))), 1), max(h - 1, 1))
         inside = _windows(n, h, w, s, x.device)
-        up, down = ends
-        # per sample and channel: would the window's +eps (-eps) values leave it unchanged?
-        out = ~inside
-        keep_up = (((up - best).abs() < 1e-7) | out).flatten(2).all(dim=2)
-        keep_down = (((down - best).abs() < 1e-7) | out).flatten(2).all(dim=2)
-        stuck = (keep_up & keep_down).all(dim=1)  # no sign changes it (e.g. a masked window)
+        # per sample, sign (+eps, -eps) and channel: would the window's values leave it unchanged?
+        keep = (((ends - best[:, None]).abs() >= 1e-7) & inside[:, None]).flatten(3).sum(dim=3) == 0
+        keep_up, keep_down = keep[:, 0], keep[:, 1]
+        moves = ~keep.all(dim=2).all(dim=1)  # some sign changes it (not e.g. a masked window)
         pos = torch.rand((n, c), device=x.device) < 0.5
         for _ in range(100):  # resample the signs of proposals that would change nothing
-            same = torch.where(pos, keep_up, keep_down).all(dim=1) & ~stuck
+            same = torch.where(pos, keep_up, keep_down).all(dim=1) & moves
+            if c == 1:  # the other sign is the only proposal, and it changes the window
+                pos = pos ^ same[:, None]
+                break
             if not bool(same.any()):
                 break
-            if c == 1:  # the other sign is the only proposal that changes the window
-                pos = pos ^ same[:, None]
-                continue
             pos = torch.where(same[:, None], torch.rand((n, c), device=x.device) < 0.5, pos)
-        return torch.where(inside, torch.where(pos[:, :, None, None], up, down), best)
+        return torch.where(inside, torch.where(pos[:, :, None, None], ends[:, 0], ends[:, 1]), best)
 
     def _step_l2(self, x: torch.Tensor, best: torch.Tensor, eps: float, p: float,
                  lo: float, hi: float) -> torch.Tensor:
@@ -290,26 +289,31 @@ class Square(Attack):
             box.best[live] = best[live]
         linf = threat.norm == "linf"
         if linf:  # the two values a linf window can take, once per run
-            ends = (threat.project(x, (x + eps).clamp(lo, hi)),
-                    threat.project(x, (x - eps).clamp(lo, hi)))
+            ends = torch.stack((threat.project(x, (x + eps).clamp(lo, hi)),
+                                threat.project(x, (x - eps).clamp(lo, hi))), dim=1)
         stalled = torch.zeros(n, dtype=torch.bool, device=x.device)
         every = max(self.max_queries // 20, 100)  # the stall check's window, in iterations
         checked = margin.clone()
         iters = 0
-        with progress_bar(self.max_queries - 1, "square") as bar:
+        rows = None  # the samples queried last iteration, and their fixed data (gathered once)
+        alive = margin > 0
+        # one eval-mode switch for the whole search, not one per query
+        with box.model.evaluating(), progress_bar(self.max_queries - 1, "square") as bar:
             for it in range(self.max_queries - 1):
-                live = box.fit(idx[(margin > 0) & (box.counts < self.max_queries) & ~stalled])
+                live = box.fit(idx[alive & (box.counts < self.max_queries) & ~stalled])
                 if not len(live):
                     break
+                if rows is None or len(rows) != len(live) or not torch.equal(rows, live):
+                    rows, xl, yl = live, x[live], y[live]
+                    tl = None if target is None else target[live]
+                    endsl = ends[live] if linf else None
                 p = p_schedule(self.p_init, it, self.max_queries)
                 if linf:
-                    cand = self._step_linf(x[live], best[live], (ends[0][live], ends[1][live]), p)
+                    cand = self._step_linf(xl, best[live], endsl, p)
                 else:
-                    cand = threat.project(x[live], self._step_l2(x[live], best[live], eps, p,
-                                                                 lo, hi))
+                    cand = threat.project(xl, self._step_l2(xl, best[live], eps, p, lo, hi))
                 logp = box.log_probs(cand, live)
-                t = None if target is None else target[live]
-                new_loss, new_margin = self._losses(logp, y[live], t)
+                new_loss, new_margin = self._losses(logp, yl, tl)
                 better = new_loss < loss[live]
                 j, won = live[better], cand[better]
                 best[j], loss[j], margin[j] = won, new_loss[better], new_margin[better]
@@ -318,5 +322,6 @@ class Square(Attack):
                 if self.stop_stalled and target is None and iters % every == 0:
                     stalled |= self._stalled(margin, checked, box.counts, every)
                     checked = margin.clone()
-                bar.advance(f"{int((margin > 0).sum())} left")
+                alive = margin > 0
+                bar.advance(f"{int(alive.sum())} left")
         return best, {"iterations": iters, "stalled": stalled.cpu()}

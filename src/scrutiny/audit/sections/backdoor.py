@@ -27,15 +27,17 @@ class Backdoor(Section):
     clean inputs to that label is reverse-engineered (Neural Cleanse, with its anomaly
     index by the median absolute deviation of the masks' L1 norms, shown); the label with
     the smallest trigger then goes through K-Arm's symmetric check: the label-specific
-    triggers from each other label to it and back are reversed, and it is flagged when the
-    way back is far longer (summed sizes, ratio above 1.65): a backdoor is a one-way shortcut, a
-    natural feature (on the 8x8 digits, a 5 is a few strokes from a 9 and back) is not.
+    triggers from each other label to it and back are reversed, and it is flagged when its
+    way in is both short and one-way: the score, the way back over the way in (summed
+    sizes) times a typical label's trigger over the way in, above the bound (K-Arm's
+    ``score_bound``): a backdoor is a one-way shortcut, a natural feature (on the 8x8 digits,
+    a 5 is a few strokes from a 9 and back) is not.
     The section reports the index and the reversed trigger of every label, the symmetric
     ratio, the flagged labels (in ``result.json`` under ``backdoor.flagged``, a list a
     script can read) and raises the verdict's flag "backdoor suspected" when there is one.
-    Its cost is the scan's: Neural Cleanse's (about 10 s on the digits CNN) plus 36% more
-    forward-backward passes for the check;
-    ``--skip backdoor`` switches it off, ``-p k_arm.ratio_bound=...`` (or
+    Its cost is the scan's: Neural Cleanse's (about 10 s on the digits CNN) plus 108% more
+    forward-backward passes (in smaller batches) for the check;
+    ``--skip backdoor`` switches it off, ``-p k_arm.score_bound=...`` (or
     ``neural_cleanse.epochs=...``, for the scan's Neural Cleanse stage) sets its
     parameters. Image data only. Measured on ``scrutiny poison``'s 2x2 BadNets victims
     and clean models of the same recipe in docs/poisoning.md.
@@ -92,17 +94,19 @@ class Backdoor(Section):
             + (" Last row: audited inputs with the flagged label's trigger stamped, titled by "
                "the model's prediction." if flagged else ""),
             *figures.image_rows(rows, "reversed triggers")))
-        bound = r.ratio_bound
+        bound = r.score_bound
         if flagged:
             at = {k: labels.index(k) for k in flagged}
             ratio = {k: float(r.ratio[r.candidates.index(k)]) for k in flagged}
+            score = {k: float(r.score[r.candidates.index(k)]) for k in flagged}
             msg = (f"label(s) {', '.join(names[k] for k in flagged)} reached from the other "
                    f"labels by a one-way shortcut: the smallest trigger (mask L1 "
                    f"{', '.join(f'{norms[i]:.1f}' for i in at.values())}, median "
                    f"{median:.1f}), and the triggers back from it to the other labels "
                    f"{', '.join(f'{ratio[k]:.1f}' for k in flagged)} times larger than "
-                   f"theirs to it (summed over labels; > {bound:g}): an injected backdoor's "
-                   f"signature, not a natural feature's (K-Arm's symmetric check)")
+                   f"theirs to it (summed over labels; score, with how short the way in is, "
+                   f"{', '.join(f'{score[k]:.1f}' for k in flagged)} > {bound:g}): an injected "
+                   f"backdoor's signature, not a natural feature's (K-Arm's symmetric check)")
         else:
             t = r.candidates[0]
             i = labels.index(t)
@@ -110,9 +114,9 @@ class Backdoor(Section):
                    f"{norms[i]:.1f}, {norms[i] / median:.2f} of the median {median:.1f}; "
                    f"Neural Cleanse's anomaly index {ai[i] or 0.0:.1f}), is matched by the "
                    f"way back (triggers from it to the other labels {float(r.ratio[0]):.1f} "
-                   f"times theirs to it, <= {bound:g}): a natural feature, by K-Arm's "
-                   f"symmetric check")
+                   f"times theirs to it; score {float(r.score[0]):.1f} <= {bound:g}): a "
+                   f"natural feature, by K-Arm's symmetric check")
         out.flags.append(Flag("backdoor suspected", bool(flagged), msg,
                               {"flagged": flagged, "anomaly_index": ai,
-                               "ratio": d["ratio"]}))
+                               "ratio": d["ratio"], "score": d["score"]}))
         return out

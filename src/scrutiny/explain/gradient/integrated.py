@@ -43,15 +43,17 @@ def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _path_points(forward, b, diff, target, i, alpha, batch_size):
-    """Target output and gradient at the path points ``b[i] + alpha * diff[i]``, in chunks.
+    """Target output and attribution gradient at the path points ``b[i] + alpha * diff[i]``.
 
     ``forward(points, rows)`` gives the outputs at the points of samples ``rows``
     (the model itself for input attributions, a :class:`LayerPath` for a layer's).
+    Returns ``f`` (one value per point) and ``g * diff[i]`` (one flat row per point).
 
-    A chunk is padded (repeating its first point) to a multiple of an eighth
-    of ``batch_size``, so the varying round sizes of the adaptive rule reuse
-    a few batch shapes (CPU convolution backends set up each new shape once,
-    which costs more than the padding).
+    The points go in passes of at most ``batch_size``, as few as the round needs,
+    padded (repeating a pass's first point) to a multiple of an eighth of
+    ``batch_size``, so the varying round sizes of the adaptive rule reuse a few batch
+    shapes (CPU convolution backends set up each new shape once, which costs more
+    than the padding).
     """
     fs, gs = [], []
     grain = max(1, batch_size // 8)
@@ -60,11 +62,11 @@ def _path_points(forward, b, diff, target, i, alpha, batch_size):
         pad = min(batch_size, -(-k // grain) * grain) - k
         sl = torch.cat([sl, sl[:1].expand(pad)])
         ii = i[sl]
+        d = diff[ii]
         a = alpha[sl].to(b.dtype).view(-1, *([1] * (b.dim() - 1)))
-        g, out = target_gradient(lambda p, rows=ii: forward(p, rows), b[ii] + a * diff[ii],
-                                 target[ii])
+        g, out = target_gradient(lambda p, rows=ii: forward(p, rows), b[ii] + a * d, target[ii])
         fs.append(out[:k])
-        gs.append(g[:k].reshape(k, -1))
+        gs.append((g[:k] * d[:k]).reshape(k, -1))
     return torch.cat(fs), torch.cat(gs)
 
 
@@ -116,18 +118,26 @@ def kink_weights(h: torch.Tensor, df: torch.Tensor, sa: torch.Tensor, sb: torch.
     return h - wb, wb
 
 
+def _grow(t: torch.Tensor, size: int) -> torch.Tensor:
+    """``t`` with its second dimension zero-padded to ``size``."""
+    if t.shape[1] >= size:
+        return t
+    return torch.cat([t, t.new_zeros((t.shape[0], size - t.shape[1], *t.shape[2:]))], 1)
+
+
 def adaptive_path_integral(forward, b: torch.Tensor, diff: torch.Tensor, target: torch.Tensor,
                            steps: int, rtol: float, batch_size: int, min_steps: int = 0
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``integral_0^1 grad f(b + a diff) da`` on an adaptive per-sample mesh.
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``diff * integral_0^1 grad f(b + a diff) da`` on an adaptive per-sample mesh.
 
     ``f`` is ``forward(points, rows)``: the outputs at path points of the
     samples ``rows`` (see :func:`_path_points`).
 
     Per sample: start from a uniform mesh of :func:`initial_nodes` nodes
     (including ``a = 0`` and ``a = 1``); each node's forward/backward gives
-    ``f(a)``, the gradient ``g(a)`` and the path derivative ``s(a) = g . diff``.
-    Each interval ``[a_k, a_{k+1}]`` (width ``h_k``) integrates ``g`` with the
+    ``f(a)``, the attribution gradient ``v(a) = g(a) * diff`` and the path
+    derivative ``s(a) = sum v(a)``.
+    Each interval ``[a_k, a_{k+1}]`` (width ``h_k``) integrates ``v`` with the
     weights of :func:`kink_weights` (exact when the gradient switches at most
     once inside it, the trapezoid rule otherwise); ``r_k = f(a_{k+1}) - f(a_k)
     - w_a s_k - w_b s_{k+1}`` is then the interval's exact completeness error,
@@ -139,13 +149,15 @@ def adaptive_path_integral(forward, b: torch.Tensor, diff: torch.Tensor, target:
     its budget of ``steps`` nodes is spent (``rtol = 0``: always the budget,
     with no completeness goal). While a sample's completeness
     check fails, its intervals with the largest ``|r_k|`` are bisected;
-    otherwise those with the largest ``h_k ||(g_{k+1} - g_k) * diff||_1``,
+    otherwise those with the largest ``h_k ||v_{k+1} - v_k||_1``,
     the L1 change of the attribution across the interval. All samples' new
-    nodes go in chunks of ``batch_size``; every decision is per sample, so a
+    nodes go in passes of at most ``batch_size``; every decision is per sample, so a
     sample's result does not depend on the rest of the batch. Nodes and
-    intervals are stored in the order they are made (no re-sorting); only
-    the two intervals a bisection creates are recomputed. Returns the
-    integral (shape of ``b``) and the nodes used per sample.
+    intervals are stored in the order they are made (no re-sorting; the store
+    grows with the largest mesh instead of holding the whole budget); only the
+    two intervals a bisection creates are recomputed. Returns the attributions
+    (shape of ``b``), the nodes used per sample, ``f(b)`` and ``f(b + diff)``
+    (the nodes at ``a = 0`` and ``a = 1``).
     """
     n = len(b)
     dflat = diff.reshape(n, -1)
@@ -153,15 +165,17 @@ def adaptive_path_integral(forward, b: torch.Tensor, diff: torch.Tensor, target:
     m0 = initial_nodes(steps)
     q = max(1, m0 // 4)
     dev, dt = b.device, b.dtype
+    target_nodes = steps if rtol == 0 else max(2, min(min_steps, steps))  # rtol=0: the budget
+    cap = min(steps, max(m0, target_nodes) + 4 * q)  # nodes stored per sample, grown on demand
     # nodes, in the order they were made
-    alpha = torch.zeros((n, steps), device=dev, dtype=torch.float64)
-    f = torch.zeros((n, steps), device=dev, dtype=dt)
+    alpha = torch.zeros((n, cap), device=dev, dtype=torch.float64)
+    f = torch.zeros((n, cap), device=dev, dtype=dt)
     s = torch.zeros_like(f)
-    g = torch.zeros((n, steps, dim), device=dev, dtype=dt)
+    v = torch.zeros((n, cap, dim), device=dev, dtype=dt)
     # intervals: end nodes (indices into the node arrays), weights, residual, refinement score
-    left = torch.zeros((n, steps - 1), device=dev, dtype=torch.long)
+    left = torch.zeros((n, cap - 1), device=dev, dtype=torch.long)
     right = torch.zeros_like(left)
-    wa, wb, r, jump = (torch.zeros((n, steps - 1), device=dev, dtype=dt) for _ in range(4))
+    wa, wb, r, jump = (torch.zeros((n, cap - 1), device=dev, dtype=dt) for _ in range(4))
     count = torch.full((n,), m0, device=dev, dtype=torch.long)
     ii = torch.arange(n, device=dev).repeat_interleave(m0)
     pos = torch.arange(m0, device=dev).repeat(n)
@@ -169,42 +183,48 @@ def adaptive_path_integral(forward, b: torch.Tensor, diff: torch.Tensor, target:
     ki = torch.arange(n, device=dev).repeat_interleave(m0 - 1)  # intervals to (re)compute
     kk = torch.arange(m0 - 1, device=dev).repeat(n)
     left[ki, kk], right[ki, kk] = kk, kk + 1
-    cols = torch.arange(steps - 1, device=dev)
     rank = torch.arange(q, device=dev)[None]
-    target_nodes = steps if rtol == 0 else max(2, min(min_steps, steps))  # rtol=0: the budget
     while True:
-        fv, gv = _path_points(forward, b, diff, target, ii, new, batch_size)
-        alpha[ii, pos], f[ii, pos], g[ii, pos] = new, fv, gv
-        s[ii, pos] = (gv * dflat[ii]).sum(1)
+        fv, vv = _path_points(forward, b, diff, target, ii, new, batch_size)
+        alpha[ii, pos], f[ii, pos], v[ii, pos] = new, fv, vv
+        s[ii, pos] = vv.sum(1)
         la, ra = left[ki, kk], right[ki, kk]
         h = (alpha[ki, ra] - alpha[ki, la]).to(dt)
         df = f[ki, ra] - f[ki, la]
         sa, sb = s[ki, la], s[ki, ra]
         wa[ki, kk], wb[ki, kk] = w = kink_weights(h, df, sa, sb)
         r[ki, kk] = df - w[0] * sa - w[1] * sb
-        jump[ki, kk] = ((g[ki, ra] - g[ki, la]) * dflat[ki]).abs().sum(1) * h
-        valid = cols[None] < (count - 1)[:, None]
+        jump[ki, kk] = (v[ki, ra] - v[ki, la]).abs().sum(1) * h
+        valid = torch.arange(cap - 1, device=dev)[None] < (count - 1)[:, None]
         span = (f[:, m0 - 1] - f[:, 0]).abs()  # the starting mesh: a = 0 first, a = 1 last
         failing = (r.sum(1).abs() > rtol * span) & (rtol > 0)  # rtol=0: no completeness goal
         active = (failing | (count < target_nodes)) & (count < steps)
         if not active.any():
             break
         score = torch.where(valid, torch.where(failing[:, None], r.abs(), jump), -1)
+        # over the whole budget's width, so that ties go as they would with a full store
+        score = torch.cat([score, score.new_full((n, steps - cap), -1)], 1)
         top = score.topk(q, dim=1).indices
         take = active[:, None] & (rank < (steps - count)[:, None]) & (rank < (count - 1)[:, None])
         ii, j = take.nonzero(as_tuple=True)
         k = top[ii, j]
         pos = count[ii] + j  # the new node
         knew = count[ii] - 1 + j  # the interval it splits off
+        count = count + take.sum(1)
+        if int(count.max()) > cap:  # grow the store (by half, within the budget)
+            cap = min(steps, max(int(count.max()), cap + cap // 2))
+            alpha, f, s, v = (_grow(t, cap) for t in (alpha, f, s, v))
+            left, right, wa, wb, r, jump = (_grow(t, cap - 1)
+                                            for t in (left, right, wa, wb, r, jump))
         new = (alpha[ii, left[ii, k]] + alpha[ii, right[ii, k]]) / 2
         left[ii, knew], right[ii, knew] = pos, right[ii, k]
         right[ii, k] = pos
         ki, kk = torch.cat([ii, ii]), torch.cat([k, knew])
-        count = count + take.sum(1)
-    node_w = torch.zeros((n, steps), device=dev, dtype=dt)
+    node_w = torch.zeros((n, cap), device=dev, dtype=dt)
     node_w.scatter_add_(1, left, torch.where(valid, wa, 0))
     node_w.scatter_add_(1, right, torch.where(valid, wb, 0))
-    return torch.einsum("ns,nsd->nd", node_w, g).reshape(b.shape), count
+    return (torch.einsum("ns,nsd->nd", node_w, v).reshape(b.shape), count, f[:, 0],
+            f[:, m0 - 1])
 
 
 @register("explainer", "integrated_gradients", paper="Sundararajan, Taly, Yan. Axiomatic "
@@ -215,8 +235,9 @@ class IntegratedGradients(Explainer):
     The integral is computed with a quadrature rule; attributions satisfy
     completeness, ``sum(attr) = f(x) - f(b)``, up to the quadrature error,
     which is returned per sample in ``Explanation.delta`` (recomputed from the
-    final attributions and two extra forward passes). Path points of all
-    samples are evaluated in chunks of ``batch_size``.
+    final attributions and ``f(x)``, ``f(b)``: the adaptive rule's nodes at
+    ``a = 1`` and ``a = 0``, two extra forward passes for the fixed rules). Path
+    points of all samples are evaluated in chunks of ``batch_size``.
 
     On ReLU networks the integrand is piecewise constant with thousands of
     small switches along the path, so every fixed rule converges only as
@@ -327,11 +348,13 @@ class IntegratedGradients(Explainer):
                                             target[i:i + block], self.steps, self.rtol,
                                             batch, self.min_steps)
                      for i in range(0, n, block)]
+            # f(b) and f(x) are the mesh's nodes at a = 0 and a = 1: no extra passes
             if parts:
-                total = torch.cat([p[0] for p in parts])
-                extra["nodes"] = torch.cat([p[1] for p in parts]).cpu()
+                attr, nodes, fb, fx = (torch.cat(t) for t in zip(*parts, strict=True))
             else:  # an empty batch
-                total, extra["nodes"] = torch.zeros_like(b), torch.zeros(0, dtype=torch.long)
+                attr, nodes = torch.zeros_like(b), torch.zeros(0, dtype=torch.long)
+                fb = fx = b.new_zeros(0)
+            extra["nodes"] = nodes.cpu()
         else:
             alphas, weights = (t.to(device=x.device, dtype=x.dtype)
                                for t in quadrature(self.rule, self.steps))
@@ -343,11 +366,10 @@ class IntegratedGradients(Explainer):
                 g, _ = target_gradient(lambda p, rows=i: forward(p, rows), b[i] + a * diff[i],
                                        target[i])
                 total.index_add_(0, i, g * weights[s].view_as(a))
-        attr = diff * total
-        rows = torch.arange(n, device=x.device)
-        with torch.no_grad():
-            fx = model(x).gather(1, target[:, None])[:, 0]
-            fb = forward(b, rows).gather(1, target[:, None])[:, 0]
+            attr = diff * total
+            with torch.no_grad():
+                fx = model(x).gather(1, target[:, None])[:, 0]
+                fb = forward(b, torch.arange(n, device=x.device)).gather(1, target[:, None])[:, 0]
         delta = attr.flatten(1).sum(1) - (fx - fb)
         return attr, {"delta": delta, "baseline_output": fb.cpu(), **extra}
 
