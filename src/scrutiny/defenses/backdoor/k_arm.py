@@ -235,7 +235,7 @@ class KArm(NeuralCleanse):
                 bar.advance()
         way_in = np.maximum(np.nansum(forward, axis=1), 1e-12)
         ratio = np.nansum(backward, axis=1) / way_in
-        shortcut = float(np.median(nc.norms)) * (k_all - 1) / way_in
+        shortcut = float(np.median(nc.norms)) / np.maximum(np.nanmean(forward, axis=1), 1e-12)
         score = ratio * shortcut
         flagged = [t for t, v in zip(cands, score, strict=True) if v > self.score_bound]
         return KArmResult(flagged=flagged, labels=labels, anomaly_index=nc.anomaly_index,
