@@ -19,8 +19,15 @@ own pattern only) and then times a second, identical run: wall time
 (``time.perf_counter``) and the process's CPU time (``time.process_time``, user +
 system; on a machine shared with other jobs it leaves out the waits for a core, so its
 ratios are steadier), and the system time alone (page faults). A round runs every case
-once, in an order rotated per round; ratios are taken per round to the fastest Captum
-batching of that round, then the median over the rounds (``--rounds``, at least 3).
+once, in an order rotated per round; ratios are taken per round to the time, in the same
+round, of Captum's batching with the lowest median time over all rounds, then the median
+over the rounds (``--rounds``, at least 3). (Not to the fastest of the three batchings in
+each round: with ~20 % noise between processes, a minimum over three draws favours the
+reference.) glibc's malloc returns freed heap to the kernel and faults it back in, which
+on these passes costs Captum's large batches up to half their time (the ``system`` column)
+and scrutiny's passes of ~41 points almost nothing; run once as is and once with
+``MALLOC_TRIM_THRESHOLD_=1000000000 MALLOC_MMAP_THRESHOLD_=1000000000`` (the cases inherit
+it) to see both sides.
 
 Errors, in float64 from each case's attributions (``run.completeness``): relative
 completeness error and the attribution error ``||attr - ref||_1 / ||ref||_1`` against
@@ -143,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
         busy.append(share.others())
     caps = [c for c in names if c.startswith("Captum")]
-    ratios = {}
+    ratios, refs = {}, {}
     for key in ("wall", "cpu"):
-        if caps:
-            best = [min(res[c][r][key] for c in caps) for r in range(args.rounds)]
-            ratios[key] = {c: [res[c][r][key] / best[r] for r in range(args.rounds)]
+        if caps:  # the reference: Captum's batching with the lowest median time over the rounds
+            refs[key] = ref = min(caps, key=lambda c: statistics.median(e[key] for e in res[c]))
+            ratios[key] = {c: [res[c][r][key] / res[ref][r][key] for r in range(args.rounds)]
                            for c in names}
 
     def ratio(key, c):
@@ -164,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
              f"; {args.rounds} interleaved rounds, each case in a fresh process after a warm-up "
              "run; other processes' CPU share per round: "
              + ", ".join("n/a" if b is None else f"{b:.0%}" for b in busy), "",
-             "| method | median s | median CPU s (system) | grad samples / N | wall ÷ Captum's "
-             "best of the round: median (per round) | CPU ÷ Captum's best | completeness err: "
+             f"Reference: Captum's fastest batching by median time ({refs.get('cpu', 'n/a')}"
+             + ("" if refs.get("cpu") == refs.get("wall")
+                else f" in CPU time, {refs.get('wall')} in wall time")
+             + "); ratios per round to its time in the same round. Allocator: "
+             + (", ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+                or "glibc defaults") + ".", "",
+             "| method | median s | median CPU s (system) | grad samples / N | wall ÷ reference: "
+             "median (per round) | CPU ÷ reference | completeness err: "
              "mean | max | attribution err: mean | max |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in names:
@@ -181,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "ig.md").write_text(table + "\n")
     (RESULTS / "ig.json").write_text(json.dumps(
         {"machine": info, "runs": res, "ratios_to_captum_best": ratios,
-         "other_processes_cpu": busy}, indent=1) + "\n")
+         "reference": refs, "other_processes_cpu": busy,
+         "allocator": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}, indent=1) + "\n")
     return 0
 
 

@@ -22,9 +22,15 @@ Methods, each on the same frozen model and images:
 Rounds are interleaved (each round runs every method once, in a rotated order); the
 ratios are taken per round and their median reported. One torch thread by default.
 
-``--square`` adds Square's cost per query: scrutiny's ``Square`` and torchattacks' ``Square``
-on the same batch at an eps where nothing breaks (so every sample is queried in every
-iteration), queries counted by a forward hook.
+``--square`` adds Square's cost per query (``--square-only``: that alone): scrutiny's
+``Square`` and torchattacks' ``Square`` on the same batch at an eps where nothing breaks (so
+every sample is queried in every iteration), queries counted by a forward hook. Each run is
+a fresh process (a warm-up run, then the timed one), the order alternating by round, ratios
+per round, median over ``--rounds``. glibc's malloc returns freed heap to the kernel and
+faults it back in, and where a process lands in that cycle moves its time by up to ~50 %
+on these models (either library): the report gives each run's minor page faults, and a run
+with ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_MMAP_THRESHOLD_`` set (inherited by the runs)
+measures both libraries without that cycle.
 
 Results: ``benchmarks/results/worstcase.md`` and ``worstcase.json``.
 """
@@ -33,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -135,40 +143,65 @@ def bench_workload(name: str, args) -> dict[str, Any]:
             "other_processes_cpu": busy}
 
 
-def square_cost(name: str, args) -> dict[str, Any]:
-    """Seconds per query of scrutiny's and torchattacks' Square on the same batch."""
-    model, x, y, how = workload(name, args.n)
+SQUARES = ("scrutiny Square", "torchattacks Square")
+
+
+def square_run(name: str, which: str, args) -> dict[str, float]:
+    """In this (fresh) process: one warm-up run of ``which`` on workload ``name``, then a timed one.
+
+    Returns the timed run's queries, wall and CPU seconds (``time.process_time``, user +
+    system), system seconds and minor page faults (glibc hands freed heap back to the
+    kernel and faults it in again; where a process lands in that cycle moves its time by up
+    to ~50 % on these small models, for either library).
+    """
+    import resource
+
+    model, x, y, _ = workload(name, args.n)
     eps, q = 0.02, args.square_queries
-    runs: dict[str, list[float]] = {"scrutiny Square": [], "torchattacks Square": []}
-    cpu: dict[str, list[float]] = {k: [] for k in runs}  # this process's CPU time (one thread)
-    counts: dict[str, int] = {}
+
+    def run():
+        if which == SQUARES[0]:
+            Square(max_queries=q)(model, x, y, threat=ThreatModel("linf", eps), seed=0)
+        else:
+            ta.Square(model, norm="Linf", eps=eps, n_queries=q, n_restarts=1, seed=0)(x, y)
+
+    run()  # warm-up: one-time setup of each shape; the heap grows by this library's pattern only
+    c = PassCounter()
+    h = model.register_forward_hook(c)
+    f0, s0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, os.times().system
+    t0, c0 = time.perf_counter(), time.process_time()
+    run()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    h.remove()
+    return {"queries": c.nograd_samples + c.grad_samples, "wall": wall, "cpu": cpu,
+            "sys": os.times().system - s0,
+            "minflt": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0}
+
+
+def square_cost(name: str, args) -> dict[str, Any]:
+    """Seconds per query of scrutiny's and torchattacks' Square on the same batch: each run in
+    a fresh process (:func:`square_run`), the order alternating by round."""
+    names = [k for k in SQUARES if k == SQUARES[0] or ta is not None]
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in names}
     for r in range(args.rounds):
-        for k in list(runs)[r % 2:] + list(runs)[:r % 2]:  # the order alternates by round
-            c = PassCounter()
-            h = model.register_forward_hook(c)
-            t0, c0 = time.perf_counter(), time.process_time()
-            if k == "scrutiny Square":
-                Square(max_queries=q)(model, x, y, threat=ThreatModel("linf", eps), seed=0)
-            elif ta is not None:
-                ta.Square(model, norm="Linf", eps=eps, n_queries=q, n_restarts=1, seed=0)(x, y)
-            else:
-                h.remove()
-                continue
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            h.remove()
-            counts[k] = c.nograd_samples + c.grad_samples
-            runs[k].append(dt / max(counts[k], 1))
-            cpu[k].append(dc / max(counts[k], 1))
-    out = {"workload": name, "n": len(x), "eps": eps, "queries_per_sample": q,
-           "us_per_query": {k: [1e6 * t for t in v] for k, v in runs.items() if v},
-           "cpu_us_per_query": {k: [1e6 * t for t in v] for k, v in cpu.items() if v},
-           "forward_samples": counts}
-    if runs["torchattacks Square"]:
-        out["ratio"] = statistics.median(a / b for a, b in zip(
-            runs["scrutiny Square"], runs["torchattacks Square"], strict=True))
-        # CPU time: less sensitive than wall time to other processes on a shared machine
-        out["cpu_ratio"] = statistics.median(a / b for a, b in zip(
-            cpu["scrutiny Square"], cpu["torchattacks Square"], strict=True))
+        for k in names[r % 2:] + names[:r % 2]:
+            out = subprocess.run(
+                [sys.executable, __file__, "--square-case", k, "--workloads", name, "--n",
+                 str(args.n), "--square-queries", str(args.square_queries), "--threads",
+                 str(args.threads)], capture_output=True, text=True, check=True)
+            runs[k].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"[{name}, round {r + 1}] {k}: {1e6 * runs[k][-1]['cpu'] / runs[k][-1]['queries']:.0f}"
+                  f" µs CPU per query, {runs[k][-1]['minflt']} minor faults", file=sys.stderr, flush=True)
+    out = {"workload": name, "n": args.n, "eps": 0.02, "queries_per_sample": args.square_queries,
+           "runs": runs, "allocator": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+           "us_per_query": {k: [1e6 * e["wall"] / e["queries"] for e in v] for k, v in runs.items()},
+           "cpu_us_per_query": {k: [1e6 * e["cpu"] / e["queries"] for e in v]
+                                for k, v in runs.items()}}
+    if len(names) == 2:
+        for key, field in (("ratio", "us_per_query"), ("cpu_ratio", "cpu_us_per_query")):
+            a, b = out[field][names[0]], out[field][names[1]]
+            out[key + "_rounds"] = [u / v for u, v in zip(a, b, strict=True)]
+            out[key] = statistics.median(out[key + "_rounds"])
     return out
 
 
@@ -202,7 +235,13 @@ def report(results: list[dict[str, Any]], squares: list[dict[str, Any]], info: d
                   f"(nothing breaks), {s['queries_per_sample']} queries per sample: "
                   + "; ".join(f"{k} {statistics.median(v):.0f} µs" for k, v in us.items())
                   + (f"; ratio (median of rounds) {s['ratio']:.2f}×, in CPU time "
-                     f"{s['cpu_ratio']:.2f}×" if "ratio" in s else ""), ""]
+                     f"{s['cpu_ratio']:.2f}× (rounds: "
+                     + ", ".join(f"{v:.2f}" for v in s["cpu_ratio_rounds"]) + ")"
+                     if "ratio" in s else "")
+                  + "; allocator settings: " + (", ".join(f"{k}={v}" for k, v in
+                                                          s["allocator"].items()) or "glibc defaults")
+                  + "; minor page faults per timed run: " + "; ".join(
+                      f"{k} " + ", ".join(str(e["minflt"]) for e in v) for k, v in s["runs"].items()), ""]
     return "\n".join(lines)
 
 
@@ -217,9 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--square", action="store_true", help="also Square's cost per query")
     p.add_argument("--square-only", action="store_true")
     p.add_argument("--square-queries", type=int, default=300)
+    p.add_argument("--square-case", choices=SQUARES, help="internal: one Square run, print JSON")
     p.add_argument("--out", default="worstcase")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.square_case is not None:
+        print(json.dumps(square_run(args.workloads, args.square_case, args)))
+        return 0
     info = machine_info(args.threads)
     results, squares = [], []
     for w in args.workloads.split(","):

@@ -134,7 +134,8 @@ def test_below_the_exact_lp_of_the_triangle_relaxation():
 
 @pytest.mark.parametrize("make, shape", [(random_mlp, (12,)), (random_cnn, (1, 8, 8))])
 @pytest.mark.parametrize("norm, eps", [("linf", 0.05), ("linf", 0.3), ("l2", 0.5)])
-@pytest.mark.parametrize("params", [{}, {"intersect_ibp": False}, {"relaxation": "fastlin"}])
+@pytest.mark.parametrize("params", [{}, {"intersect_ibp": False}, {"relaxation": "fastlin"},
+                                    {"rebound": "unstable"}])
 def test_bounds_contain_random_and_pgd_points(make, shape, norm, eps, params):
     model = make(seed=1)
     x0 = torch.rand((3, *shape), generator=torch.Generator().manual_seed(0))
@@ -180,6 +181,28 @@ def test_digits_cnn_contains_and_is_tighter(digits_model, digits_test):
     gap_i = (i.margin_upper - i.margin_lower)[off].mean()
     assert gap_c < 0.2 * gap_i  # about 2 vs 35 at linf 0.01 (see docs)
     assert c.certified().all() and not i.certified().any()
+
+
+def test_rebound_unstable_keeps_the_interval_bounds_before_max_pooling(digits_model, digits_test):
+    # without max pooling only unstable neurons are re-bounded in either mode: the same bounds
+    mlp = random_mlp(seed=2)
+    x0 = torch.rand((4, 12), generator=torch.Generator().manual_seed(0))
+    a, b = CROWN().bounds(mlp, x0, 0.1), CROWN(rebound="unstable").bounds(mlp, x0, 0.1)
+    assert torch.equal(a.margin_lower, b.margin_lower) and torch.equal(a.logits_upper, b.logits_upper)
+    # the digits CNN max-pools after its second ReLU: the active neurons there keep their
+    # interval bounds, so the result is sound, never looser than IBP, and looser than "live"
+    x, y = digits_test.x[:3], digits_test.y[:3]
+    live = CROWN().bounds(digits_model, x, 0.01, y=y)
+    unst = CROWN(rebound="unstable").bounds(digits_model, x, 0.01, y=y)
+    ibp = IBP().bounds(digits_model, x, 0.01, y=y)
+    pts = torch.cat([points_in_ball(x, 0.01, "linf", 100),
+                     extreme_points(digits_model, x, 0.01, "linf", steps=10)])
+    assert_contains(unst, digits_model, pts, y)
+    assert (unst.margin_lower >= ibp.margin_lower - 1e-5).all()
+    assert (unst.margin_lower <= live.margin_lower + 1e-4).all()
+    assert (live.margin_lower - unst.margin_lower).max() > 0.5  # measured 1.31
+    with pytest.raises(InputError, match="intersect_ibp"):
+        CROWN(rebound="unstable", intersect_ibp=False)
 
 
 def test_certified_accuracy_never_above_attack(digits_model, digits_test):

@@ -6,10 +6,13 @@ import torch
 
 from scrutiny.certify.base import BoundCertifier
 from scrutiny.certify.propagation import Interval, Network, crown_bounds
+from scrutiny.errors import InputError
 from scrutiny.params import param
 from scrutiny.registry import register
 
 RELAXATIONS = ("adaptive", "fastlin")
+#: Which neurons feeding a ReLU are re-bounded by back-propagation (with ``intersect_ibp``).
+REBOUNDS = ("live", "unstable")
 
 
 @register("certifier", "crown", paper="Zhang, Weng, Chen, Hsieh, Daniel. Efficient neural network "
@@ -42,6 +45,15 @@ class CROWN(BoundCertifier):
         previous layer's and the final bounds with IBP's: sound, never looser
         than either method, and faster (stable neurons are not re-bounded).
         ``False`` gives the paper's pure CROWN.
+    rebound : {"live", "unstable"}
+        With ``intersect_ibp``, which neurons feeding a ReLU are re-bounded by
+        back-propagation (one backward pass per neuron): ``"live"`` those
+        unstable under the interval bounds and, where a max pooling follows
+        the ReLU, every one not provably inactive (the pooling's relaxation
+        uses their bounds); ``"unstable"`` only the unstable ones, the others
+        keeping their interval bounds (auto_LiRPA's default work: looser on
+        max-pooling CNNs, cheaper where many active neurons feed a pooling, as
+        on the digits CNN). Without pooling the two are the same.
     batch_size : int
         Samples bounded at once (the specification rows are chunked to a fixed
         memory budget as well).
@@ -85,8 +97,15 @@ class CROWN(BoundCertifier):
 
     relaxation: str = param("adaptive", choices=RELAXATIONS)
     intersect_ibp: bool = param(True, kind=bool)
+    rebound: str = param("live", choices=REBOUNDS)
     batch_size: int = param(32, integer=True, positive=True)
+
+    def _post_init(self) -> None:
+        if self.rebound != "live" and not self.intersect_ibp:
+            raise InputError("rebound='unstable' needs intersect_ibp=True (pure CROWN re-bounds "
+                             "every neuron: the interval bounds are what says which are stable)")
 
     def _lower(self, net: Network, spec: torch.Tensor, box: Interval, norm: str, x0: torch.Tensor,
                eps: torch.Tensor, margins: bool = False) -> torch.Tensor:
-        return crown_bounds(net, spec, box, norm, x0, eps, self.relaxation, self.intersect_ibp)
+        return crown_bounds(net, spec, box, norm, x0, eps, self.relaxation, self.intersect_ibp,
+                            self.rebound)

@@ -853,8 +853,8 @@ def ibp_spec(net: Network, spec: torch.Tensor, bounds: list[Interval], norm: str
 
 
 def crown_bounds(net: Network, spec: torch.Tensor, box: Interval, norm: str, x0: torch.Tensor,
-                 eps: torch.Tensor, relaxation: str = "adaptive", intersect_ibp: bool = True
-                 ) -> torch.Tensor:
+                 eps: torch.Tensor, relaxation: str = "adaptive", intersect_ibp: bool = True,
+                 rebound: str = "live") -> torch.Tensor:
     """Lower bounds of ``spec`` (``(N, S, K)``) on the output by CROWN.
 
     The pre-activation bounds of every piecewise-linear op are computed in
@@ -863,11 +863,13 @@ def crown_bounds(net: Network, spec: torch.Tensor, box: Interval, norm: str, x0:
     bounds are also intersected with the interval image of the previous
     node's (sound, only tighter), only neurons that are unstable under those
     interval bounds are re-bounded by back-propagation (the relaxation of a
-    stable ReLU does not depend on its bounds, unless a max pooling follows),
-    and the final bounds are
-    intersected with IBP's, so the result is never looser than IBP.
+    stable ReLU does not depend on its bounds, unless a max pooling follows:
+    ``rebound="live"`` then also re-bounds the active neurons before it,
+    ``"unstable"`` keeps their interval bounds, cheaper and looser), and the
+    final bounds are intersected with IBP's, so the result is never looser than IBP.
     """
-    relax, bounds = crown_relaxations(net, box, norm, x0, eps, relaxation, intersect_ibp)
+    relax, bounds = crown_relaxations(net, box, norm, x0, eps, relaxation, intersect_ibp,
+                                      rebound)
     out = _chunked_spec(net, spec, len(net.ops), relax, box, norm, x0, eps)
     if intersect_ibp:
         out = torch.maximum(out, ibp_spec(net, spec, bounds, norm, x0, eps))
@@ -875,8 +877,8 @@ def crown_bounds(net: Network, spec: torch.Tensor, box: Interval, norm: str, x0:
 
 
 def crown_relaxations(net: Network, box: Interval, norm: str, x0: torch.Tensor,
-                      eps: torch.Tensor, relaxation: str = "adaptive", intersect_ibp: bool = True
-                      ) -> tuple[dict[int, tuple], list[Interval]]:
+                      eps: torch.Tensor, relaxation: str = "adaptive", intersect_ibp: bool = True,
+                      rebound: str = "live") -> tuple[dict[int, tuple], list[Interval]]:
     """CROWN's pre-activation bounds and relaxations (see :func:`crown_bounds`):
     ``({op index: relax}, [bounds of every node])``."""
     ops = net.ops
@@ -892,7 +894,9 @@ def crown_relaxations(net: Network, box: Interval, norm: str, x0: torch.Tensor,
             elif intersect_ibp and isinstance(ops[node], ReLUOp):
                 # a stable ReLU's relaxation does not depend on its bounds, but a max pooling
                 # after it uses the bounds of every neuron that is not provably inactive
-                feeds_pool = node + 1 < len(ops) and not ops[node + 1].affine
+                # (rebound="unstable": those keep their interval bounds)
+                feeds_pool = (rebound == "live" and node + 1 < len(ops)
+                              and not ops[node + 1].affine)
                 live = hi > 0 if feeds_pool else (lo < 0) & (hi > 0)
                 need = live.reshape(n, -1).any(dim=0)
             else:
