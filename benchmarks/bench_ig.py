@@ -53,7 +53,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bigcnn import load_bigcnn  # noqa: E402
 from peers import optional  # noqa: E402
-from run import CpuShare, PassCounter, completeness, machine_info, version  # noqa: E402
+from run import CpuShare, PassCounter, allocator_text, completeness, machine_info, version  # noqa: E402
 
 from scrutiny.data import load_digits  # noqa: E402
 from scrutiny.explain.gradient.integrated import IntegratedGradients  # noqa: E402
@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
              + ("" if refs.get("cpu") == refs.get("wall")
                 else f" in CPU time, {refs.get('wall')} in wall time")
              + "); ratios per round to its time in the same round. Allocator: "
-             + (", ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
-                or "glibc defaults") + ".", "",
+             + allocator_text(info["allocator"]) + ".", "",
              "| method | median s | median CPU s (system) | grad samples / N | wall ÷ reference: "
              "median (per round) | CPU ÷ reference | completeness err: "
              "mean | max | attribution err: mean | max |",
@@ -194,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "ig.md").write_text(table + "\n")
     (RESULTS / "ig.json").write_text(json.dumps(
         {"machine": info, "runs": res, "ratios_to_captum_best": ratios,
-         "reference": refs, "other_processes_cpu": busy,
-         "allocator": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}, indent=1) + "\n")
+         "reference": refs, "other_processes_cpu": busy}, indent=1) + "\n")
     return 0
 
 

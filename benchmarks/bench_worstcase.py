@@ -51,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import optional  # noqa: E402  (also installs the torchvision stand-in)
-from run import CpuShare, PassCounter, machine_info, version  # noqa: E402
+from run import CpuShare, PassCounter, allocator, allocator_text, machine_info, version  # noqa: E402
 
 from scrutiny.attacks import WorstCase  # noqa: E402
 from scrutiny.attacks.blackbox.square import Square  # noqa: E402
@@ -193,7 +193,7 @@ def square_cost(name: str, args) -> dict[str, Any]:
             print(f"[{name}, round {r + 1}] {k}: {1e6 * runs[k][-1]['cpu'] / runs[k][-1]['queries']:.0f}"
                   f" µs CPU per query, {runs[k][-1]['minflt']} minor faults", file=sys.stderr, flush=True)
     out = {"workload": name, "n": args.n, "eps": 0.02, "queries_per_sample": args.square_queries,
-           "runs": runs, "allocator": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+           "runs": runs, "allocator": allocator(),
            "us_per_query": {k: [1e6 * e["wall"] / e["queries"] for e in v] for k, v in runs.items()},
            "cpu_us_per_query": {k: [1e6 * e["cpu"] / e["queries"] for e in v]
                                 for k, v in runs.items()}}
@@ -238,8 +238,7 @@ def report(results: list[dict[str, Any]], squares: list[dict[str, Any]], info: d
                      f"{s['cpu_ratio']:.2f}× (rounds: "
                      + ", ".join(f"{v:.2f}" for v in s["cpu_ratio_rounds"]) + ")"
                      if "ratio" in s else "")
-                  + "; allocator settings: " + (", ".join(f"{k}={v}" for k, v in
-                                                          s["allocator"].items()) or "glibc defaults")
+                  + "; allocator settings: " + allocator_text(s["allocator"])
                   + "; minor page faults per timed run: " + "; ".join(
                       f"{k} " + ", ".join(str(e["minflt"]) for e in v) for k, v in s["runs"].items()), ""]
     return "\n".join(lines)

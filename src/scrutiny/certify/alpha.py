@@ -77,7 +77,8 @@ class _Slopes:
             for j in relus[1:]:  # the first ReLU's bounds depend on no slope
                 lo, hi = (t.reshape(n, -1) for t in bounds[j])
                 unstable = (lo < 0) & (hi > 0)
-                count, m = unstable.sum(dim=1), int(unstable.sum(dim=1).max())
+                count = unstable.sum(dim=1)
+                m = int(count.max())
                 if m:
                     first = torch.argsort((~unstable).to(torch.uint8), dim=1, stable=True)
                     pad = torch.arange(m, device=lo.device) >= count[:, None]
